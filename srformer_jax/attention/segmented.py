@@ -1,0 +1,323 @@
+"""Segmented (recurrent) cross-attention: the SRformer decoder's view of the encoder.
+
+The encoder output (length k, padded to m*s) is cut into m segments of size s. Decoder position t
+(of q) reads segment i(t) = min(m-1, floor(t*m/q)) with softmax, and, for the recurrent kinds, adds
+
+    (Q_t @ RAF(W (K^T V - K_i^T V_i))) / ||K||
+
+where ||K|| is the L2 norm over the sequence axis per head and feature. RAF advances once per segment
+change (`raf.raf_scan`). The training path is vectorised: queries are grouped by segment (a static
+gather) and all K_i^T V_i come from one einsum.
+
+Einsum letters: b batch, m segment, g query slot within a segment's group, s position within a
+segment, h head, d/e head dims (d of keys, e of values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from srformer_jax import layers
+from srformer_jax import sharding as sh
+from srformer_jax.attention import raf
+from srformer_jax.attention.projections import ProjectionsMixin
+from srformer_jax.config import RAF_KINDS, RECURRENT_KINDS, ModelConfig
+
+BART_CLAMP = 2.0  # the authors' BART code clamps K^T V and K_i^T V_i to [-2, 2]
+NORM_EPS = 1e-6   # default mode only: guards ||K|| = 0 (e.g. an all-padding example)
+
+
+def segment_of(t, q_len: int, num_segments: int):
+  """Segment read by decoder position t: min(m - 1, floor(t * m / q)) (numpy or jax ints)."""
+  if isinstance(t, (int, np.integer, np.ndarray)):
+    return np.minimum(num_segments - 1, (np.asarray(t) * num_segments) // q_len)
+  return jnp.minimum(num_segments - 1, (t * num_segments) // q_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+  """Static grouping of q decoder positions by the segment they read.
+
+  group_index [m, G]: positions in each segment's group (padded with 0); flat_pos [q]: where each
+  position sits in the flattened [m*G] groups; active [m]: segments that some position reads.
+  """
+
+  group_index: np.ndarray
+  flat_pos: np.ndarray
+  active: np.ndarray
+
+  @property
+  def group_size(self) -> int:
+    return self.group_index.shape[1]
+
+
+@functools.lru_cache(maxsize=None)
+def segment_plan(q_len: int, num_segments: int) -> SegmentPlan:
+  seg = segment_of(np.arange(q_len), q_len, num_segments)
+  counts = np.bincount(seg, minlength=num_segments)
+  g = max(1, int(counts.max()))
+  group_index = np.zeros((num_segments, g), np.int32)
+  flat_pos = np.zeros((q_len,), np.int32)
+  for i in range(num_segments):
+    members = np.nonzero(seg == i)[0]
+    group_index[i, :len(members)] = members
+    flat_pos[members] = i * g + np.arange(len(members))
+  return SegmentPlan(group_index, flat_pos, counts > 0)
+
+
+def num_segments(k_len: int, segment_size: int) -> int:
+  return max(1, math.ceil(k_len / segment_size))
+
+
+def warn_if_unused_segments(m: int, q_len: int, k_len: int, s: int, what: str):
+  if m > q_len:
+    warnings.warn(
+        f"SRformer: {m} segments (encoder length {k_len}, segment_size {s}) but only {q_len} decoder "
+        f"positions ({what}): {m - q_len} segments are never read with softmax and RAF skips them. "
+        f"Use segment_size >= {math.ceil(k_len / q_len)} or a longer decoder length.", stacklevel=3)
+
+
+def split_segments(k, v, mask, s: int, faithful: bool):
+  """Pads the encoder axis to a multiple of s and splits it.
+
+  k, v [b, k, h, d]; mask [b, k] bool -> ks, vs [b, m, s, h, d], ms [b, m, s].
+  Default mode zeroes padded keys/values so that they drop out of K^T V and ||K||; faithful mode
+  keeps them (the authors' code) and, like it, leaves its own zero length-padding unmasked.
+  """
+  b, k_len, h, d = k.shape
+  m = num_segments(k_len, s)
+  pad = m * s - k_len
+  if not faithful:
+    k = jnp.where(mask[..., None, None], k, 0)
+    v = jnp.where(mask[..., None, None], v, 0)
+  k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, pad)), constant_values=faithful)
+  return k.reshape(b, m, s, h, d), v.reshape(b, m, s, h, d), mask.reshape(b, m, s)
+
+
+def key_norm(ks: jax.Array, faithful: bool) -> jax.Array:
+  """||K|| over the sequence axis per head and feature: [b, m, s, h, d] -> [b, h, d] float32."""
+  n = jnp.sqrt(jnp.sum(jnp.square(ks.astype(jnp.float32)), axis=(1, 2)))
+  return n if faithful else n + NORM_EPS
+
+
+def kv_products(ks: jax.Array, vs: jax.Array) -> jax.Array:
+  """All K_i^T V_i at once: [b, m, s, h, d] x2 -> [b, m, h, d, e] float32."""
+  return jnp.einsum("bmshd,bmshe->bmhde", ks, vs, preferred_element_type=jnp.float32)
+
+
+class CrossAttention(nn.Module, ProjectionsMixin):
+  """Decoder cross-attention of any kind in `config.CROSS_ATTENTION_KINDS`.
+
+  Methods: `__call__` (teacher forcing), `init_state` (per-input decoding state), `step` (one token).
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    self.setup_projections()
+    if c.uses_raf:
+      self.SNN_kv = nn.Dense(
+          c.d_kv, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(_raf_kernel_init(c.raf_weight_init_std), (None, None)))
+      self.threshold = self.param(
+          "threshold", nn.with_logical_partitioning(nn.initializers.constant(c.raf_threshold_init), (None,)),
+          (1,), jnp.float32)
+      self.leak = self.param(
+          "leak", nn.with_logical_partitioning(nn.initializers.constant(c.raf_leak_init), (None,)),
+          (1,), jnp.float32)
+    rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
+    self.attn_dropout = nn.Dropout(rate)
+
+  # ---------------------------------------------------------------------------------------------
+  # pieces shared by the training and decoding paths
+
+  @property
+  def _clamp(self) -> bool:
+    return self.config.arch == "bart"
+
+  def _split(self, k, v, enc_mask):
+    c = self.config
+    ks, vs, ms = split_segments(k, v, enc_mask, c.segment_size, c.faithful)
+    if c.faithful and c.arch == "bart":
+      # The authors' BART code applies no encoder padding mask inside a segment's softmax
+      # (verified against the official fixtures); their T5 code does apply it.
+      ms = jnp.ones_like(ms)
+    return ks, vs, ms
+
+  def _summaries(self, kv_seg, kv_tot):
+    if self._clamp:
+      kv_seg = jnp.clip(kv_seg, -BART_CLAMP, BART_CLAMP)
+      kv_tot = jnp.clip(kv_tot, -BART_CLAMP, BART_CLAMP)
+    return kv_seg, kv_tot
+
+  def _recurrent_input(self, kv_seg, kv_tot):
+    """P for the RAF: the complement K^T V - K_i^T V_i (ablation IV: K_i^T V_i itself)."""
+    return kv_seg if self.config.cross_attention == "kv_segment" else kv_tot - kv_seg
+
+  def _segment_softmax(self, q, keys, vals, mask, deterministic):
+    """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d]."""
+    scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=jnp.float32)
+    scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, :, None, None, :]
+    probs = jax.nn.softmax(scores, axis=-1)
+    if not self.config.faithful:
+      # An all-padding segment reads nothing (faithful mode: a uniform average, like the authors').
+      probs = jnp.where(mask[:, :, None, None, :], probs, 0.0)
+    probs = self.attn_dropout(probs, deterministic=deterministic)
+    return jnp.einsum("bmhgs,bmshd->bmghd", probs.astype(vals.dtype), vals)
+
+  def _with_previous(self, ks, vs, ms):
+    """Transformer-XL keys: previous segment ++ current segment (segment 0 has no previous)."""
+    prev = lambda x, fill: jnp.concatenate([jnp.full_like(x[:, :1], fill), x[:, :-1]], axis=1)
+    keys = jnp.concatenate([prev(ks, 0), ks], axis=2)
+    vals = jnp.concatenate([prev(vs, 0), vs], axis=2)
+    mask = jnp.concatenate([prev(ms, False), ms], axis=2)
+    return keys, vals, mask
+
+  def _recurrent_read(self, q, out, knorm):
+    """(Q @ out) / ||K||: q [b,m,g,h,d], out [b,m,h,d,e], knorm [b,h,e] -> [b,m,g,h,e]."""
+    rec = jnp.einsum("bmghd,bmhde->bmghe", q.astype(jnp.float32), out)
+    if self.config.cross_attention != "no_norm":
+      rec = rec / knorm[:, None, None]
+    return rec
+
+  # ---------------------------------------------------------------------------------------------
+  # teacher forcing
+
+  def __call__(self, x, enc, enc_mask, deterministic=True):
+    """x [b, q, D] decoder states; enc [b, k, D]; enc_mask [b, k] bool -> [b, q, D]."""
+    c = self.config
+    q = self.project_q(x)
+    k, v = self.project_kv(enc)
+    if c.cross_attention == "full":
+      ctx = layers.dot_product_attention(
+          q, k, v, layers.sequence_mask_bias(enc_mask), dropout=self.attn_dropout,
+          deterministic=deterministic)
+      return self.project_out(ctx)
+
+    b, q_len = q.shape[:2]
+    s = c.segment_size
+    ks, vs, ms = self._split(k, v, enc_mask)
+    m = ks.shape[1]
+    warn_if_unused_segments(m, q_len, k.shape[1], s, "decoder length in this forward")
+    plan = segment_plan(q_len, m)
+    qg = q[:, plan.group_index]  # [b, m, g, h, d]
+
+    ctx = jnp.zeros(qg.shape, jnp.float32)
+    if c.cross_attention != "recurrent_only":
+      keys, vals, mask = (self._with_previous(ks, vs, ms) if c.cross_attention == "xl"
+                          else (ks, vs, ms))
+      ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
+    if c.cross_attention in RECURRENT_KINDS:
+      kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
+      p = self._recurrent_input(kv_seg, kv_tot[:, None])  # [b, m, h, d, e]
+      if c.uses_raf:
+        xs = jnp.moveaxis(self.SNN_kv(p), 1, 0)  # [m, b, h, d, e]
+        outs, _ = raf.raf_scan(xs, jnp.asarray(plan.active), self.threshold, self.leak)
+        out = jnp.moveaxis(outs, 0, 1)
+      else:  # no_raf
+        out = p
+      ctx = ctx + self._recurrent_read(qg, out, key_norm(ks, c.faithful))
+    ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
+    return self.project_out(ctx.astype(q.dtype))
+
+  # ---------------------------------------------------------------------------------------------
+  # decoding
+
+  def init_state(self, enc, enc_mask):
+    """Per-input decoding state (computed once). enc [b, k, D]; enc_mask [b, k] bool.
+
+    full:      {'k','v'} [b, k, h, d], 'mask' [b, k]
+    segmented: {'ks','vs'} [b, m, s, h, d], 'ms' [b, m, s]
+    recurrent: + 'kv_tot' [b, h, d, e], 'knorm' [b, h, e], 'mem'/'out' [b, h, d, e] (RAF memory and its
+               current output), 'seg' [b] int32 (segment last fed to RAF, -1 before the first).
+    """
+    c = self.config
+    k, v = self.project_kv(enc)
+    if c.cross_attention == "full":
+      return {"k": k, "v": v, "mask": enc_mask}
+    ks, vs, ms = self._split(k, v, enc_mask)
+    b, m = ks.shape[:2]
+    warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
+    state = {"ks": ks, "vs": vs, "ms": ms}
+    if c.cross_attention in RECURRENT_KINDS:
+      kv_tot = jnp.einsum("bmshd,bmshe->bhde", ks, vs, preferred_element_type=jnp.float32)
+      if self._clamp:
+        kv_tot = jnp.clip(kv_tot, -BART_CLAMP, BART_CLAMP)
+      zeros = jnp.zeros(kv_tot.shape, jnp.float32)
+      state.update(kv_tot=kv_tot, knorm=key_norm(ks, c.faithful), mem=zeros, out=zeros,
+                   seg=jnp.full((b,), -1, jnp.int32))
+    return state
+
+  def step(self, x, state, t):
+    """One decoding step at position t (scalar). x [b, 1, D] -> (out [b, 1, D], new state).
+
+    Reads one segment of K/V (two for `xl`); at a segment change it computes that segment's
+    K_i^T V_i and advances RAF once.
+    """
+    c = self.config
+    q = self.project_q(x)  # [b, 1, h, d]
+    if c.cross_attention == "full":
+      ctx = layers.dot_product_attention(q, state["k"], state["v"],
+                                         layers.sequence_mask_bias(state["mask"]))
+      return self.project_out(ctx), state
+
+    ks, vs, ms = state["ks"], state["vs"], state["ms"]
+    m = ks.shape[1]
+    seg = segment_of(t, c.gen_len, m)
+    take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=True)
+    k_i, v_i, m_i = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, 1, s, ...]
+    qg = q[:, None]  # [b, 1(m), 1(g), h, d]
+    ctx = jnp.zeros(qg.shape, jnp.float32)
+    if c.cross_attention != "recurrent_only":
+      if c.cross_attention == "xl":
+        prev = jnp.maximum(seg - 1, 0)
+        has_prev = seg > 0
+        keys = jnp.concatenate([take(ks, prev), k_i], axis=2)
+        vals = jnp.concatenate([take(vs, prev), v_i], axis=2)
+        mask = jnp.concatenate([take(ms, prev) & has_prev, m_i], axis=2)
+      else:
+        keys, vals, mask = k_i, v_i, m_i
+      ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic=True)
+    if c.cross_attention in RECURRENT_KINDS:
+      kv_i = jnp.einsum("bshd,bshe->bhde", k_i[:, 0], v_i[:, 0], preferred_element_type=jnp.float32)
+      kv_i, kv_tot = self._summaries(kv_i, state["kv_tot"])
+      p = self._recurrent_input(kv_i, kv_tot)  # [b, h, d, e]
+      changed = (state["seg"] != seg)[:, None, None, None]
+      if c.uses_raf:
+        new_mem, new_out = raf.raf_step(state["mem"], self.SNN_kv(p), self.threshold, self.leak)
+      else:
+        new_mem, new_out = state["mem"], p
+      mem = jnp.where(changed, new_mem, state["mem"])
+      out = jnp.where(changed, new_out, state["out"])
+      state = dict(state, mem=mem, out=out, seg=jnp.full_like(state["seg"], seg))
+      ctx = ctx + self._recurrent_read(qg, out[:, None], state["knorm"])
+    return self.project_out(ctx[:, 0].astype(q.dtype)), state
+
+
+def _seg_and_total(ks, vs):
+  kv_seg = kv_products(ks, vs)
+  return kv_seg, jnp.sum(kv_seg, axis=1)
+
+
+def _raf_kernel_init(std: float | None):
+  """RAF linear init: N(0, std) if given, else identity + N(0, 0.02) so that a freshly added RAF
+  passes the complement through (useful when starting from a pretrained T5/BART)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    noise = jax.random.normal(key, shape, dtype)
+    if std is not None:
+      return std * noise
+    return jnp.eye(shape[0], shape[1], dtype=dtype) + 0.02 * noise
+
+  return init

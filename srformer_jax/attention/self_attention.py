@@ -1,0 +1,107 @@
+"""Self-attention with T5 relative position buckets and a key/value cache for decoding.
+
+Einsum letters: b batch, q query position, k key position, h head, d head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from srformer_jax import layers
+from srformer_jax import sharding as sh
+from srformer_jax.attention.projections import ProjectionsMixin
+from srformer_jax.config import ModelConfig
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+  """T5's bucketing of (key - query) distances (mesh-tensorflow / HF convention)."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (relative_position > 0).astype(jnp.int32) * num_buckets
+    relative_position = jnp.abs(relative_position)
+  else:
+    relative_position = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = relative_position < max_exact
+  # log(0) is never used (is_small covers it); the max() keeps it finite for the where below.
+  rp = jnp.maximum(relative_position, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(rp / max_exact) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, relative_position, large)
+
+
+class SelfAttention(nn.Module, ProjectionsMixin):
+  """Multi-head self-attention (bidirectional in the encoder, causal in the decoder)."""
+
+  config: ModelConfig
+  causal: bool
+  has_relative_attention_bias: bool = False
+
+  def setup(self):
+    c = self.config
+    self.setup_projections()
+    if self.has_relative_attention_bias:
+      self.relative_attention_bias = layers.embed(
+          c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS), dtype=jnp.float32)
+    rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
+    self.attn_dropout = nn.Dropout(rate)
+
+  def compute_bias(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """T5 relative position bias: [1, h, q, k] float32."""
+    c = self.config
+    rel = key_positions[None, :] - query_positions[:, None]
+    bucket = relative_position_bucket(rel, bidirectional=not self.causal,
+                                      num_buckets=c.relative_attention_num_buckets,
+                                      max_distance=c.relative_attention_max_distance)
+    values = self.relative_attention_bias(bucket)  # [q, k, h]
+    return jnp.transpose(values, (2, 0, 1))[None].astype(jnp.float32)
+
+  def __call__(self, x, mask_bias, position_bias=None, deterministic=True):
+    """x [b, t, D]; mask_bias additive [b|1, 1, t|1, t]; position_bias [1, h, t, t] (T5, shared).
+
+    Returns (output [b, t, D], position_bias) so that layer 0 can hand its bias to the others.
+    """
+    t = x.shape[1]
+    q = self.project_q(x)
+    k, v = self.project_kv(x)
+    if self.has_relative_attention_bias and position_bias is None:
+      pos = jnp.arange(t)
+      position_bias = self.compute_bias(pos, pos)
+    bias = mask_bias if position_bias is None else position_bias + mask_bias
+    ctx = layers.dot_product_attention(q, k, v, bias, dropout=self.attn_dropout,
+                                       deterministic=deterministic)
+    return self.project_out(ctx), position_bias
+
+  def step(self, x, cache, index, position_bias=None):
+    """One decoding step. x [b, 1, D]; cache {'k','v'} [b, L, h, d]; index: position of x.
+
+    Returns (output [b, 1, D], new cache, position_bias [1, h, 1, L]).
+    """
+    q = self.project_q(x)
+    k, v = self.project_kv(x)
+    zero = jnp.zeros((), jnp.int32)
+    k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (zero, index, zero, zero))
+    v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (zero, index, zero, zero))
+    max_len = k_cache.shape[1]
+    key_pos = jnp.arange(max_len)
+    if self.has_relative_attention_bias and position_bias is None:
+      position_bias = self.compute_bias(jnp.reshape(index, (1,)), key_pos)
+    valid = (key_pos <= index)[None, None, None, :]
+    bias = jnp.where(valid, 0.0, jnp.finfo(jnp.float32).min)
+    if position_bias is not None:
+      bias = bias + position_bias
+    ctx = layers.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias)
+    return self.project_out(ctx), {"k": k_cache, "v": v_cache}, position_bias
+
+
+def init_self_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32):
+  """Zeroed key/value cache of one decoder layer: {'k','v'} [batch, max_len, heads, d_kv]."""
+  shape = (batch, max_len, config.num_heads, config.d_kv)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

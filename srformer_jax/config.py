@@ -1,0 +1,208 @@
+"""Model configuration: one frozen dataclass for T5 and BART, built from a HF `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+# Cross-attention kinds of the decoder (see `srformer_jax.attention.segmented`).
+#   full            ordinary softmax attention over the whole encoder output
+#   segmented       softmax over the query's own segment only (the paper's baseline)
+#   srformer        segmented softmax + RAF-gated recurrent summary of the other segments
+#   xl              softmax over the current and previous segment (Transformer-XL-style baseline)
+#   recurrent_only  ablation I:   only the recurrent part (no segmented softmax)
+#   no_norm         ablation II:  srformer without the 1/||K|| normalisation
+#   no_raf          ablation III: srformer with the complement K^T V - K_i^T V_i used directly (no RAF)
+#   kv_segment      ablation IV:  RAF fed K_i^T V_i instead of the complement
+CROSS_ATTENTION_KINDS = (
+    "full", "segmented", "srformer", "xl", "recurrent_only", "no_norm", "no_raf", "kv_segment")
+# Kinds that carry RAF parameters (linear d_kv -> d_kv, leak, threshold).
+RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment")
+# Kinds that add the recurrent (linear-attention) term.
+RECURRENT_KINDS = RAF_KINDS + ("no_raf",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and SRformer settings of an encoder-decoder (T5 or BART).
+
+  Variants are made with `dataclasses.replace(cfg, cross_attention="srformer", segment_size=8)`.
+  """
+
+  arch: str  # "t5" | "bart"
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  d_kv: int  # per-head dimension
+  d_ff: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  # T5
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  feed_forward_proj: str = "relu"  # "relu" | "gated-gelu" | "gated-silu" | "gelu"
+  tie_word_embeddings: bool = True  # lm_head shares the input embedding
+  scale_decoder_outputs: bool = True  # T5 v1.0: decoder output * d_model**-0.5 before the lm_head
+  layer_norm_epsilon: float = 1e-6
+  # BART
+  max_position_embeddings: int = 1024
+  scale_embedding: bool = False
+  activation_function: str = "gelu"
+  # Tokens
+  pad_token_id: int = 0
+  eos_token_id: int = 1
+  bos_token_id: int | None = None
+  decoder_start_token_id: int = 0
+  forced_bos_token_id: int | None = None
+  # Regularisation (dropout is active only when `deterministic=False` and a 'dropout' rng is given)
+  dropout_rate: float = 0.1
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  # Decoder cross-attention (SRformer)
+  cross_attention: str = "full"
+  segment_size: int = 64
+  gen_len: int = 128  # decoder length q used for the segment rule when decoding
+  raf_threshold_init: float = 0.1
+  raf_leak_init: float = 0.1
+  raf_weight_init_std: float | None = None  # None: identity + N(0, 0.02) (see attention.segmented)
+  faithful: bool = False  # reproduce the authors' code exactly (see README, "faithful mode")
+  # Numerics
+  dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
+
+  def __post_init__(self):
+    if self.arch not in ("t5", "bart"):
+      raise ValueError(f"arch must be 't5' or 'bart', got {self.arch!r}")
+    if self.cross_attention not in CROSS_ATTENTION_KINDS:
+      raise ValueError(
+          f"unknown cross_attention {self.cross_attention!r}; choose one of {CROSS_ATTENTION_KINDS}")
+    if self.segment_size <= 0:
+      raise ValueError(f"segment_size must be a positive integer, got {self.segment_size}")
+    if self.gen_len <= 0:
+      raise ValueError(f"gen_len must be positive, got {self.gen_len}")
+    if self.raf_threshold_init <= 0:
+      raise ValueError(f"raf_threshold_init must be > 0 (RAF divides by it), got {self.raf_threshold_init}")
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+  @property
+  def inner_dim(self) -> int:
+    return self.num_heads * self.d_kv
+
+  @property
+  def uses_raf(self) -> bool:
+    return self.cross_attention in RAF_KINDS
+
+  @property
+  def is_gated_ffn(self) -> bool:
+    return self.feed_forward_proj.startswith("gated-")
+
+  @classmethod
+  def from_hf(cls, hf_config: Mapping[str, Any] | str | os.PathLike, **overrides) -> "ModelConfig":
+    """Builds a config from a HF config dict, a `config.json` path or a checkpoint directory."""
+    if not isinstance(hf_config, Mapping):
+      path = os.fspath(hf_config)
+      if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"no config.json at {path}")
+      with open(path) as f:
+        hf_config = json.load(f)
+    c = dict(hf_config)
+    model_type = c.get("model_type")
+    if model_type in ("t5", "mt5"):
+      kw = dict(
+          arch="t5",
+          vocab_size=c["vocab_size"],
+          d_model=c["d_model"],
+          num_heads=c["num_heads"],
+          d_kv=c["d_kv"],
+          d_ff=c["d_ff"],
+          num_encoder_layers=c["num_layers"],
+          num_decoder_layers=c.get("num_decoder_layers") or c["num_layers"],
+          relative_attention_num_buckets=c.get("relative_attention_num_buckets", 32),
+          relative_attention_max_distance=c.get("relative_attention_max_distance", 128),
+          feed_forward_proj=c.get("feed_forward_proj", "relu"),
+          tie_word_embeddings=c.get("tie_word_embeddings", True),
+          # transformers >= 5 always ties and records the v1.0/v1.1 difference here; older
+          # configs (and the published v1.1/flan checkpoints) say tie_word_embeddings=false.
+          scale_decoder_outputs=c.get("scale_decoder_outputs", c.get("tie_word_embeddings", True)),
+          layer_norm_epsilon=c.get("layer_norm_epsilon", 1e-6),
+          pad_token_id=c.get("pad_token_id", 0),
+          eos_token_id=c.get("eos_token_id", 1),
+          decoder_start_token_id=c.get("decoder_start_token_id", 0),
+          dropout_rate=c.get("dropout_rate", 0.1),
+          raf_threshold_init=0.1,
+          raf_leak_init=0.1,
+      )
+    elif model_type == "bart":
+      heads = c["decoder_attention_heads"]
+      if c["encoder_attention_heads"] != heads or c["encoder_ffn_dim"] != c["decoder_ffn_dim"]:
+        raise ValueError("BART with different encoder/decoder heads or ffn sizes is not supported")
+      kw = dict(
+          arch="bart",
+          vocab_size=c["vocab_size"],
+          d_model=c["d_model"],
+          num_heads=heads,
+          d_kv=c["d_model"] // heads,
+          d_ff=c["decoder_ffn_dim"],
+          num_encoder_layers=c["encoder_layers"],
+          num_decoder_layers=c["decoder_layers"],
+          max_position_embeddings=c.get("max_position_embeddings", 1024),
+          scale_embedding=c.get("scale_embedding", False),
+          activation_function=c.get("activation_function", "gelu"),
+          tie_word_embeddings=c.get("tie_word_embeddings", True),
+          layer_norm_epsilon=1e-5,
+          pad_token_id=c.get("pad_token_id", 1),
+          eos_token_id=c.get("eos_token_id", 2),
+          bos_token_id=c.get("bos_token_id", 0),
+          decoder_start_token_id=c.get("decoder_start_token_id", 2),
+          forced_bos_token_id=c.get("forced_bos_token_id"),
+          dropout_rate=c.get("dropout", 0.1),
+          attention_dropout=c.get("attention_dropout", 0.0),
+          activation_dropout=c.get("activation_dropout", 0.0),
+          raf_threshold_init=0.1,
+          raf_leak_init=0.5,
+      )
+    else:
+      raise ValueError(f"unsupported model_type {model_type!r}: srformer_jax supports t5 and bart")
+    if "srformer_cross_attention" in c:
+      kw["cross_attention"] = c["srformer_cross_attention"]
+    if "srformer_segment_size" in c:  # the authors' fixtures record this and gen_len
+      kw["segment_size"] = c["srformer_segment_size"]
+    if "gen_len" in c:
+      kw["gen_len"] = c["gen_len"]
+    kw.update(overrides)
+    return cls(**kw)
+
+  def to_hf(self) -> dict[str, Any]:
+    """The HF `config.json` dict of this architecture (SRformer fields are kept under `srformer_*`)."""
+    if self.arch == "t5":
+      d = dict(
+          model_type="t5", architectures=["T5ForConditionalGeneration"], vocab_size=self.vocab_size,
+          d_model=self.d_model, num_heads=self.num_heads, d_kv=self.d_kv, d_ff=self.d_ff,
+          num_layers=self.num_encoder_layers, num_decoder_layers=self.num_decoder_layers,
+          relative_attention_num_buckets=self.relative_attention_num_buckets,
+          relative_attention_max_distance=self.relative_attention_max_distance,
+          feed_forward_proj=self.feed_forward_proj, tie_word_embeddings=self.tie_word_embeddings,
+          scale_decoder_outputs=self.scale_decoder_outputs,
+          layer_norm_epsilon=self.layer_norm_epsilon, pad_token_id=self.pad_token_id,
+          eos_token_id=self.eos_token_id, decoder_start_token_id=self.decoder_start_token_id,
+          dropout_rate=self.dropout_rate, is_encoder_decoder=True)
+    else:
+      d = dict(
+          model_type="bart", architectures=["BartForConditionalGeneration"],
+          vocab_size=self.vocab_size, d_model=self.d_model,
+          encoder_attention_heads=self.num_heads, decoder_attention_heads=self.num_heads,
+          encoder_ffn_dim=self.d_ff, decoder_ffn_dim=self.d_ff,
+          encoder_layers=self.num_encoder_layers, decoder_layers=self.num_decoder_layers,
+          max_position_embeddings=self.max_position_embeddings, scale_embedding=self.scale_embedding,
+          activation_function=self.activation_function, pad_token_id=self.pad_token_id,
+          eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id,
+          decoder_start_token_id=self.decoder_start_token_id,
+          forced_bos_token_id=self.forced_bos_token_id, dropout=self.dropout_rate,
+          attention_dropout=self.attention_dropout, activation_dropout=self.activation_dropout,
+          tie_word_embeddings=self.tie_word_embeddings, is_encoder_decoder=True)
+    d.update(srformer_cross_attention=self.cross_attention, srformer_segment_size=self.segment_size)
+    return d
