@@ -176,7 +176,7 @@ class BartForConditionalGeneration(nn.Module):
                               deterministic=deterministic)
 
   def _logits(self, x):
-    logits = self.model.shared.attend(x).astype(jnp.float32) + self.final_logits_bias
+    logits = self.model.shared.attend(x).astype(self.config.logits_dtype) + self.final_logits_bias
     return nn.with_logical_constraint(logits, (sh.BATCH, sh.LENGTH, sh.VOCAB))
 
   def decode(self, decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask=None,

@@ -55,7 +55,8 @@ class ModelConfig:
   eos_token_id: int = 1
   bos_token_id: int | None = None
   decoder_start_token_id: int = 0
-  forced_bos_token_id: int | None = None
+  forced_bos_token_id: int | None = None  # token forced at the first decoding step (BART-large-cnn)
+  forced_eos_token_id: int | None = None  # token forced at the last step of max_len (BART)
   # Regularisation (dropout is active only when `deterministic=False` and a 'dropout' rng is given)
   dropout_rate: float = 0.1
   attention_dropout: float = 0.0
@@ -83,12 +84,17 @@ class ModelConfig:
       raise ValueError(f"gen_len must be positive, got {self.gen_len}")
     if self.raf_threshold_init <= 0:
       raise ValueError(f"raf_threshold_init must be > 0 (RAF divides by it), got {self.raf_threshold_init}")
-    if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+    if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+      raise ValueError(f"dtype must be float32, bfloat16, float16 (or float64 with jax_enable_x64, for "
+                       f"numerical checks), got {self.dtype!r}")
 
   @property
   def inner_dim(self) -> int:
     return self.num_heads * self.d_kv
+
+  @property
+  def logits_dtype(self) -> str:
+    return "float64" if self.dtype == "float64" else "float32"
 
   @property
   def uses_raf(self) -> bool:
@@ -159,6 +165,7 @@ class ModelConfig:
           bos_token_id=c.get("bos_token_id", 0),
           decoder_start_token_id=c.get("decoder_start_token_id", 2),
           forced_bos_token_id=c.get("forced_bos_token_id"),
+          forced_eos_token_id=c.get("forced_eos_token_id"),
           dropout_rate=c.get("dropout", 0.1),
           attention_dropout=c.get("attention_dropout", 0.0),
           activation_dropout=c.get("activation_dropout", 0.0),
@@ -201,7 +208,8 @@ class ModelConfig:
           activation_function=self.activation_function, pad_token_id=self.pad_token_id,
           eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id,
           decoder_start_token_id=self.decoder_start_token_id,
-          forced_bos_token_id=self.forced_bos_token_id, dropout=self.dropout_rate,
+          forced_bos_token_id=self.forced_bos_token_id,
+          forced_eos_token_id=self.forced_eos_token_id, dropout=self.dropout_rate,
           attention_dropout=self.attention_dropout, activation_dropout=self.activation_dropout,
           tie_word_embeddings=self.tie_word_embeddings, is_encoder_decoder=True)
     d.update(srformer_cross_attention=self.cross_attention, srformer_segment_size=self.segment_size)

@@ -49,7 +49,7 @@ class RMSNorm(nn.Module):
   def __call__(self, x):
     weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, (sh.EMBED,)),
                         (x.shape[-1],), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(accum_dtype(x.dtype))
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(var + self.eps)
     return (y * weight).astype(self.dtype)
@@ -68,11 +68,16 @@ class LayerNorm(nn.Module):
                         (d,), jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (sh.EMBED,)),
                       (d,), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(accum_dtype(x.dtype))
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
     return (y * weight + bias).astype(self.dtype)
+
+
+def accum_dtype(dtype) -> jnp.dtype:
+  """Dtype for reductions, softmax and norms: float32, or float64 when computing in float64."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -114,9 +119,9 @@ def merge_heads(x: jax.Array) -> jax.Array:
 def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=True):
   """Softmax attention. q [b,q,h,d], k/v [b,k,h,d], bias broadcastable to [b,h,q,k] -> [b,q,h,d].
 
-  Scores and softmax are computed in float32. Scaling of q (if any) is the caller's business.
+  Scores and softmax are computed in float32 (or float64 under a float64 config). Scaling of q (if any) is the caller's business.
   """
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores, axis=-1)

@@ -201,7 +201,7 @@ class T5ForConditionalGeneration(nn.Module):
       logits = self.shared.attend(x)
     else:
       logits = self.lm_head(x)
-    return nn.with_logical_constraint(logits.astype(jnp.float32), (sh.BATCH, sh.LENGTH, sh.VOCAB))
+    return nn.with_logical_constraint(logits.astype(c.logits_dtype), (sh.BATCH, sh.LENGTH, sh.VOCAB))
 
   def decode(self, decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask=None,
              deterministic=True):

@@ -106,13 +106,13 @@ def split_segments(k, v, mask, s: int, faithful: bool):
 
 def key_norm(ks: jax.Array, faithful: bool) -> jax.Array:
   """||K|| over the sequence axis per head and feature: [b, m, s, h, d] -> [b, h, d] float32."""
-  n = jnp.sqrt(jnp.sum(jnp.square(ks.astype(jnp.float32)), axis=(1, 2)))
+  n = jnp.sqrt(jnp.sum(jnp.square(ks.astype(layers.accum_dtype(ks.dtype))), axis=(1, 2)))
   return n if faithful else n + NORM_EPS
 
 
 def kv_products(ks: jax.Array, vs: jax.Array) -> jax.Array:
   """All K_i^T V_i at once: [b, m, s, h, d] x2 -> [b, m, h, d, e] float32."""
-  return jnp.einsum("bmshd,bmshe->bmhde", ks, vs, preferred_element_type=jnp.float32)
+  return jnp.einsum("bmshd,bmshe->bmhde", ks, vs, preferred_element_type=layers.accum_dtype(ks.dtype))
 
 
 class CrossAttention(nn.Module, ProjectionsMixin):
@@ -128,7 +128,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     self.setup_projections()
     if c.uses_raf:
       self.SNN_kv = nn.Dense(
-          c.d_kv, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+          c.d_kv, use_bias=False, dtype=layers.accum_dtype(c.dtype), param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(_raf_kernel_init(c.raf_weight_init_std), (None, None)))
       self.threshold = self.param(
           "threshold", nn.with_logical_partitioning(nn.initializers.constant(c.raf_threshold_init), (None,)),
@@ -167,7 +167,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
 
   def _segment_softmax(self, q, keys, vals, mask, deterministic):
     """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d]."""
-    scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=layers.accum_dtype(q.dtype))
     scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, :, None, None, :]
     probs = jax.nn.softmax(scores, axis=-1)
     if not self.config.faithful:
@@ -186,7 +186,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
 
   def _recurrent_read(self, q, out, knorm):
     """(Q @ out) / ||K||: q [b,m,g,h,d], out [b,m,h,d,e], knorm [b,h,e] -> [b,m,g,h,e]."""
-    rec = jnp.einsum("bmghd,bmhde->bmghe", q.astype(jnp.float32), out)
+    rec = jnp.einsum("bmghd,bmhde->bmghe", q.astype(out.dtype), out)
     if self.config.cross_attention != "no_norm":
       rec = rec / knorm[:, None, None]
     return rec
@@ -213,7 +213,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     plan = segment_plan(q_len, m)
     qg = q[:, plan.group_index]  # [b, m, g, h, d]
 
-    ctx = jnp.zeros(qg.shape, jnp.float32)
+    ctx = jnp.zeros(qg.shape, layers.accum_dtype(qg.dtype))
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = (self._with_previous(ks, vs, ms) if c.cross_attention == "xl"
                           else (ks, vs, ms))
@@ -251,10 +251,10 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
     state = {"ks": ks, "vs": vs, "ms": ms}
     if c.cross_attention in RECURRENT_KINDS:
-      kv_tot = jnp.einsum("bmshd,bmshe->bhde", ks, vs, preferred_element_type=jnp.float32)
+      kv_tot = jnp.einsum("bmshd,bmshe->bhde", ks, vs, preferred_element_type=layers.accum_dtype(ks.dtype))
       if self._clamp:
         kv_tot = jnp.clip(kv_tot, -BART_CLAMP, BART_CLAMP)
-      zeros = jnp.zeros(kv_tot.shape, jnp.float32)
+      zeros = jnp.zeros(kv_tot.shape, kv_tot.dtype)
       state.update(kv_tot=kv_tot, knorm=key_norm(ks, c.faithful), mem=zeros, out=zeros,
                    seg=jnp.full((b,), -1, jnp.int32))
     return state
@@ -278,7 +278,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=True)
     k_i, v_i, m_i = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, 1, s, ...]
     qg = q[:, None]  # [b, 1(m), 1(g), h, d]
-    ctx = jnp.zeros(qg.shape, jnp.float32)
+    ctx = jnp.zeros(qg.shape, layers.accum_dtype(qg.dtype))
     if c.cross_attention != "recurrent_only":
       if c.cross_attention == "xl":
         prev = jnp.maximum(seg - 1, 0)
@@ -290,7 +290,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         keys, vals, mask = k_i, v_i, m_i
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic=True)
     if c.cross_attention in RECURRENT_KINDS:
-      kv_i = jnp.einsum("bshd,bshe->bhde", k_i[:, 0], v_i[:, 0], preferred_element_type=jnp.float32)
+      kv_i = jnp.einsum("bshd,bshe->bhde", k_i[:, 0], v_i[:, 0],
+                        preferred_element_type=layers.accum_dtype(k_i.dtype))
       kv_i, kv_tot = self._summaries(kv_i, state["kv_tot"])
       p = self._recurrent_input(kv_i, kv_tot)  # [b, h, d, e]
       changed = (state["seg"] != seg)[:, None, None, None]

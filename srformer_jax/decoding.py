@@ -1,0 +1,218 @@
+"""Greedy and beam-search generation, fully inside `jax.lax.while_loop`.
+
+The decoding state is an explicit pytree: the model's cache (per layer: self-attention K/V; the
+cross-attention state: K/V, or for SRformer the segments, K^T V, ||K||, RAF memory and output)
+plus the sequences and scores. Beam search reorders every cache leaf along the batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+NEG_INF = -1.0e30
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """Generation settings (HF semantics for length_penalty, no_repeat_ngram_size, early_stopping)."""
+
+  max_len: int = 128
+  num_beams: int = 1
+  length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
+  no_repeat_ngram_size: int = 0
+  min_len: int = 0
+  early_stopping: bool = True  # a batch row stops once it has num_beams finished hypotheses
+
+  def __post_init__(self):
+    if self.max_len <= 0:
+      raise ValueError(f"max_len must be positive, got {self.max_len}")
+    if self.num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+    if self.min_len > self.max_len:
+      raise ValueError(f"min_len {self.min_len} > max_len {self.max_len}")
+
+
+def _ban_repeated_ngrams(logits, seqs, t, n: int):
+  """Sets logits of tokens that would repeat an n-gram of seqs[:, :t] to NEG_INF.
+
+  logits [B, V]; seqs [B, L] (positions >= t are ignored); t scalar.
+  """
+  if n <= 0:
+    return logits
+  b, length = seqs.shape
+  if length < n:
+    return logits
+  num = length - n + 1
+  windows = jnp.stack([seqs[:, i:i + num] for i in range(n)], axis=-1)  # [B, num, n]
+  start = jnp.maximum(t - (n - 1), 0)
+  prefix = jax.lax.dynamic_slice_in_dim(seqs, start, n - 1, axis=1) if n > 1 else seqs[:, :0]
+  match = jnp.all(windows[..., : n - 1] == prefix[:, None, :], axis=-1)
+  match &= (jnp.arange(num) + n - 1 < t)[None, :] & (t >= n - 1)
+  rows = jnp.arange(b)[:, None]
+  return logits.at[rows, windows[..., n - 1]].min(jnp.where(match, NEG_INF, jnp.inf))
+
+
+def _process_logits(logits, seqs, t, dc: DecodeConfig, config):
+  """Length and n-gram constraints on log-probs / logits [B, V] for position t.
+
+  seqs [B, L]: tokens generated so far (the decoder start token counts for n-grams, as in HF).
+  """
+  vocab = jnp.arange(logits.shape[-1])
+  if dc.min_len > 0:
+    logits = jnp.where((t < dc.min_len) & (vocab == config.eos_token_id), NEG_INF, logits)
+  for forced, when in ((config.forced_bos_token_id, t == 0),
+                       (config.forced_eos_token_id, t == dc.max_len - 1)):
+    if forced is not None:  # as HF: the forced token scores 0, every other token -inf
+      logits = jnp.where(when, jnp.where(vocab == forced, 0.0, NEG_INF), logits)
+  if dc.no_repeat_ngram_size <= 0:
+    return logits
+  start = jnp.full((seqs.shape[0], 1), config.decoder_start_token_id, seqs.dtype)
+  with_start = jnp.concatenate([start, seqs], axis=1)
+  return _ban_repeated_ngrams(logits, with_start, t + 1, dc.no_repeat_ngram_size)
+
+
+def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig()):
+  """Generates [b, max_len] token ids (pad after EOS) with greedy (num_beams=1) or beam search.
+
+  Jit it with `model` and `dc` static: `jax.jit(generate, static_argnums=(0, 4))`.
+  """
+  variables = {"params": params}
+  enc = model.apply(variables, input_ids, attention_mask, method=model.encode)
+  if dc.num_beams == 1:
+    return _greedy(model, variables, enc, attention_mask, dc)
+  return _beam_search(model, variables, enc, attention_mask, dc)
+
+
+def _greedy(model, variables, enc, mask, dc: DecodeConfig):
+  c = model.config
+  b = enc.shape[0]
+  cache = model.apply(variables, enc, mask, dc.max_len, method=model.init_cache)
+  tokens = jnp.full((b, dc.max_len), c.pad_token_id, jnp.int32)
+  prev = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
+  done = jnp.zeros((b,), bool)
+
+  def cond(state):
+    t, _, _, done, _ = state
+    return (t < dc.max_len) & ~jnp.all(done)
+
+  def body(state):
+    t, prev, tokens, done, cache = state
+    logits, cache = model.apply(variables, prev, cache, method=model.decode_step)
+    logits = _process_logits(logits, tokens, t, dc, c)
+    nxt = jnp.where(done, c.pad_token_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    tokens = tokens.at[:, t].set(nxt)
+    return t + 1, nxt, tokens, done | (nxt == c.eos_token_id), cache
+
+  _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), prev, tokens, done, cache))
+  return tokens
+
+
+def _gather_beams(x, idx):
+  """x [b, k, ...], idx [b, n] -> [b, n, ...]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _reorder_cache(cache, flat_idx, batch_beams: int):
+  def f(x):
+    return x[flat_idx] if x.ndim > 0 and x.shape[0] == batch_beams else x
+  return jax.tree.map(f, cache)
+
+
+def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
+  c = model.config
+  b, k, length = enc.shape[0], dc.num_beams, dc.max_len
+  rep = lambda x: jnp.repeat(x, k, axis=0)
+  cache = model.apply(variables, rep(enc), rep(mask), length, method=model.init_cache)
+  pad, eos = c.pad_token_id, c.eos_token_id
+  norm = lambda t: (t + 1.0) ** dc.length_penalty  # t: 0-based position of the last token
+
+  state = dict(
+      t=jnp.zeros((), jnp.int32),
+      prev=jnp.full((b, k), c.decoder_start_token_id, jnp.int32),
+      live_seqs=jnp.full((b, k, length), pad, jnp.int32),
+      # only beam 0 is alive at the start, so the first top-k does not pick k copies of one token
+      live_lp=jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1))[None], (b, 1)),
+      fin_seqs=jnp.full((b, k, length), pad, jnp.int32),
+      fin_scores=jnp.full((b, k), NEG_INF),
+      cache=cache,
+  )
+
+  def row_done(s):
+    full = jnp.all(s["fin_scores"] > NEG_INF / 2, axis=-1)
+    if dc.early_stopping:
+      return full
+    best_live = s["live_lp"][:, 0] / norm(s["t"] - 1.0)
+    return full & (jnp.min(s["fin_scores"], axis=-1) >= best_live)
+
+  def cond(s):
+    return (s["t"] < length) & ~jnp.all(row_done(s))
+
+  def body(s):
+    t = s["t"]
+    logits, cache = model.apply(variables, s["prev"].reshape(b * k), s["cache"], method=model.decode_step)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logp = _process_logits(logp, s["live_seqs"].reshape(b * k, length), t, dc, c)
+    vocab = logp.shape[-1]
+    cand = (s["live_lp"][..., None] + logp.reshape(b, k, vocab)).reshape(b, k * vocab)
+    top_scores, top_idx = jax.lax.top_k(cand, 2 * k)  # [b, 2k]
+    beam, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+    seqs = _gather_beams(s["live_seqs"], beam).at[:, :, t].set(tok)
+    is_eos = tok == eos
+    # Rows already done keep their finished set; their live beams no longer matter.
+    done = row_done(s)[:, None]
+    # live beams: best k candidates that did not end
+    live_scores, sel = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_scores), k)
+    live_seqs = _gather_beams(seqs, sel)
+    live_beam = jnp.take_along_axis(beam, sel, axis=1)
+    # finished: merge the previous set with candidates that ended here (as HF, only the top k
+    # candidates may finish; the other k only keep k beams alive)
+    in_top_k = (jnp.arange(2 * k) < k)[None, :]
+    new_fin = jnp.where(is_eos & in_top_k & ~done & (top_scores > NEG_INF / 2), top_scores / norm(t),
+                        NEG_INF)
+    all_scores = jnp.concatenate([s["fin_scores"], new_fin], axis=1)
+    all_seqs = jnp.concatenate([s["fin_seqs"], seqs], axis=1)
+    fin_scores, fsel = jax.lax.top_k(all_scores, k)
+    flat = (jnp.arange(b)[:, None] * k + live_beam).reshape(b * k)
+    return dict(t=t + 1, prev=jnp.take_along_axis(tok, sel, axis=1), live_seqs=live_seqs,
+                live_lp=live_scores, fin_seqs=_gather_beams(all_seqs, fsel), fin_scores=fin_scores,
+                cache=_reorder_cache(cache, flat, b * k))
+
+  s = jax.lax.while_loop(cond, body, state)
+  # Rows with fewer than k finished hypotheses also consider their unfinished beams (as HF does).
+  live_ok = (s["live_lp"] > NEG_INF / 2) & ~row_done(s)[:, None]
+  live_final = jnp.where(live_ok, s["live_lp"] / norm(s["t"] - 1.0), NEG_INF)
+  scores = jnp.concatenate([s["fin_scores"], live_final], axis=1)
+  seqs = jnp.concatenate([s["fin_seqs"], s["live_seqs"]], axis=1)
+  best = jnp.argmax(scores, axis=1)
+  return jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def generate_jit(model, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig()):
+  """`generate`, jitted with the model and decode settings static."""
+  return generate(model, params, input_ids, attention_mask, dc)
+
+
+def stepwise_logits(model: nn.Module, params, input_ids, attention_mask, decoder_input_ids,
+                    max_len: int | None = None):
+  """Teacher-forced logits [b, q, V] computed token by token through the decoding cache.
+
+  Equals `model.apply(params, input_ids, attention_mask, decoder_input_ids)` up to float error
+  (when config.gen_len == q for the segmented kinds); the tests check exactly that.
+  """
+  variables = {"params": params}
+  q = decoder_input_ids.shape[1]
+  enc = model.apply(variables, input_ids, attention_mask, method=model.encode)
+  cache = model.apply(variables, enc, attention_mask, max_len or q, method=model.init_cache)
+
+  def body(cache, tokens):
+    logits, cache = model.apply(variables, tokens, cache, method=model.decode_step)
+    return cache, logits
+
+  _, logits = jax.lax.scan(body, cache, jnp.swapaxes(decoder_input_ids, 0, 1))
+  return jnp.swapaxes(logits, 0, 1)
