@@ -76,16 +76,19 @@ def _process_logits(logits, seqs, t, dc: DecodeConfig, config):
   return _ban_repeated_ngrams(logits, with_start, t + 1, dc.no_repeat_ngram_size)
 
 
-def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig()):
+def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig(),
+             return_scores: bool = False):
   """Generates [b, max_len] token ids (pad after EOS) with greedy (num_beams=1) or beam search.
 
-  Jit it with `model` and `dc` static: `jax.jit(generate, static_argnums=(0, 4))`.
+  With `return_scores`, also returns [b] scores: the summed log-probs of the tokens (beam search:
+  divided by length ** length_penalty, as HF). Jit with `model`, `dc`, `return_scores` static:
+  `jax.jit(generate, static_argnums=(0, 4, 5))`, or use `generate_jit`.
   """
   variables = {"params": params}
   enc = model.apply(variables, input_ids, attention_mask, method=model.encode)
-  if dc.num_beams == 1:
-    return _greedy(model, variables, enc, attention_mask, dc)
-  return _beam_search(model, variables, enc, attention_mask, dc)
+  search = _greedy if dc.num_beams == 1 else _beam_search
+  seqs, scores = search(model, variables, enc, attention_mask, dc)
+  return (seqs, scores) if return_scores else seqs
 
 
 def _greedy(model, variables, enc, mask, dc: DecodeConfig):
@@ -95,21 +98,25 @@ def _greedy(model, variables, enc, mask, dc: DecodeConfig):
   tokens = jnp.full((b, dc.max_len), c.pad_token_id, jnp.int32)
   prev = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
   done = jnp.zeros((b,), bool)
+  score = jnp.zeros((b,), jnp.float32)
 
   def cond(state):
-    t, _, _, done, _ = state
+    t, _, _, done, _, _ = state
     return (t < dc.max_len) & ~jnp.all(done)
 
   def body(state):
-    t, prev, tokens, done, cache = state
+    t, prev, tokens, done, score, cache = state
     logits, cache = model.apply(variables, prev, cache, method=model.decode_step)
-    logits = _process_logits(logits, tokens, t, dc, c)
-    nxt = jnp.where(done, c.pad_token_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    logp = _process_logits(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), tokens, t, dc, c)
+    nxt = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+    score = score + jnp.where(done, 0.0, jnp.take_along_axis(logp, nxt[:, None], axis=1)[:, 0])
+    nxt = jnp.where(done, c.pad_token_id, nxt)
     tokens = tokens.at[:, t].set(nxt)
-    return t + 1, nxt, tokens, done | (nxt == c.eos_token_id), cache
+    return t + 1, nxt, tokens, done | (nxt == c.eos_token_id), score, cache
 
-  _, _, tokens, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), prev, tokens, done, cache))
-  return tokens
+  init = (jnp.zeros((), jnp.int32), prev, tokens, done, score, cache)
+  _, _, tokens, _, score, _ = jax.lax.while_loop(cond, body, init)
+  return tokens, score
 
 
 def _gather_beams(x, idx):
@@ -189,13 +196,15 @@ def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
   scores = jnp.concatenate([s["fin_scores"], live_final], axis=1)
   seqs = jnp.concatenate([s["fin_seqs"], s["live_seqs"]], axis=1)
   best = jnp.argmax(scores, axis=1)
-  return jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
+  return (jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0],
+          jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def generate_jit(model, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig()):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def generate_jit(model, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig(),
+                 return_scores: bool = False):
   """`generate`, jitted with the model and decode settings static."""
-  return generate(model, params, input_ids, attention_mask, dc)
+  return generate(model, params, input_ids, attention_mask, dc, return_scores)
 
 
 def stepwise_logits(model: nn.Module, params, input_ids, attention_mask, decoder_input_ids,

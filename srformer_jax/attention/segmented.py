@@ -165,6 +165,21 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     """P for the RAF: the complement K^T V - K_i^T V_i (ablation IV: K_i^T V_i itself)."""
     return kv_seg if self.config.cross_attention == "kv_segment" else kv_tot - kv_seg
 
+  def _raf_inputs(self, ks, vs):
+    """x_i = W P_i for every segment: [b, m, h, d, e].
+
+    W acts on the value axis and is linear, so without BART's clamp
+    W (K^T V - K_i^T V_i) = sum_j K_j^T (V_j W) - K_i^T (V_i W): 4 k d^2 flops whatever s is, instead
+    of 2 k d^2 + 2 m d^3 (which grows as s shrinks below d). The clamp makes P nonlinear in K_i^T V_i,
+    so BART (and s >= d, where the direct order is not dearer) takes the direct route.
+    """
+    s, d = ks.shape[2], ks.shape[-1]
+    if self._clamp or s >= d:
+      kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
+      return self.SNN_kv(self._recurrent_input(kv_seg, kv_tot[:, None]))
+    t_seg, t_tot = _seg_and_total(ks, self.SNN_kv(vs))  # K_i^T (V_i W)
+    return self._recurrent_input(t_seg, t_tot[:, None])
+
   def _segment_softmax(self, q, keys, vals, mask, deterministic):
     """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d]."""
     scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=layers.accum_dtype(q.dtype))
@@ -196,14 +211,17 @@ class CrossAttention(nn.Module, ProjectionsMixin):
 
   def __call__(self, x, enc, enc_mask, deterministic=True):
     """x [b, q, D] decoder states; enc [b, k, D]; enc_mask [b, k] bool -> [b, q, D]."""
-    c = self.config
     q = self.project_q(x)
     k, v = self.project_kv(enc)
+    return self.project_out(self.attend(q, k, v, enc_mask, deterministic))
+
+  def attend(self, q, k, v, enc_mask, deterministic=True):
+    """The attention itself, without projections: q [b, q, h, d], k/v [b, k, h, d] -> [b, q, h, d]."""
+    c = self.config
     if c.cross_attention == "full":
-      ctx = layers.dot_product_attention(
+      return layers.dot_product_attention(
           q, k, v, layers.sequence_mask_bias(enc_mask), dropout=self.attn_dropout,
           deterministic=deterministic)
-      return self.project_out(ctx)
 
     b, q_len = q.shape[:2]
     s = c.segment_size
@@ -219,17 +237,16 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
-      p = self._recurrent_input(kv_seg, kv_tot[:, None])  # [b, m, h, d, e]
       if c.uses_raf:
-        xs = jnp.moveaxis(self.SNN_kv(p), 1, 0)  # [m, b, h, d, e]
+        xs = jnp.moveaxis(self._raf_inputs(ks, vs), 1, 0)  # [m, b, h, d, e]
         outs, _ = raf.raf_scan(xs, jnp.asarray(plan.active), self.threshold, self.leak)
         out = jnp.moveaxis(outs, 0, 1)
-      else:  # no_raf
-        out = p
+      else:  # no_raf: the complement itself
+        kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
+        out = self._recurrent_input(kv_seg, kv_tot[:, None])  # [b, m, h, d, e]
       ctx = ctx + self._recurrent_read(qg, out, key_norm(ks, c.faithful))
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
-    return self.project_out(ctx.astype(q.dtype))
+    return ctx.astype(q.dtype)
 
   # ---------------------------------------------------------------------------------------------
   # decoding
