@@ -1,0 +1,7 @@
+"""t5_small SRformer on media_sum with the paper's settings (s=64, source 1024, AdamW 5e-5, linear decay)."""
+
+from configs import base
+
+
+def get_config():
+  return base.paper_config("t5_small", "media_sum")
