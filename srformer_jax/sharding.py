@@ -53,9 +53,10 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     if devices.size % known:
       raise ValueError(f"{devices.size} devices cannot be split into mesh {shape}")
     shape[shape.index(-1)] = devices.size // known
-  if int(np.prod(shape)) != devices.size:
-    raise ValueError(f"mesh {tuple(shape)} needs {int(np.prod(shape))} devices, {devices.size} available")
-  return Mesh(devices.reshape(shape), MESH_AXES)
+  n = int(np.prod(shape))
+  if n > devices.size:
+    raise ValueError(f"mesh {tuple(shape)} needs {n} devices, {devices.size} available")
+  return Mesh(devices.reshape(-1)[:n].reshape(shape), MESH_AXES)  # a smaller mesh uses the first n
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):

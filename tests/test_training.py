@@ -1,0 +1,334 @@
+"""Training, checkpoints, data handling and evaluation (all on CPU; 8 fake devices from conftest)."""
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import base
+from srformer_jax import data, eval_lib, sharding, train_lib
+from srformer_jax.checkpoint import Checkpointer
+from srformer_jax.config import ModelConfig
+from srformer_jax.model import build_model
+from tests import hf_models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model(**kw):
+  c = dict(arch="t5", vocab_size=64, d_model=32, num_heads=4, d_kv=8, d_ff=64, num_encoder_layers=2,
+           num_decoder_layers=2, relative_attention_num_buckets=8, dropout_rate=0.1,
+           cross_attention="srformer", segment_size=8, gen_len=8)
+  c.update(kw)
+  return ModelConfig(**c)
+
+
+def random_batch(b=8, s=32, t=8, vocab=64, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.ones((b, s), np.int32)
+  mask[::3, 20:] = 0
+  lmask = np.ones((b, t), np.int32)
+  lmask[1::2, 5:] = 0
+  return {"input_ids": rng.integers(2, vocab, (b, s)).astype(np.int32), "attention_mask": mask,
+          "labels": rng.integers(2, vocab, (b, t)).astype(np.int32), "label_mask": lmask}
+
+
+def small_cfg(**train):
+  cfg = base.base_config()
+  cfg.train.update(dict(learning_rate=1e-3, num_steps=10, warmup_steps=2), **train)
+  return cfg
+
+
+def _trainer(model, cfg, mesh_shape, devices=None, grad_accum=1):
+  tx, schedule = train_lib.make_optimizer(cfg)
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  return train_lib.Trainer(model, tx, schedule, mesh, grad_accum=grad_accum)
+
+
+def test_sharded_step_equals_single_device():
+  assert jax.device_count() == 8, "conftest asks for 8 fake CPU devices"
+  model = build_model(tiny_model())
+  cfg = small_cfg()
+  single = _trainer(model, cfg, (1, 1, 1), jax.devices()[:1])
+  sharded = _trainer(model, cfg, (2, 2, 2))
+  rng = jax.random.key(0)
+  s1 = single.init_state(jax.random.key(1))
+  s8 = sharded.init_state(jax.random.key(1))
+  q = s8.params["encoder"]["block_0"]["layer_0"]["SelfAttention"]["q"]["kernel"]
+  assert q.sharding.spec == P("fsdp", "tensor")  # embed -> fsdp, joined_kv -> tensor
+  assert len({d.id for d in q.sharding.device_set}) == 8
+  emb = s8.params["shared"]["embedding"]
+  assert emb.sharding.spec == P("tensor", "fsdp")  # vocab -> tensor, embed -> fsdp
+  mu = s8.opt_state[1][0].mu["shared"]["embedding"]  # adamw moments follow their params
+  assert mu.sharding.spec == P("tensor", "fsdp")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), s1, s8)
+  for i in range(2):
+    batch = random_batch(seed=i)
+    s1, m1 = single.step(s1, batch, rng)
+    s8, m8 = sharded.step(s8, batch, rng)
+    np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
+               s1.params, s8.params)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  model = build_model(tiny_model(dropout_rate=0.0))
+  cfg = small_cfg()
+  one = _trainer(model, cfg, (1, 1, 1), jax.devices()[:1])
+  acc = _trainer(model, cfg, (1, 1, 1), jax.devices()[:1], grad_accum=4)
+  s1, s2 = one.init_state(jax.random.key(1)), acc.init_state(jax.random.key(1))
+  batch = random_batch()
+  s1, m1 = one.step(s1, batch, jax.random.key(0))
+  s2, m2 = acc.step(s2, batch, jax.random.key(0))
+  np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0),
+               s1.params, s2.params)
+
+
+def test_dropout_changes_with_step_but_is_reproducible():
+  model = build_model(tiny_model(dropout_rate=0.3))
+  cfg = small_cfg(learning_rate=0.0)  # lr 0: params fixed, only the dropout mask can differ
+  tr = _trainer(model, cfg, (1, 1, 1), jax.devices()[:1])
+  batch = random_batch()
+  s = tr.init_state(jax.random.key(1))
+  s, m_a = tr.step(s, batch, jax.random.key(0))
+  s, m_b = tr.step(s, batch, jax.random.key(0))
+  s2 = tr.init_state(jax.random.key(1))
+  s2, m_c = tr.step(s2, batch, jax.random.key(0))
+  assert float(m_a["loss"]) != float(m_b["loss"])  # dropout rng folded with the step
+  assert float(m_a["loss"]) == float(m_c["loss"])
+
+
+def docstring_cfg(num_steps=6, save_every=3):
+  cfg = base.base_config()
+  cfg.model.init_from = ""
+  cfg.model.segment_size = 8
+  cfg.model.scratch.update(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1,
+                           num_decoder_layers=1, relative_attention_num_buckets=8)
+  cfg.data.update(source="docstrings", train_split="train", eval_split="test", tokenizer="train_spm",
+                  spm_vocab_size=300, max_source_len=48, max_target_len=16, max_eval_examples=6)
+  cfg.train.update(batch_size=8, num_steps=num_steps, learning_rate=3e-3, warmup_steps=2, log_every=1,
+                   save_every=save_every, mesh_shape=(1, 1, 1))
+  cfg.decode.update(num_beams=2, batch_size=4, max_len=0)
+  return cfg
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+
+
+def _final_params(cfg, workdir):
+  model, tok, params = eval_lib.load_for_eval(cfg, workdir)
+  return params
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+  """The docstring corpus and a tokenizer trained on it, shared by the runs below."""
+  d = tmp_path_factory.mktemp("docstrings")
+  cfg = docstring_cfg()
+  src = train_lib.load_source(cfg, "train_split", str(d))
+  train_lib.build_tokenizer(cfg, str(d), [t for p in src.pairs for t in p])
+  return str(d)
+
+
+def _workdir(tmp_path, corpus_dir, name):
+  w = tmp_path / name
+  w.mkdir()
+  for sub in ("corpus", "spm"):
+    shutil.copytree(os.path.join(corpus_dir, sub), w / sub)
+  return str(w)
+
+
+def test_kill_and_resume_is_exact(tmp_path, corpus_dir):
+  cfg = docstring_cfg(num_steps=6, save_every=3)
+  straight = _workdir(tmp_path, corpus_dir, "straight")
+  train_lib.train(cfg, straight)
+  resumed = _workdir(tmp_path, corpus_dir, "resumed")
+  train_lib.train(cfg, resumed, stop_after=3)  # "killed" after the checkpoint at step 3
+  assert Checkpointer(os.path.join(resumed, "checkpoints")).latest_step() == 3
+  train_lib.train(cfg, resumed)
+  a, b = _losses(straight), _losses(resumed)
+  assert [s for s, _ in a] == list(range(1, 7)) == [s for s, _ in b]
+  np.testing.assert_array_equal([l for _, l in a], [l for _, l in b])
+  jax.tree.map(np.testing.assert_array_equal, _final_params(cfg, straight), _final_params(cfg, resumed))
+  assert os.path.exists(os.path.join(straight, "loss.png"))
+
+
+def test_offline_default_loss_falls_and_evaluates(tmp_path, corpus_dir):
+  """The default config's pipeline, shortened (the full run is the README's main command)."""
+  spec = importlib.util.spec_from_file_location("default_cfg", os.path.join(REPO, "configs", "default.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  cfg.data.spm_vocab_size = 300  # the shared corpus_dir tokenizer
+  cfg.data.max_eval_examples = 8
+  cfg.train.update(num_steps=40, log_every=5, save_every=40, batch_size=16, warmup_steps=5)
+  w = _workdir(tmp_path, corpus_dir, "default")
+  train_lib.train(cfg, w)
+  losses = [l for _, l in _losses(w)]
+  assert losses[-1] < losses[0] - 1.0, losses
+  scores = eval_lib.evaluate(cfg, w)
+  assert scores["num_examples"] == 8
+  assert set(eval_lib.ROUGE_TYPES) <= set(json.load(open(os.path.join(w, "rouge.json"))))
+  with open(os.path.join(w, "predictions.jsonl")) as f:
+    assert len(f.readlines()) == 8
+
+
+def test_tfds_mock_paper_config_end_to_end(tmp_path, shared_dir, hf_dirs):
+  import tensorflow_datasets as tfds
+  # a tiny T5 stands in for t5-small, with the real T5 tokenizer files beside it
+  ckpt = tmp_path / "tiny_t5"
+  shutil.copytree(hf_dirs["t5_v1_0"].path, ckpt)
+  for f in glob.glob(os.path.join(shared_dir, "data", "t5_tokenizer", "*")):
+    if not f.endswith((".txt", ".from_repo")):
+      shutil.copy(f, ckpt)
+  spec = importlib.util.spec_from_file_location(
+      "paper", os.path.join(REPO, "configs", "t5_small_cnn_dailymail.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  cfg.model.init_from = str(ckpt)
+  cfg.model.segment_size = 16
+  cfg.data.update(max_source_len=64, max_target_len=16, max_eval_examples=4)
+  cfg.train.update(batch_size=4, num_steps=3, log_every=1, save_every=3, mesh_shape=(1, 1, 1))
+  cfg.decode.update(batch_size=4, num_beams=2)
+  w = str(tmp_path / "run")
+  with pytest.raises(data.DataError, match="could not load tfds 'cnn_dailymail'.*tfds build"):
+    train_lib.train(cfg, w)  # no prepared data and no network: a clear error
+  with tfds.testing.mock_data(num_examples=12):
+    with pytest.raises(ValueError, match="tokenizer has 32100 tokens, model only 99"):
+      train_lib.train(cfg, w)
+  # widen the tiny model's vocabulary to the tokenizer's
+  from srformer_jax.convert import load_state_dict
+  from safetensors.numpy import save_file
+  sd = load_state_dict(ckpt)
+  sd = {k: np.resize(v, (32128,) + v.shape[1:]) if v.shape[0] == 99 else v for k, v in sd.items()}
+  save_file(sd, str(ckpt / "model.safetensors"))
+  c = json.load(open(ckpt / "config.json"))
+  c["vocab_size"] = 32128
+  json.dump(c, open(ckpt / "config.json", "w"))
+  with tfds.testing.mock_data(num_examples=12):
+    train_lib.train(cfg, w)
+    scores = eval_lib.evaluate(cfg, w)
+  assert len(_losses(w)) == 3
+  assert scores["num_examples"] == 4 and scores["cross_attention"] == "srformer"
+  assert os.path.exists(os.path.join(w, "rouge.json"))
+
+
+def test_every_config_loads():
+  files = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+  names = [os.path.basename(f) for f in files if not os.path.basename(f).startswith(("_", "base"))]
+  assert len(names) >= 9
+  for f in files:
+    if os.path.basename(f) in names:
+      spec = importlib.util.spec_from_file_location(f, f)
+      mod = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(mod)
+      cfg = mod.get_config()
+      assert cfg.model.cross_attention == "srformer"
+      assert cfg.data.max_target_len > 0 and cfg.train.num_steps > 0
+      if cfg.model.init_from:  # the paper settings
+        assert (cfg.data.max_source_len, cfg.train.learning_rate, cfg.model.segment_size) == (1024, 5e-5, 64)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+
+
+class CharTokenizer:
+  pad_id, eos_id, vocab_size = 0, 1, 300
+
+  def encode(self, text):
+    return [min(ord(ch), 299) for ch in text] + [1]
+
+  def decode(self, ids):
+    return "".join(chr(i) for i in ids if i > 1)
+
+
+def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path, caplog):
+  p = tmp_path / "d.jsonl"
+  with open(p, "wb") as f:
+    f.write(b'{"document": "a good document", "summary": "good"}\n')
+    f.write(b'{"document": "", "summary": "empty document"}\n')
+    f.write(b'{"document": "bad bytes \xff\xfe", "summary": "x"}\n')
+    f.write(b'not json at all\n')
+    f.write(b'{"text": "wrong keys"}\n')
+    f.write(b'\n')
+    f.write(b'{"document": "another one", "summary": "fine"}\n')
+  src = data.read_jsonl(str(p))
+  assert len(src) == 2
+  assert (src.stats.read, src.stats.skipped_empty, src.stats.skipped_bad_line) == (6, 1, 3)
+  assert "lines [3, 4, 5]" in caplog.text
+
+
+def test_missing_and_empty_data_files(tmp_path):
+  with pytest.raises(data.DataError, match="does not exist"):
+    data.read_jsonl(str(tmp_path / "nope.jsonl"))
+  (tmp_path / "empty.jsonl").write_text('{"document": "", "summary": ""}\n')
+  with pytest.raises(data.DataError, match="no usable examples"):
+    data.read_jsonl(str(tmp_path / "empty.jsonl"))
+  with pytest.raises(data.DataError, match="spm:<file>"):
+    data.load_tokenizer("sentencepiece.model")
+
+
+def test_long_summaries_truncate_skip_or_error():
+  src = data.ListSource([("doc " * 5, "short"), ("doc", "a very long summary indeed")])
+  tok = CharTokenizer()
+  spec = data.BatchSpec(batch_size=2, max_source_len=8, max_target_len=10)
+  it = data.BatchIterator(src, tok, spec, shuffle=False)
+  batch = next(it)
+  assert batch["labels"].shape == (2, 10) and batch["labels"][1, -1] == tok.eos_id
+  assert it.stats.truncated_target == 1 and it.stats.truncated_source == 1
+  it = data.BatchIterator(src, tok, data.BatchSpec(2, 8, 10, long_target="skip"), shuffle=False)
+  batch = next(it)  # the long one is skipped, the short one fills the batch twice
+  assert it.stats.skipped_too_long >= 1
+  assert all(tok.decode(row) == "short" for row in batch["labels"])
+  it = data.BatchIterator(src, tok, data.BatchSpec(2, 8, 10, long_target="error"), shuffle=False)
+  with pytest.raises(data.DataError, match="exceeds max_target_len=10"):
+    next(it)
+  only_long = data.ListSource([("doc", "a very long summary indeed")])
+  it = data.BatchIterator(only_long, tok, data.BatchSpec(2, 8, 10, long_target="skip"))
+  with pytest.raises(data.DataError, match="no usable examples"):
+    next(it)
+
+
+def test_batch_iterator_position_is_exact():
+  src = data.ListSource([(f"document {i}", f"summary {i}") for i in range(11)])
+  spec = data.BatchSpec(batch_size=3, max_source_len=16, max_target_len=12)
+  a = data.BatchIterator(src, CharTokenizer(), spec, seed=5)
+  first = [next(a) for _ in range(5)]  # crosses an epoch boundary
+  b = data.BatchIterator(src, CharTokenizer(), spec, seed=5)
+  for _ in range(2):
+    next(b)
+  c = data.BatchIterator(src, CharTokenizer(), spec, seed=5)
+  c.restore(b.state())
+  for want in first[2:]:
+    got = next(c)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_rouge_scores():
+  s = eval_lib.rouge(["the cat sat on the mat."], ["the cat sat on the mat."])
+  assert all(abs(v - 100.0) < 1e-6 for v in s.values())
+  s = eval_lib.rouge(["dogs run"], ["the cat sat on the mat."])
+  assert s["rouge1"] == 0.0
+  # stemming: "running" matches "run"
+  assert eval_lib.rouge(["cats running"], ["cat run"])["rouge1"] == 100.0
+
+
+def test_bad_mesh_and_config_errors():
+  with pytest.raises(ValueError, match="needs 16 devices, 8 available"):
+    sharding.make_mesh((4, 4, 1))
+  assert sharding.make_mesh((1, 2, 1)).devices.size == 2
+  with pytest.raises(ValueError, match="at most one mesh dimension"):
+    sharding.make_mesh((-1, -1, 1))
