@@ -91,6 +91,13 @@ def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConf
   return (seqs, scores) if return_scores else seqs
 
 
+def generate_from_encoded(model: nn.Module, params, encoder_out, attention_mask,
+                          dc: DecodeConfig = DecodeConfig()):
+  """Like `generate` (returning (tokens, scores)) but starting from encoder states [b, k, D]."""
+  search = _greedy if dc.num_beams == 1 else _beam_search
+  return search(model, {"params": params}, encoder_out, attention_mask, dc)
+
+
 def _greedy(model, variables, enc, mask, dc: DecodeConfig):
   c = model.config
   b = enc.shape[0]

@@ -130,6 +130,18 @@ def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=Tru
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
+def cached_attention(q, k, v, bias=None):
+  """Softmax attention against a head-major cache: q [b,q,h,d], k/v [b,h,k,d] -> [b,q,h,d].
+
+  Decoding caches keep keys head-major so that each step streams them without a transpose.
+  """
+  scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
+  if bias is not None:
+    scores = scores + bias
+  probs = jax.nn.softmax(scores, axis=-1)
+  return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(v.dtype), v)
+
+
 def shift_right(labels: jax.Array, start_token_id: int, pad_token_id: int) -> jax.Array:
   """Teacher-forcing decoder inputs: [start, y0, y1, ...]; -100 label positions become pad."""
   labels = jnp.where(labels == -100, pad_token_id, labels)

@@ -254,7 +254,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
   def init_state(self, enc, enc_mask):
     """Per-input decoding state (computed once). enc [b, k, D]; enc_mask [b, k] bool.
 
-    full:      {'k','v'} [b, k, h, d], 'mask' [b, k]
+    full:      {'k','v'} [b, h, k, d] (head-major: streamed without a transpose), 'mask' [b, k]
     segmented: {'ks','vs'} [b, m, s, h, d], 'ms' [b, m, s]
     recurrent: + 'kv_tot' [b, h, d, e], 'knorm' [b, h, e], 'mem'/'out' [b, h, d, e] (RAF memory and its
                current output), 'seg' [b] int32 (segment last fed to RAF, -1 before the first).
@@ -262,7 +262,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     c = self.config
     k, v = self.project_kv(enc)
     if c.cross_attention == "full":
-      return {"k": k, "v": v, "mask": enc_mask}
+      return {"k": jnp.swapaxes(k, 1, 2), "v": jnp.swapaxes(v, 1, 2), "mask": enc_mask}
     ks, vs, ms = self._split(k, v, enc_mask)
     b, m = ks.shape[:2]
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
@@ -285,8 +285,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     c = self.config
     q = self.project_q(x)  # [b, 1, h, d]
     if c.cross_attention == "full":
-      ctx = layers.dot_product_attention(q, state["k"], state["v"],
-                                         layers.sequence_mask_bias(state["mask"]))
+      ctx = layers.cached_attention(q, state["k"], state["v"], layers.sequence_mask_bias(state["mask"]))
       return self.project_out(ctx), state
 
     ks, vs, ms = state["ks"], state["vs"], state["ms"]

@@ -80,16 +80,17 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     return self.project_out(ctx), position_bias
 
   def step(self, x, cache, index, position_bias=None):
-    """One decoding step. x [b, 1, D]; cache {'k','v'} [b, L, h, d]; index: position of x.
+    """One decoding step. x [b, 1, D]; cache {'k','v'} [b, h, L, d]; index: position of x.
 
     Returns (output [b, 1, D], new cache, position_bias [1, h, 1, L]).
     """
     q = self.project_q(x)
     k, v = self.project_kv(x)
     zero = jnp.zeros((), jnp.int32)
-    k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (zero, index, zero, zero))
-    v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (zero, index, zero, zero))
-    max_len = k_cache.shape[1]
+    to_cache = lambda a, c: jnp.swapaxes(a, 1, 2).astype(c.dtype)  # [b, 1, h, d] -> [b, h, 1, d]
+    k_cache = jax.lax.dynamic_update_slice(cache["k"], to_cache(k, cache["k"]), (zero, zero, index, zero))
+    v_cache = jax.lax.dynamic_update_slice(cache["v"], to_cache(v, cache["v"]), (zero, zero, index, zero))
+    max_len = k_cache.shape[2]
     key_pos = jnp.arange(max_len)
     if self.has_relative_attention_bias and position_bias is None:
       position_bias = self.compute_bias(jnp.reshape(index, (1,)), key_pos)
@@ -97,11 +98,11 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     bias = jnp.where(valid, 0.0, jnp.finfo(jnp.float32).min)
     if position_bias is not None:
       bias = bias + position_bias
-    ctx = layers.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias)
+    ctx = layers.cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias)
     return self.project_out(ctx), {"k": k_cache, "v": v_cache}, position_bias
 
 
 def init_self_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32):
-  """Zeroed key/value cache of one decoder layer: {'k','v'} [batch, max_len, heads, d_kv]."""
-  shape = (batch, max_len, config.num_heads, config.d_kv)
+  """Zeroed key/value cache of one decoder layer: {'k','v'} [batch, heads, max_len, d_kv]."""
+  shape = (batch, config.num_heads, max_len, config.d_kv)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

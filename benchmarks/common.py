@@ -1,0 +1,71 @@
+"""Shared helpers of the benchmark scripts: platform flag, timing, JSON and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"],
+                 help="JAX platform to run on (the same script runs unchanged on each)")
+  p.add_argument("--out", default=RESULTS, help="directory for the JSON and PNG results")
+  p.add_argument("--repeats", type=int, default=5, help="timed repeats after compilation")
+  p.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+  return p
+
+
+def setup_platform(name: str):
+  os.environ["JAX_PLATFORMS"] = name if name != "gpu" else "cuda"
+  import jax
+  return jax
+
+
+def machine(jax) -> dict:
+  dev = jax.devices()[0]
+  info = {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)),
+          "device_count": jax.device_count(), "jax": jax.__version__,
+          "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+  return info
+
+
+def block(x):
+  import jax
+  return jax.block_until_ready(x)
+
+
+def time_fn(fn, repeats: int) -> dict:
+  """Compile time (first call) and the median / min of `repeats` later calls, in seconds."""
+  t0 = time.perf_counter()
+  block(fn())
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - t0)
+  return {"first_call_s": compile_s, "median_s": statistics.median(times), "min_s": min(times),
+          "repeats": repeats}
+
+
+def write(out_dir: str, name: str, payload: dict) -> str:
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2)
+  print(f"wrote {path}")
+  return path
+
+
+def plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as pyplot
+  return pyplot

@@ -1,0 +1,72 @@
+"""2. Decode time per token vs input length: full vs SRformer (s=64), T5-small shapes.
+
+Batch 8, greedy, 128 new tokens (EOS banned so every run decodes all 128), random weights. The
+encoder output is given (random), so the numbers are the decoder's: `init` is the per-input work
+(cross-attention K/V, and for SRformer K^T V and ||K||), `per_token` the cached step.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common, models  # noqa: E402
+
+
+def main():
+  p = common.parser(__doc__)
+  p.add_argument("--lengths", default="512,1024,4096,16384")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--new_tokens", type=int, default=128)
+  p.add_argument("--dtype", default="float32")
+  args = p.parse_args()
+  jax = common.setup_platform(args.platform)
+  import jax.numpy as jnp
+  from srformer_jax import DecodeConfig, build_model, init_params
+  from srformer_jax.decoding import generate_from_encoded
+
+  lengths = [int(x) for x in args.lengths.split(",")]
+  if args.quick:
+    lengths = lengths[:2]
+  n = args.new_tokens
+  dc = DecodeConfig(max_len=n, min_len=n)  # EOS banned: always n steps
+  rows = []
+  for kind in ("full", "srformer"):
+    cfg = models.t5_small(cross_attention=kind, segment_size=64, gen_len=n, dtype=args.dtype)
+    model = build_model(cfg)
+    params = init_params(cfg, jax.random.key(0))
+    if args.dtype != "float32":
+      params = jax.tree.map(lambda x: x.astype(args.dtype), params)
+    for k in lengths:
+      enc = jax.random.normal(jax.random.key(1), (args.batch, k, cfg.d_model), jnp.dtype(args.dtype))
+      mask = jnp.ones((args.batch, k), jnp.int32)
+      decode = jax.jit(lambda p, e, m: generate_from_encoded(model, p, e, m, dc)[0])
+      init = jax.jit(lambda p, e, m: model.apply({"params": p}, e, m, n, method=model.init_cache))
+      t_all = common.time_fn(lambda: decode(params, enc, mask), args.repeats)
+      t_init = common.time_fn(lambda: init(params, enc, mask), args.repeats)
+      per_token = (t_all["median_s"] - t_init["median_s"]) / n
+      rows.append(dict(kind=kind, k=k, total_s=t_all["median_s"], init_s=t_init["median_s"],
+                       per_token_ms=1e3 * per_token, compile_s=t_all["first_call_s"]))
+      print(f"{kind:<9} k={k:>6}  per token {1e3 * per_token:8.3f} ms   init {t_init['median_s']*1e3:8.1f} ms"
+            f"   total {t_all['median_s']:.3f} s", flush=True)
+  by = {(r["kind"], r["k"]): r for r in rows}
+  speedup = {k: by[("full", k)]["per_token_ms"] / by[("srformer", k)]["per_token_ms"] for k in lengths}
+  print("per-token speedup srformer vs full:", {k: round(v, 2) for k, v in speedup.items()})
+  common.write(args.out, f"decode_scaling_{args.platform}",
+               {"machine": common.machine(jax), "batch": args.batch, "new_tokens": n, "dtype": args.dtype,
+                "rows": rows, "per_token_speedup": speedup})
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for kind in ("full", "srformer"):
+    ax.plot(lengths, [by[(kind, k)]["per_token_ms"] for k in lengths], "o-", label=kind)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("input length k (tokens)")
+  ax.set_ylabel("decode time per token (ms), batch 8")
+  ax.set_title(f"T5-small greedy decoding ({common.machine(jax)['device']})")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, f"decode_scaling_{args.platform}.png"), dpi=100)
+
+
+if __name__ == "__main__":
+  main()
