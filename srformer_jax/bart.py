@@ -19,6 +19,7 @@ from srformer_jax import sharding as sh
 from srformer_jax.attention.segmented import CrossAttention
 from srformer_jax.attention.self_attention import SelfAttention, init_self_cache
 from srformer_jax.config import ModelConfig
+from srformer_jax.seq2seq import EncoderDecoderMixin
 
 POSITION_OFFSET = 2  # BART's learned positions start at index 2 (fairseq legacy)
 
@@ -160,7 +161,7 @@ class BartModel(nn.Module):
     raise NotImplementedError
 
 
-class BartForConditionalGeneration(nn.Module):
+class BartForConditionalGeneration(EncoderDecoderMixin, nn.Module):
   """BART with an SRformer-capable decoder. See `srformer_jax.model` for the shared interface."""
 
   config: ModelConfig
@@ -171,33 +172,12 @@ class BartForConditionalGeneration(nn.Module):
         "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None, sh.VOCAB)),
         (1, self.config.vocab_size), jnp.float32)
 
-  def encode(self, input_ids, attention_mask, deterministic=True):
-    return self.model.encoder(self.model.embed_tokens(input_ids), attention_mask.astype(bool),
-                              deterministic=deterministic)
+  def _embed(self, ids):
+    return self.model.embed_tokens(ids)
+
+  def _stacks(self):
+    return self.model.encoder, self.model.decoder
 
   def _logits(self, x):
     logits = self.model.shared.attend(x).astype(self.config.logits_dtype) + self.final_logits_bias
     return nn.with_logical_constraint(logits, (sh.BATCH, sh.LENGTH, sh.VOCAB))
-
-  def decode(self, decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask=None,
-             deterministic=True):
-    if decoder_attention_mask is None:
-      decoder_attention_mask = jnp.ones(decoder_input_ids.shape, bool)
-    x = self.model.decoder(self.model.embed_tokens(decoder_input_ids), decoder_attention_mask.astype(bool),
-                           encoder_out, attention_mask.astype(bool), deterministic=deterministic)
-    return self._logits(x)
-
-  def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask=None,
-               deterministic=True):
-    enc = self.encode(input_ids, attention_mask, deterministic)
-    return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
-
-  def init_cache(self, encoder_out, attention_mask, max_len: int):
-    return {"index": jnp.zeros((), jnp.int32),
-            "layers": self.model.decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len)}
-
-  def decode_step(self, token_ids, cache):
-    index = cache["index"]
-    x, layer_caches = self.model.decoder.step(self.model.embed_tokens(token_ids[:, None]),
-                                              cache["layers"], index)
-    return self._logits(x)[:, 0], {"index": index + 1, "layers": layer_caches}

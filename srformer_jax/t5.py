@@ -16,6 +16,7 @@ from srformer_jax import sharding as sh
 from srformer_jax.attention.segmented import CrossAttention
 from srformer_jax.attention.self_attention import SelfAttention, init_self_cache
 from srformer_jax.config import ModelConfig
+from srformer_jax.seq2seq import EncoderDecoderMixin
 
 
 class T5DenseAct(nn.Module):
@@ -175,7 +176,7 @@ class T5Stack(nn.Module):
     return self.final_layer_norm(x), new_cache
 
 
-class T5ForConditionalGeneration(nn.Module):
+class T5ForConditionalGeneration(EncoderDecoderMixin, nn.Module):
   """T5 with an SRformer-capable decoder. See `srformer_jax.model` for the shared interface."""
 
   config: ModelConfig
@@ -189,9 +190,11 @@ class T5ForConditionalGeneration(nn.Module):
       self.lm_head = layers.dense(c.vocab_size, (sh.EMBED, sh.VOCAB), use_bias=False,
                                   dtype=jnp.dtype(c.dtype), init_std=c.d_model ** -0.5)
 
-  def encode(self, input_ids, attention_mask, deterministic=True):
-    """input_ids, attention_mask [b, k] -> encoder states [b, k, D]."""
-    return self.encoder(self.shared(input_ids), attention_mask.astype(bool), deterministic=deterministic)
+  def _embed(self, ids):
+    return self.shared(ids)
+
+  def _stacks(self):
+    return self.encoder, self.decoder
 
   def _logits(self, x):
     c = self.config
@@ -202,28 +205,3 @@ class T5ForConditionalGeneration(nn.Module):
     else:
       logits = self.lm_head(x)
     return nn.with_logical_constraint(logits.astype(c.logits_dtype), (sh.BATCH, sh.LENGTH, sh.VOCAB))
-
-  def decode(self, decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask=None,
-             deterministic=True):
-    """Teacher-forced decoder: ids [b, q] -> logits [b, q, V] float32."""
-    if decoder_attention_mask is None:
-      decoder_attention_mask = jnp.ones(decoder_input_ids.shape, bool)
-    x = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask.astype(bool), encoder_out,
-                     attention_mask.astype(bool), deterministic=deterministic)
-    return self._logits(x)
-
-  def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask=None,
-               deterministic=True):
-    enc = self.encode(input_ids, attention_mask, deterministic)
-    return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
-
-  def init_cache(self, encoder_out, attention_mask, max_len: int):
-    """Decoding state: {'index': 0, 'layers': [{'self': kv cache, 'cross': cross-attn state}]}."""
-    return {"index": jnp.zeros((), jnp.int32),
-            "layers": self.decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len)}
-
-  def decode_step(self, token_ids, cache):
-    """token_ids [b] at position cache['index'] -> (logits [b, V] float32, new cache)."""
-    index = cache["index"]
-    x, layer_caches = self.decoder.step(self.shared(token_ids[:, None]), cache["layers"], index)
-    return self._logits(x)[:, 0], {"index": index + 1, "layers": layer_caches}
