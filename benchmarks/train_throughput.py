@@ -29,7 +29,6 @@ def main():
   p.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on GPU/TPU)")
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
-  import jax.numpy as jnp
   import numpy as np
   import optax
   from srformer_jax import sharding
@@ -80,7 +79,6 @@ def main():
       rows.append(row)
       print(f"{kind:<9} k={k:>5}  step {t['median_s']*1e3:9.1f} ms  {row['tokens_per_s']:10.0f} tok/s  "
             f"compile {compile_s:.1f} s" + (f"  MFU {row['mfu']:.3f}" if peak else ""), flush=True)
-      del holder, state
   common.write(args.out, f"train_throughput_{args.platform}",
                {"machine": info, "dtype": args.dtype, "q": q, "peak_flops": peak, "rows": rows})
   plt = common.plt()

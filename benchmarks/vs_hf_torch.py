@@ -20,7 +20,6 @@ def main():
   p.add_argument("--new_tokens", type=int, default=128)
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
-  import dataclasses
   import statistics
 
   import jax.numpy as jnp

@@ -6,7 +6,6 @@ for a single example and reads XLA's cost analysis: flops, bytes accessed, trans
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 

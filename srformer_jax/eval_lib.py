@@ -81,7 +81,7 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   src = train_lib.load_source(cfg, split_key, workdir)
   spec = train_lib.batch_spec(cfg, cfg.decode.batch_size)
   dc = decode_config(cfg)
-  preds, refs, docs = [], [], []
+  preds, refs = [], []
   n_total = len(src) if not cfg.data.get("max_eval_examples") else min(len(src), cfg.data.max_eval_examples)
   bar = tqdm(total=n_total, desc="eval", dynamic_ncols=True)
   for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.get("max_eval_examples")):

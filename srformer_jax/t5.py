@@ -7,7 +7,6 @@ layer_1/EncDecAttention (the SRformer cross-attention) and move the FFN to layer
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 

@@ -1,6 +1,5 @@
 """Parity of our Flax T5/BART with Hugging Face PyTorch; conversion in both directions."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -10,13 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from srformer_jax import (ConversionError, DecodeConfig, ModelConfig, build_model, generate_jit,
                           load_hf_checkpoint, save_hf_checkpoint)
 from srformer_jax.convert import load_state_dict, state_dict_to_params
-from srformer_jax.decoding import stepwise_logits
-from tests import hf_models
+from tests import checks, hf_models
 
 
 @pytest.mark.parametrize("name", hf_models.VARIANTS)
@@ -40,24 +37,7 @@ def test_forward_matches_torch(hf_dirs, name):
 def test_cached_decoding_equals_teacher_forcing(hf_dirs, name):
   config, params, _ = load_hf_checkpoint(hf_dirs[name].path)
   ids, mask, dec = hf_models.inputs()
-  check_cached_equals_teacher_forced(config, params, ids, mask, dec)
-
-
-def check_cached_equals_teacher_forced(config, params, ids, mask, dec):
-  """The identity holds exactly in real arithmetic: check it in float64 to 1e-5 (float32 rounding
-  alone reaches ~1e-5 on logits of size ~10 after a few layers), and in float32 to 1e-4."""
-  with jax.enable_x64(True):
-    cfg64 = dataclasses.replace(config, dtype="float64")
-    p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-    model = build_model(cfg64)
-    full = model.apply({"params": p64}, ids, mask, dec)
-    steps = stepwise_logits(model, p64, ids, mask, dec)
-    assert steps.dtype == jnp.float64
-    np.testing.assert_allclose(np.asarray(steps), np.asarray(full), atol=1e-5, rtol=0)
-  model = build_model(config)
-  full = model.apply({"params": params}, ids, mask, dec)
-  steps = stepwise_logits(model, params, ids, mask, dec)
-  np.testing.assert_allclose(np.asarray(steps), np.asarray(full), atol=1e-4, rtol=0)
+  checks.cached_equals_teacher_forced(config, params, ids, mask, dec)
 
 
 @pytest.mark.parametrize("name", ["t5_v1_0", "t5_v1_1", "bart"])

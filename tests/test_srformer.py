@@ -1,6 +1,5 @@
 """SRformer cross-attention: the authors' fixtures, cache/teacher-forcing identity, limits, errors."""
 
-import dataclasses
 import json
 import os
 
@@ -16,6 +15,7 @@ from srformer_jax.attention import segment_of, segment_plan
 from srformer_jax.config import RAF_KINDS
 from srformer_jax.convert import state_dict_to_params
 from srformer_jax.decoding import DecodeConfig, generate, stepwise_logits
+from tests import checks
 
 FIXTURES = [f"srformer_{a}_official_s{s}.npz" for a in ("t5", "bart") for s in (8, 16)]
 
@@ -55,20 +55,7 @@ def test_official_fixtures(shared_dir, fixture):
 
 
 def _check_cache_identity(config, ids, mask, dec):
-  params = init_params(config, jax.random.key(1))
-  with jax.enable_x64(True):
-    cfg64 = dataclasses.replace(config, dtype="float64")
-    p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-    model = build_model(cfg64)
-    full = model.apply({"params": p64}, ids, mask, dec)
-    steps = stepwise_logits(model, p64, ids, mask, dec)
-    chex.assert_trees_all_close(steps, full, atol=1e-5, rtol=0)
-  model = build_model(config)
-  full = model.apply({"params": params}, ids, mask, dec)
-  steps = stepwise_logits(model, params, ids, mask, dec)
-  chex.assert_trees_all_close(steps, full, atol=1e-4, rtol=0)
-  chex.assert_tree_all_finite(full)
-  return params, full
+  checks.cached_equals_teacher_forced(config, init_params(config, jax.random.key(1)), ids, mask, dec)
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])

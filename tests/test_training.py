@@ -7,7 +7,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -17,7 +16,6 @@ from srformer_jax import data, eval_lib, sharding, train_lib
 from srformer_jax.checkpoint import Checkpointer
 from srformer_jax.config import ModelConfig
 from srformer_jax.model import build_model
-from tests import hf_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,8 +124,7 @@ def _losses(workdir):
 
 
 def _final_params(cfg, workdir):
-  model, tok, params = eval_lib.load_for_eval(cfg, workdir)
-  return params
+  return eval_lib.load_for_eval(cfg, workdir)[2]
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,9 @@ import numpy as np
 from flax import linen as nn
 
 from srformer_jax import layers
-from srformer_jax import sharding as sh
 from srformer_jax.attention import raf
 from srformer_jax.attention.projections import ProjectionsMixin
-from srformer_jax.config import RAF_KINDS, RECURRENT_KINDS, ModelConfig
+from srformer_jax.config import RECURRENT_KINDS, ModelConfig
 
 BART_CLAMP = 2.0  # the authors' BART code clamps K^T V and K_i^T V_i to [-2, 2]
 NORM_EPS = 1e-6   # default mode only: guards ||K|| = 0 (e.g. an all-padding example)
