@@ -40,6 +40,17 @@ class Checkpointer:
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     return out["state"], out["data"]
 
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the parameters of a saved train state (whatever optimizer wrote it): (params, step)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+    return out["state"]["params"], step
+
   def wait(self):
     self.manager.wait_until_finished()
 

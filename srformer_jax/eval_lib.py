@@ -14,7 +14,7 @@ import numpy as np
 from srformer_jax import checkpoint, data, sharding
 from srformer_jax.config import ModelConfig
 from srformer_jax.decoding import DecodeConfig, generate_jit
-from srformer_jax.model import build_model
+from srformer_jax.model import abstract_params, build_model, logical_param_specs
 from srformer_jax import train_lib
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,16 @@ def load_for_eval(cfg, workdir: str):
       model_config = ModelConfig(**json.load(f))
     # the segment rule of decoding uses the generation length of this config
     model_config = dataclasses.replace(model_config, gen_len=train_lib.model_fields(cfg)["gen_len"])
-    model = build_model(model_config)
-    tx, schedule = train_lib.make_optimizer(cfg)
-    trainer = train_lib.Trainer(model, tx, schedule, sharding.make_mesh(tuple(cfg.train.mesh_shape)))
+    mesh = sharding.make_mesh(tuple(cfg.train.mesh_shape))
+    shardings = sharding.logical_to_sharding(logical_param_specs(model_config), mesh)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            abstract_params(model_config), shardings)
     ck = checkpoint.Checkpointer(ckpt_dir)
     if ck.latest_step() is not None:
-      state, _ = ck.restore(trainer.abstract_state())
-      log.info("evaluating checkpoint step %d", int(state.step))
+      params, step = ck.restore_params(abstract)
+      log.info("evaluating checkpoint step %d", step)
       ck.close()
-      return model, tok, state.params
+      return build_model(model_config), tok, params
   model_config, params, new = train_lib.build_model_config(cfg, tok)
   if params is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no config.model.init_from to evaluate")
