@@ -84,10 +84,8 @@ def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConf
   divided by length ** length_penalty, as HF). Jit with `model`, `dc`, `return_scores` static:
   `jax.jit(generate, static_argnums=(0, 4, 5))`, or use `generate_jit`.
   """
-  variables = {"params": params}
-  enc = model.apply(variables, input_ids, attention_mask, method=model.encode)
-  search = _greedy if dc.num_beams == 1 else _beam_search
-  seqs, scores = search(model, variables, enc, attention_mask, dc)
+  enc = model.apply({"params": params}, input_ids, attention_mask, method=model.encode)
+  seqs, scores = generate_from_encoded(model, params, enc, attention_mask, dc)
   return (seqs, scores) if return_scores else seqs
 
 
@@ -131,10 +129,17 @@ def _gather_beams(x, idx):
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _reorder_cache(cache, flat_idx, batch_beams: int):
-  def f(x):
-    return x[flat_idx] if x.ndim > 0 and x.shape[0] == batch_beams else x
-  return jax.tree.map(f, cache)
+def _reorder_cache(cache, flat_idx):
+  """Reorders the self-attention caches to the surviving beams.
+
+  The cross-attention state (K/V, segments, K^T V, ||K||, RAF memory) depends only on the input
+  and the position, never on the tokens, and beams are only ever reordered within their own
+  example: it is the same for every beam of an example, so it is left in place rather than copied
+  (the whole encoder-sized state) at every step.
+  """
+  layers = [dict(layer, self=jax.tree.map(lambda x: x[flat_idx], layer["self"]))
+            for layer in cache["layers"]]
+  return dict(cache, layers=layers)
 
 
 def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
@@ -194,7 +199,7 @@ def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
     flat = (jnp.arange(b)[:, None] * k + live_beam).reshape(b * k)
     return dict(t=t + 1, prev=jnp.take_along_axis(tok, sel, axis=1), live_seqs=live_seqs,
                 live_lp=live_scores, fin_seqs=_gather_beams(all_seqs, fsel), fin_scores=fin_scores,
-                cache=_reorder_cache(cache, flat, b * k))
+                cache=_reorder_cache(cache, flat))
 
   s = jax.lax.while_loop(cond, body, state)
   # Rows with fewer than k finished hypotheses also consider their unfinished beams (as HF does).

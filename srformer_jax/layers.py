@@ -116,30 +116,22 @@ def merge_heads(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[:-2] + (-1,))
 
 
-def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=True):
+def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=True,
+                          head_major_kv=False):
   """Softmax attention. q [b,q,h,d], k/v [b,k,h,d], bias broadcastable to [b,h,q,k] -> [b,q,h,d].
 
-  Scores and softmax are computed in float32 (or float64 under a float64 config). Scaling of q (if any) is the caller's business.
+  `head_major_kv`: k/v are [b,h,k,d], the layout of the decoding caches, which lets each step
+  stream them without a transpose. Scores and softmax are computed in float32 (float64 under a
+  float64 config). Scaling of q (if any) is the caller's business.
   """
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
+  kv = "bhkd" if head_major_kv else "bkhd"
+  scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout is not None and not deterministic:
     probs = dropout(probs, deterministic=deterministic)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-
-
-def cached_attention(q, k, v, bias=None):
-  """Softmax attention against a head-major cache: q [b,q,h,d], k/v [b,h,k,d] -> [b,q,h,d].
-
-  Decoding caches keep keys head-major so that each step streams them without a transpose.
-  """
-  scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
-  if bias is not None:
-    scores = scores + bias
-  probs = jax.nn.softmax(scores, axis=-1)
-  return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(v.dtype), v)
+  return jnp.einsum(f"bhqk,{kv}->bqhd", probs.astype(v.dtype), v)
 
 
 def shift_right(labels: jax.Array, start_token_id: int, pad_token_id: int) -> jax.Array:

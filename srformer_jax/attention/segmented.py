@@ -284,7 +284,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     c = self.config
     q = self.project_q(x)  # [b, 1, h, d]
     if c.cross_attention == "full":
-      ctx = layers.cached_attention(q, state["k"], state["v"], layers.sequence_mask_bias(state["mask"]))
+      bias = layers.sequence_mask_bias(state["mask"])
+      ctx = layers.dot_product_attention(q, state["k"], state["v"], bias, head_major_kv=True)
       return self.project_out(ctx), state
 
     ks, vs, ms = state["ks"], state["vs"], state["ms"]

@@ -98,7 +98,8 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     bias = jnp.where(valid, 0.0, jnp.finfo(jnp.float32).min)
     if position_bias is not None:
       bias = bias + position_bias
-    ctx = layers.cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias)
+    ctx = layers.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias,
+                                       head_major_kv=True)
     return self.project_out(ctx), {"k": k_cache, "v": v_cache}, position_bias
 
 
