@@ -1,8 +1,9 @@
 """Greedy and beam-search generation, fully inside `jax.lax.while_loop`.
 
-The decoding state is an explicit pytree: the model's cache (per layer: self-attention K/V; the
-cross-attention state: K/V, or for SRformer the segments, K^T V, ||K||, RAF memory and output)
-plus the sequences and scores. Beam search reorders every cache leaf along the batch axis.
+The decoding state is an explicit pytree: the model's cache (per layer: the self-attention K/V,
+which grows by one token per step, and the cross-attention state, fixed once the input is encoded:
+K/V, or for SRformer the segments and the RAF output of every segment decoding visits) plus the
+sequences and scores. Beam search reorders the self-attention caches along the batch axis.
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ def _gather_beams(x, idx):
 def _reorder_cache(cache, flat_idx):
   """Reorders the self-attention caches to the surviving beams.
 
-  The cross-attention state (K/V, segments, K^T V, ||K||, RAF memory) depends only on the input
-  and the position, never on the tokens, and beams are only ever reordered within their own
+  The cross-attention state (K/V, segments, RAF outputs) depends only on the input, never on the
+  tokens, and beams are only ever reordered within their own
   example: it is the same for every beam of an example, so it is left in place rather than copied
   (the whole encoder-sized state) at every step.
   """

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from srformer_jax import CROSS_ATTENTION_KINDS, ModelConfig, build_model, init_params
 from srformer_jax import cost
@@ -73,6 +74,66 @@ def test_more_segments_than_decoder_positions_warns_and_still_agrees():
   ids, mask, dec = batch(enc_len=37, dec_len=6)  # 10 segments, 6 positions: 4 never read
   with pytest.warns(UserWarning, match="never read"):
     _check_cache_identity(config, ids, mask, dec)
+
+
+def _reference_decoding(q, k, v, mask, kernel, threshold, leak, gen_len, s):
+  """The SRformer decoding rule written out step by step in numpy (default mode, T5: unscaled
+  scores): RAF steps on W (K^T V - K_i^T V_i) each time the segment changes. Returns [b, t, h, e]."""
+  b, k_len, h, d = k.shape
+  m = -(-k_len // s)
+  pad = ((0, 0), (0, m * s - k_len), (0, 0), (0, 0))
+  k = np.pad(np.where(mask[..., None, None], k, 0), pad)
+  v = np.pad(np.where(mask[..., None, None], v, 0), pad)
+  mask = np.pad(mask, ((0, 0), (0, m * s - k_len)))
+  knorm = np.sqrt((k ** 2).sum(1)) + 1e-6  # [b, h, d]
+  kv_tot = np.einsum("bkhd,bkhe->bhde", k, v)
+  mem, out, last, ctxs = np.zeros_like(kv_tot), None, -1, []
+  for t in range(q.shape[1]):
+    i = min(m - 1, t * m // gen_len)
+    ki, vi, mi = k[:, i * s:(i + 1) * s], v[:, i * s:(i + 1) * s], mask[:, i * s:(i + 1) * s]
+    if i != last:
+      x = (kv_tot - np.einsum("bkhd,bkhe->bhde", ki, vi)) @ kernel
+      mem = leak * mem + x
+      y = mem / threshold - 1
+      mem = mem - threshold * (y > 0)
+      out, last = np.maximum(y, 0), i
+    scores = np.einsum("bhd,bkhd->bhk", q[:, t], ki)
+    scores = np.where(mi[:, None], scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True, initial=-1e300))
+    probs = np.where(mi[:, None], probs, 0)
+    probs = probs / np.maximum(probs.sum(-1, keepdims=True), 1e-300)
+    ctxs.append(np.einsum("bhk,bkhe->bhe", probs, vi) + np.einsum("bhd,bhde->bhe", q[:, t], out) / knorm)
+  return np.stack(ctxs, 1)
+
+
+def test_decoding_steps_raf_once_per_segment_change_even_past_gen_len():
+  # 10 segments for gen_len 6: decoding skips segments, and past gen_len it reads the last one,
+  # which no position < gen_len reads. s=4 < d_kv=8, so the module takes its V W route.
+  from srformer_jax.attention import CrossAttention
+  config = tiny(cross_attention="srformer", segment_size=4, gen_len=6, dtype="float64")
+  rng = np.random.default_rng(0)
+  b, k_len, steps = 2, 37, 9
+  mask = np.ones((b, k_len), bool)
+  mask[1, 20:] = False  # row 1: segments 5..9 all padding
+  with jax.enable_x64(True):
+    enc = jnp.asarray(rng.normal(size=(b, k_len, config.d_model)))
+    xs = jnp.asarray(rng.normal(size=(b, steps, config.d_model)))
+    attn = CrossAttention(config)
+    variables = nn.unbox(attn.init(jax.random.key(0), xs, enc, mask))
+    with pytest.warns(UserWarning, match="never read"):
+      state = attn.apply(variables, enc, mask, method=attn.init_state)
+    outs = []
+    for t in range(steps):
+      out, state = attn.apply(variables, xs[:, t:t + 1], state, t, method=attn.step)
+      outs.append(out)
+    q = attn.apply(variables, xs, method=attn.project_q)
+    k, v = attn.apply(variables, enc, method=attn.project_kv)
+    p = variables["params"]
+    ctx = _reference_decoding(np.asarray(q), np.asarray(k), np.asarray(v), mask,
+                              np.asarray(p["SNN_kv"]["kernel"]), float(p["threshold"][0]),
+                              float(p["leak"][0]), config.gen_len, config.segment_size)
+    want = attn.apply(variables, jnp.asarray(ctx), method=attn.project_out)
+    np.testing.assert_allclose(np.concatenate(outs, 1), want, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])

@@ -179,14 +179,18 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     t_seg, t_tot = _seg_and_total(ks, self.SNN_kv(vs))  # K_i^T (V_i W)
     return self._recurrent_input(t_seg, t_tot[:, None])
 
+  def _masked_softmax(self, scores, mask):
+    """Softmax over the last axis; mask (bool) broadcasts against scores."""
+    probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min), axis=-1)
+    if not self.config.faithful:
+      # An all-padding segment reads nothing (faithful mode: a uniform average, like the authors').
+      probs = jnp.where(mask, probs, 0.0)
+    return probs
+
   def _segment_softmax(self, q, keys, vals, mask, deterministic):
     """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d]."""
     scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=layers.accum_dtype(q.dtype))
-    scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, :, None, None, :]
-    probs = jax.nn.softmax(scores, axis=-1)
-    if not self.config.faithful:
-      # An all-padding segment reads nothing (faithful mode: a uniform average, like the authors').
-      probs = jnp.where(mask[:, :, None, None, :], probs, 0.0)
+    probs = self._masked_softmax(scores, mask[:, :, None, None, :])
     probs = self.attn_dropout(probs, deterministic=deterministic)
     return jnp.einsum("bmhgs,bmshd->bmghd", probs.astype(vals.dtype), vals)
 
@@ -198,12 +202,29 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     mask = jnp.concatenate([prev(ms, False), ms], axis=2)
     return keys, vals, mask
 
-  def _recurrent_read(self, q, out, knorm):
-    """(Q @ out) / ||K||: q [b,m,g,h,d], out [b,m,h,d,e], knorm [b,h,e] -> [b,m,g,h,e]."""
-    rec = jnp.einsum("bmghd,bmhde->bmghe", q.astype(out.dtype), out)
-    if self.config.cross_attention != "no_norm":
-      rec = rec / knorm[:, None, None]
-    return rec
+  def _recurrent_outputs(self, ks, vs, active):
+    """What segment i's queries add back, RAF(W P_i), before the ||K|| scaling: [b, m, h, d, e].
+
+    active [m] bool (static): the segments that RAF steps through, in order; the others output zeros
+    (no_raf: the complement P_i itself, whatever `active` says).
+    """
+    if self.config.uses_raf:
+      xs = jnp.moveaxis(self._raf_inputs(ks, vs), 1, 0)  # [m, b, h, d, e]
+      outs, _ = raf.raf_scan(xs, jnp.asarray(active), self.threshold, self.leak)
+      return jnp.moveaxis(outs, 0, 1)
+    kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
+    return self._recurrent_input(kv_seg, kv_tot[:, None])
+
+  def _scale_by_key_norm(self, out, ks):
+    """out / ||K|| (per head and value feature): out [b, m, h, d, e], ks [b, m, s, h, e]."""
+    if self.config.cross_attention == "no_norm":
+      return out
+    return out / key_norm(ks, self.config.faithful)[:, None, :, None, :]
+
+  @staticmethod
+  def _recurrent_read(q, rec):
+    """Q @ rec: q [b,m,g,h,d], rec [b,m,h,d,e] (already scaled by 1/||K||) -> [b,m,g,h,e]."""
+    return jnp.einsum("bmghd,bmhde->bmghe", q.astype(rec.dtype), rec)
 
   # ---------------------------------------------------------------------------------------------
   # teacher forcing
@@ -236,14 +257,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      if c.uses_raf:
-        xs = jnp.moveaxis(self._raf_inputs(ks, vs), 1, 0)  # [m, b, h, d, e]
-        outs, _ = raf.raf_scan(xs, jnp.asarray(plan.active), self.threshold, self.leak)
-        out = jnp.moveaxis(outs, 0, 1)
-      else:  # no_raf: the complement itself
-        kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
-        out = self._recurrent_input(kv_seg, kv_tot[:, None])  # [b, m, h, d, e]
-      ctx = ctx + self._recurrent_read(qg, out, key_norm(ks, c.faithful))
+      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, plan.active), ks)
+      ctx = ctx + self._recurrent_read(qg, rec)
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
     return ctx.astype(q.dtype)
 
@@ -251,35 +266,42 @@ class CrossAttention(nn.Module, ProjectionsMixin):
   # decoding
 
   def init_state(self, enc, enc_mask):
-    """Per-input decoding state (computed once). enc [b, k, D]; enc_mask [b, k] bool.
+    """Per-input decoding state, computed once: nothing in it changes while decoding.
 
-    full:      {'k','v'} [b, h, k, d] (head-major: streamed without a transpose), 'mask' [b, k]
-    segmented: {'ks','vs'} [b, m, s, h, d], 'ms' [b, m, s]
-    recurrent: + 'kv_tot' [b, h, d, e], 'knorm' [b, h, e], 'mem'/'out' [b, h, d, e] (RAF memory and its
-               current output), 'seg' [b] int32 (segment last fed to RAF, -1 before the first).
+    enc [b, k, D]; enc_mask [b, k] bool.
+      full:      'k', 'v' [b, h, k, d], 'mask' [b, k]
+      segmented: 'ks', 'vs' [m, b, h, s, d], 'ms' [m, b, s]
+      recurrent: + 'rec' [n, b, h, d, e]: RAF(W P_i) / ||K|| for the n segments decoding visits.
+    Segment-major, head-major layouts make what a step reads one contiguous block.
+
+    Why 'rec' is precomputed: the segments a decoder visits are fixed by (t, gen_len, m), never by the
+    tokens, so RAF's whole trajectory is a function of the encoder output. One `lax.scan` here (the
+    training path's code) costs O(k d^2 + n d^3) once; computing K_i^T V_i and stepping RAF inside the
+    decoding loop would pay that per token, since a `where` cannot skip work and at m > gen_len the
+    segment changes at every token anyway. Each step then reads one segment and one d x e matrix per
+    head, whatever k is.
     """
     c = self.config
     k, v = self.project_kv(enc)
     if c.cross_attention == "full":
       return {"k": jnp.swapaxes(k, 1, 2), "v": jnp.swapaxes(v, 1, 2), "mask": enc_mask}
     ks, vs, ms = self._split(k, v, enc_mask)
-    b, m = ks.shape[:2]
+    m = ks.shape[1]
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
-    state = {"ks": ks, "vs": vs, "ms": ms}
+    to_state = lambda x: jnp.transpose(x, (1, 0, 3, 2, 4))  # [b, m, s, h, d] -> [m, b, h, s, d]
+    state = {"ks": to_state(ks), "vs": to_state(vs), "ms": jnp.swapaxes(ms, 0, 1)}
     if c.cross_attention in RECURRENT_KINDS:
-      kv_tot = jnp.einsum("bmshd,bmshe->bhde", ks, vs, preferred_element_type=layers.accum_dtype(ks.dtype))
-      if self._clamp:
-        kv_tot = jnp.clip(kv_tot, -BART_CLAMP, BART_CLAMP)
-      zeros = jnp.zeros(kv_tot.shape, kv_tot.dtype)
-      state.update(kv_tot=kv_tot, knorm=key_norm(ks, c.faithful), mem=zeros, out=zeros,
-                   seg=jnp.full((b,), -1, jnp.int32))
+      visits = _decoding_visits(c.gen_len, m)
+      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, visits), ks)
+      state["rec"] = jnp.swapaxes(rec, 0, 1)[np.nonzero(visits)[0]]
     return state
 
   def step(self, x, state, t):
-    """One decoding step at position t (scalar). x [b, 1, D] -> (out [b, 1, D], new state).
+    """One decoding step at position t (scalar). x [b, 1, D] -> (out [b, 1, D], state unchanged).
 
-    Reads one segment of K/V (two for `xl`); at a segment change it computes that segment's
-    K_i^T V_i and advances RAF once.
+    Reads one segment of K/V (two for `xl`) and, for the recurrent kinds, that segment's RAF output.
+    With a single query, the reads are multiply-and-reduce rather than dots: XLA fuses them with the
+    dynamic slice of the state, where a dot would first copy the segment out.
     """
     c = self.config
     q = self.project_q(x)  # [b, 1, h, d]
@@ -289,37 +311,35 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       return self.project_out(ctx), state
 
     ks, vs, ms = state["ks"], state["vs"], state["ms"]
-    m = ks.shape[1]
+    m = ks.shape[0]
     seg = segment_of(t, c.gen_len, m)
-    take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=True)
-    k_i, v_i, m_i = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, 1, s, ...]
-    qg = q[:, None]  # [b, 1(m), 1(g), h, d]
-    ctx = jnp.zeros(qg.shape, layers.accum_dtype(qg.dtype))
+    take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
+    acc = layers.accum_dtype(q.dtype)
+    q1 = q[:, 0].astype(acc)  # [b, h, d]
+    ctx = jnp.zeros(q1.shape, acc)
     if c.cross_attention != "recurrent_only":
+      keys, vals, mask = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, h, s, d], [b, s]
       if c.cross_attention == "xl":
         prev = jnp.maximum(seg - 1, 0)
-        has_prev = seg > 0
-        keys = jnp.concatenate([take(ks, prev), k_i], axis=2)
-        vals = jnp.concatenate([take(vs, prev), v_i], axis=2)
-        mask = jnp.concatenate([take(ms, prev) & has_prev, m_i], axis=2)
-      else:
-        keys, vals, mask = k_i, v_i, m_i
-      ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic=True)
+        keys = jnp.concatenate([take(ks, prev), keys], axis=2)
+        vals = jnp.concatenate([take(vs, prev), vals], axis=2)
+        mask = jnp.concatenate([take(ms, prev) & (seg > 0), mask], axis=1)
+      scores = jnp.sum(q1[:, :, None, :] * keys.astype(acc), axis=-1)  # [b, h, s]
+      probs = self._masked_softmax(scores, mask[:, None, :])
+      ctx = ctx + jnp.sum(probs[..., None] * vals.astype(acc), axis=2)
     if c.cross_attention in RECURRENT_KINDS:
-      kv_i = jnp.einsum("bshd,bshe->bhde", k_i[:, 0], v_i[:, 0],
-                        preferred_element_type=layers.accum_dtype(k_i.dtype))
-      kv_i, kv_tot = self._summaries(kv_i, state["kv_tot"])
-      p = self._recurrent_input(kv_i, kv_tot)  # [b, h, d, e]
-      changed = (state["seg"] != seg)[:, None, None, None]
-      if c.uses_raf:
-        new_mem, new_out = raf.raf_step(state["mem"], self.SNN_kv(p), self.threshold, self.leak)
-      else:
-        new_mem, new_out = state["mem"], p
-      mem = jnp.where(changed, new_mem, state["mem"])
-      out = jnp.where(changed, new_out, state["out"])
-      state = dict(state, mem=mem, out=out, seg=jnp.full_like(state["seg"], seg))
-      ctx = ctx + self._recurrent_read(qg, out[:, None], state["knorm"])
-    return self.project_out(ctx[:, 0].astype(q.dtype)), state
+      slot = jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg]
+      ctx = ctx + jnp.sum(q1[..., None] * take(state["rec"], slot), axis=2)  # [b, h, d, e] -> [b, h, e]
+    return self.project_out(ctx[:, None].astype(q.dtype)), state
+
+
+def _decoding_visits(gen_len: int, m: int) -> np.ndarray:
+  """[m] bool: the segments decoding reads, i.e. those of positions 0..gen_len-1 plus the last one
+  (positions past gen_len read segment m - 1). Adding the last segment changes no earlier RAF
+  output, since RAF runs in segment order."""
+  visits = segment_plan(gen_len, m).active.copy()
+  visits[-1] = True
+  return visits
 
 
 def _seg_and_total(ks, vs):
