@@ -164,8 +164,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     """P for the RAF: the complement K^T V - K_i^T V_i (ablation IV: K_i^T V_i itself)."""
     return kv_seg if self.config.cross_attention == "kv_segment" else kv_tot - kv_seg
 
-  def _raf_inputs(self, ks, vs):
-    """x_i = W P_i for every segment: [b, m, h, d, e].
+  def _raf_inputs(self, ks, vs, keep):
+    """x_i = W P_i for the segments in `keep` (static indices, in order): [b, n, h, d, e].
 
     W acts on the value axis and is linear, so without BART's clamp
     W (K^T V - K_i^T V_i) = sum_j K_j^T (V_j W) - K_i^T (V_i W): 4 k d^2 flops whatever s is, instead
@@ -175,9 +175,9 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     s, d = ks.shape[2], ks.shape[-1]
     if self._clamp or s >= d:
       kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
-      return self.SNN_kv(self._recurrent_input(kv_seg, kv_tot[:, None]))
+      return self.SNN_kv(self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None]))
     t_seg, t_tot = _seg_and_total(ks, self.SNN_kv(vs))  # K_i^T (V_i W)
-    return self._recurrent_input(t_seg, t_tot[:, None])
+    return self._recurrent_input(_select(t_seg, keep), t_tot[:, None])
 
   def _masked_softmax(self, scores, mask):
     """Softmax over the last axis; mask (bool) broadcasts against scores."""
@@ -203,20 +203,21 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     return keys, vals, mask
 
   def _recurrent_outputs(self, ks, vs, active):
-    """What segment i's queries add back, RAF(W P_i), before the ||K|| scaling: [b, m, h, d, e].
-
-    active [m] bool (static): the segments that RAF steps through, in order; the others output zeros
-    (no_raf: the complement P_i itself, whatever `active` says).
+    """What segment i's queries add back, RAF(W P_i), before the ||K|| scaling, for the segments
+    that `active` ([m] bool, static) marks, in order: [b, n, h, d, e]. RAF steps through exactly
+    these; the others (possible only when m > q) cost nothing beyond their share of K^T V.
     """
+    keep = np.nonzero(active)[0]
+    keep = None if len(keep) == len(active) else keep
     if self.config.uses_raf:
-      xs = jnp.moveaxis(self._raf_inputs(ks, vs), 1, 0)  # [m, b, h, d, e]
-      outs, _ = raf.raf_scan(xs, jnp.asarray(active), self.threshold, self.leak)
+      xs = jnp.moveaxis(self._raf_inputs(ks, vs, keep), 1, 0)  # [n, b, h, d, e]
+      outs, _ = raf.raf_scan(xs, jnp.ones(xs.shape[:1], bool), self.threshold, self.leak)
       return jnp.moveaxis(outs, 0, 1)
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
-    return self._recurrent_input(kv_seg, kv_tot[:, None])
+    return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
 
   def _scale_by_key_norm(self, out, ks):
-    """out / ||K|| (per head and value feature): out [b, m, h, d, e], ks [b, m, s, h, e]."""
+    """out / ||K|| (per head and value feature): out [b, n, h, d, e], ks [b, m, s, h, e]."""
     if self.config.cross_attention == "no_norm":
       return out
     return out / key_norm(ks, self.config.faithful)[:, None, :, None, :]
@@ -258,6 +259,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, plan.active), ks)
+      if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
+        rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
       ctx = ctx + self._recurrent_read(qg, rec)
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
     return ctx.astype(q.dtype)
@@ -291,9 +294,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     to_state = lambda x: jnp.transpose(x, (1, 0, 3, 2, 4))  # [b, m, s, h, d] -> [m, b, h, s, d]
     state = {"ks": to_state(ks), "vs": to_state(vs), "ms": jnp.swapaxes(ms, 0, 1)}
     if c.cross_attention in RECURRENT_KINDS:
-      visits = _decoding_visits(c.gen_len, m)
-      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, visits), ks)
-      state["rec"] = jnp.swapaxes(rec, 0, 1)[np.nonzero(visits)[0]]
+      rec = self._recurrent_outputs(ks, vs, _decoding_visits(c.gen_len, m))
+      state["rec"] = jnp.swapaxes(self._scale_by_key_norm(rec, ks), 0, 1)
     return state
 
   def step(self, x, state, t):
@@ -340,6 +342,11 @@ def _decoding_visits(gen_len: int, m: int) -> np.ndarray:
   visits = segment_plan(gen_len, m).active.copy()
   visits[-1] = True
   return visits
+
+
+def _select(x, keep):
+  """x[:, keep] for static indices keep (None: all, without a gather)."""
+  return x if keep is None else x[:, keep]
 
 
 def _seg_and_total(ks, vs):
