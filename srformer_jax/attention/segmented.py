@@ -7,7 +7,8 @@ The encoder output (length k, padded to m*s) is cut into m segments of size s. D
 
 where ||K|| is the L2 norm over the sequence axis per head and feature. RAF advances once per segment
 change (`raf.raf_scan`). The training path is vectorised: queries are grouped by segment (a static
-gather) and all K_i^T V_i come from one einsum.
+gather) and all K_i^T V_i come from one einsum. Decoding runs the same scan once per input (the
+segments it visits depend only on the position) and each step reads one segment.
 
 Einsum letters: b batch, m segment, g query slot within a segment's group, s position within a
 segment, h head, d/e head dims (d of keys, e of values).
@@ -302,8 +303,6 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     """One decoding step at position t (scalar). x [b, 1, D] -> (out [b, 1, D], state unchanged).
 
     Reads one segment of K/V (two for `xl`) and, for the recurrent kinds, that segment's RAF output.
-    With a single query, the reads are multiply-and-reduce rather than dots: XLA fuses them with the
-    dynamic slice of the state, where a dot would first copy the segment out.
     """
     c = self.config
     q = self.project_q(x)  # [b, 1, h, d]
