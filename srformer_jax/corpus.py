@@ -33,6 +33,7 @@ STDLIB_MODULES = (
     "xml.dom.minidom xml.etree.ElementTree xml.sax zipfile zipimport zlib zoneinfo").split()
 
 _WS = re.compile(r"\s+")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _clean(text: str) -> str:
@@ -83,7 +84,8 @@ def build_docstring_corpus(modules=STDLIB_MODULES) -> list[dict]:
           continue
         seen.add(split[1])
         try:
-          sig = str(inspect.signature(obj))
+          # default values like <object object at 0x7f...> differ per process: drop the address
+          sig = _ADDRESS.sub("", str(inspect.signature(obj)))
         except (TypeError, ValueError):
           sig = ""
         name = qualname.rsplit(".", 1)[-1]

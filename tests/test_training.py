@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -135,6 +137,18 @@ def corpus_dir(tmp_path_factory):
   src = train_lib.load_source(cfg, "train_split", str(d))
   train_lib.build_tokenizer(cfg, str(d), [t for p in src.pairs for t in p])
   return str(d)
+
+
+def test_docstring_corpus_is_the_same_in_every_process():
+  # The offline default job must be reproducible: no per-process text (object addresses in
+  # signature defaults, hash-randomised orderings) may reach the corpus.
+  code = ("import hashlib, json; from srformer_jax import corpus; "
+          "print(hashlib.sha256(json.dumps(corpus.build_docstring_corpus()).encode()).hexdigest())")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digests = {subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                            check=True, env=dict(os.environ, PYTHONHASHSEED=seed)).stdout.split()[-1]
+             for seed in ("1", "2")}
+  assert len(digests) == 1
 
 
 def _workdir(tmp_path, corpus_dir, name):
