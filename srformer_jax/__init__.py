@@ -20,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CROSS_ATTENTION_KINDS", "ModelConfig", "ConversionError", "load_hf_checkpoint",
     "params_to_state_dict", "save_hf_checkpoint", "state_dict_to_params", "DecodeConfig", "generate",
-    "generate_from_encoded", "generate_jit", "stepwise_logits", "abstract_params", "build_model", "count_params", "init_params",
+    "generate_from_encoded", "generate_jit", "stepwise_logits", "abstract_params", "build_model",
+    "count_params", "init_params",
 ]

@@ -134,9 +134,9 @@ def _reorder_cache(cache, flat_idx):
   """Reorders the self-attention caches to the surviving beams.
 
   The cross-attention state (K/V, segments, RAF outputs) depends only on the input, never on the
-  tokens, and beams are only ever reordered within their own
-  example: it is the same for every beam of an example, so it is left in place rather than copied
-  (the whole encoder-sized state) at every step.
+  tokens, and beams are only ever reordered within their own example: it is the same for every
+  beam of an example, so it is left in place rather than copied (the whole encoder-sized state) at
+  every step.
   """
   layers = [dict(layer, self=jax.tree.map(lambda x: x[flat_idx], layer["self"]))
             for layer in cache["layers"]]
