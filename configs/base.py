@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
       segment_size=64,
       gen_len=0,                 # 0: data.max_target_len
       faithful=False,
+      segment_schedule="padded",  # "length": segments counted over each example's own tokens
       dtype="float32",           # "bfloat16" for mixed precision on GPU/TPU
       raf_threshold_init=0.1,
       raf_leak_init=0.1,
@@ -47,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=16, num_steps=100_000, learning_rate=5e-5, warmup_steps=0, weight_decay=0.01,
+      decay_all_params=False,    # True: decay norm scales, biases and RAF scalars too (before stop 13)
       grad_clip=1.0, grad_accum=1, seed=0, log_every=50, save_every=2000, keep_checkpoints=3,
       mesh_shape=(-1, 1, 1),     # (data, fsdp, tensor); -1 takes the remaining devices
       distributed=False,         # jax.distributed.initialize() for multi-host runs

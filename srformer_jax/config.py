@@ -18,6 +18,7 @@ from typing import Any, Mapping
 #   kv_segment      ablation IV:  RAF fed K_i^T V_i instead of the complement
 CROSS_ATTENTION_KINDS = (
     "full", "segmented", "srformer", "xl", "recurrent_only", "no_norm", "no_raf", "kv_segment")
+SEGMENT_SCHEDULES = ("padded", "length")
 # Kinds that carry RAF parameters (linear d_kv -> d_kv, leak, threshold).
 RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment")
 # Kinds that add the recurrent (linear-attention) term.
@@ -65,6 +66,10 @@ class ModelConfig:
   cross_attention: str = "full"
   segment_size: int = 64
   gen_len: int = 128  # decoder length q used for the segment rule when decoding
+  # Which segment decoder position t reads (see attention.segmented.SEGMENT_SCHEDULES):
+  #   padded  the paper's: m = ceil(k / s) over the padded input, i(t) = min(m-1, floor(t m / q))
+  #   length  per example: m_b = ceil(len_b / s) over its own tokens, i_b(t) = min(m_b-1, floor(t m_b / q))
+  segment_schedule: str = "padded"
   raf_threshold_init: float = 0.1
   raf_leak_init: float = 0.1
   raf_weight_init_std: float | None = None  # None: identity + N(0, 0.02) (see attention.segmented)
@@ -80,6 +85,11 @@ class ModelConfig:
           f"unknown cross_attention {self.cross_attention!r}; choose one of {CROSS_ATTENTION_KINDS}")
     if self.segment_size <= 0:
       raise ValueError(f"segment_size must be a positive integer, got {self.segment_size}")
+    if self.segment_schedule not in SEGMENT_SCHEDULES:
+      raise ValueError(f"unknown segment_schedule {self.segment_schedule!r}; choose one of {SEGMENT_SCHEDULES}")
+    if self.segment_schedule == "length" and self.faithful:
+      raise ValueError("segment_schedule='length' is not part of the authors' code: use it with "
+                       "faithful=False (faithful mode attends to padding, so lengths are not defined)")
     if self.gen_len <= 0:
       raise ValueError(f"gen_len must be positive, got {self.gen_len}")
     if self.raf_threshold_init <= 0:

@@ -44,7 +44,7 @@ def model_fields(cfg) -> dict:
   m = cfg.model
   fields = dict(cross_attention=m.cross_attention, segment_size=m.segment_size,
                 gen_len=m.get("gen_len") or cfg.data.max_target_len, faithful=m.get("faithful", False),
-                dtype=m.get("dtype", "float32"))
+                dtype=m.get("dtype", "float32"), segment_schedule=m.get("segment_schedule", "padded"))
   for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate"):
     if m.get(key) is not None:
       fields[key] = m[key]
@@ -73,8 +73,10 @@ def load_source(cfg, split_key: str, workdir: str) -> data.ListSource:
   if d.source == "tfds":
     return data.read_tfds(d.name, split, d.get("data_dir"), max_examples)
   if d.source == "jsonl":
-    return data.read_jsonl(split, d.get("document_key", "document"), d.get("summary_key", "summary"),
-                           max_examples)
+    summary_key = d.get("summary_key", "summary")
+    if split_key == "eval_split" and d.get("eval_summary_key"):  # e.g. DialogSum test: summary1..3
+      summary_key = d.eval_summary_key
+    return data.read_jsonl(split, d.get("document_key", "document"), summary_key, max_examples)
   if d.source == "docstrings":
     from srformer_jax import corpus
     paths = corpus.write_corpus(os.path.join(workdir, "corpus"))
@@ -106,9 +108,18 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
   ], [warmup]) if warmup else optax.linear_schedule(t.learning_rate, 0.0, t.num_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(t.grad_clip) if t.grad_clip else optax.identity(),
-      optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay),
+      optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay,
+                  mask=None if t.get("decay_all_params", False) else decay_mask),
   )
   return tx, schedule
+
+
+def decay_mask(params):
+  """Weight decay only on matrices (kernels, embeddings): not on biases, norm scales or RAF's
+  threshold and leak scalars. Decaying those pulls them towards 0 (a norm scale of 0 silences a
+  layer; a threshold towards 0 makes RAF fire on everything), the usual exclusion in AdamW
+  fine-tuning recipes (HF's `no_decay = ["bias", "LayerNorm.weight"]`)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 # ------------------------------------------------------------------------------------------------

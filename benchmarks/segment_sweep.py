@@ -1,0 +1,242 @@
+"""The paper's effect on real text: ROUGE vs segment size for every cross-attention kind.
+
+Trains the same small T5 from scratch (one tokenizer, seed, schedule and step budget) once per cell:
+full attention; segmented, xl and srformer at several segment sizes (Fig. 4 / Table 3), with the
+paper's `padded` segment schedule and, for segmented and srformer, the `length` schedule; and the
+four ablations at one segment size (Table 4). Each cell is an ordinary `train.py` workdir under
+--runs, so a killed sweep resumes where it stopped (a finished cell, one with rouge.json, is kept).
+Writes `<out>/segment_sweep_<preset>.json`, `..._fig4.png` (ROUGE-1 vs s) and `..._ablations.png`.
+
+  python benchmarks/segment_sweep.py --preset cpu --data_dir ../shared/data/dialogsum
+  python benchmarks/segment_sweep.py --preset gpu --data_dir ../shared/data/dialogsum
+  python benchmarks/segment_sweep.py --quick ...   # smoke test (pytest -m slow)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks import common  # noqa: E402
+
+ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
+# Paper (T5-small on CNN/DailyMail, ROUGE-1): Table 3 and Table 4 (s = 64).
+PAPER = {
+    "full": 41.60,
+    "segmented": {8: 17.27, 16: 21.56, 64: 33.31},
+    "srformer": {8: 39.14, 16: 39.32, 64: 39.39},
+    "ablations_s64": {"srformer": 39.39, "recurrent_only": 36.86, "no_norm": 36.77, "no_raf": 35.84,
+                      "kv_segment": 29.72},
+}
+
+# Model / schedule per preset. "cpu" finishes in about two hours on a quiet 2-core machine;
+# "gpu" is a T5-small-shaped model with every cell and many more steps.
+PRESETS = {
+    "cpu": dict(
+        sizes=(8, 64), length_sizes=(8,), ablation_size=8,
+        overrides={"train.num_steps": 500, "train.batch_size": 16, "train.save_every": 100,
+                   "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 60,
+                   "decode.num_beams": 2}),
+    "gpu": dict(
+        sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64,
+        overrides={"train.num_steps": 20000, "train.batch_size": 32, "train.save_every": 2000,
+                   "train.log_every": 100, "train.learning_rate": 5e-4, "train.warmup_steps": 1000,
+                   "model.dtype": "bfloat16", "decode.num_beams": 4, "model.scratch.d_model": 512,
+                   "model.scratch.num_heads": 8, "model.scratch.d_kv": 64, "model.scratch.d_ff": 2048,
+                   "model.scratch.num_encoder_layers": 6, "model.scratch.num_decoder_layers": 6}),
+    "quick": dict(
+        sizes=(8, 64), length_sizes=(8,), ablation_size=8,
+        overrides={"train.num_steps": 6, "train.batch_size": 4, "train.save_every": 3,
+                   "train.log_every": 2, "decode.num_beams": 1, "data.max_eval_examples": 8,
+                   "decode.batch_size": 8, "model.scratch.d_model": 32, "model.scratch.num_heads": 2,
+                   "model.scratch.d_kv": 16, "model.scratch.d_ff": 64,
+                   "model.scratch.num_encoder_layers": 1, "model.scratch.num_decoder_layers": 1}),
+}
+
+
+def cells(preset: dict) -> list[dict]:
+  """The grid, in the order it runs: the paper's headline comparison at the smallest s first, then
+  the larger sizes, the length schedule, xl, and the ablations last (the CPU preset's minimum grid
+  is everything but the ablations), so an interrupted sweep has the most telling cells."""
+  sizes = sorted(preset["sizes"])
+  out = [dict(kind="full", s=None, schedule="padded")]
+  for s in sizes:
+    out += [dict(kind=kind, s=s, schedule="padded") for kind in ("segmented", "srformer")]
+  for s in sorted(preset["length_sizes"]):
+    out += [dict(kind=kind, s=s, schedule="length") for kind in ("segmented", "srformer")]
+  out += [dict(kind="xl", s=s, schedule="padded") for s in sizes]
+  out += [dict(kind=kind, s=preset["ablation_size"], schedule="padded") for kind in ABLATIONS]
+  for c in out:
+    c["name"] = c["kind"] if c["s"] is None else f"{c['kind']}_s{c['s']}_{c['schedule']}"
+  return out
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+  p.add_argument("--quick", action="store_true", help="the 'quick' preset (smoke test)")
+  p.add_argument("--data_dir", default=os.path.join(REPO, "..", "shared", "data", "dialogsum"),
+                 help="folder with the train/test JSONL files")
+  p.add_argument("--train_file", default="dialogsum.train.jsonl")
+  p.add_argument("--test_file", default="dialogsum.test.jsonl")
+  p.add_argument("--document_key", default="dialogue")
+  p.add_argument("--summary_key", default="summary")
+  p.add_argument("--eval_summary_key", default="summary1", help="reference field of the test file")
+  p.add_argument("--runs", default=None, help="workdirs of the cells (default runs/segment_sweep_<preset>)")
+  p.add_argument("--out", default=common.RESULTS, help="directory for the JSON and PNGs")
+  p.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
+  p.add_argument("--set", action="append", default=[],
+                 help="extra config override for every cell, e.g. --set train.num_steps=300")
+  p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the cells (default: jax's choice)")
+  return p.parse_args()
+
+
+def train_tokenizer(args, runs: str, train_path: str, vocab_size: int) -> str:
+  """One SentencePiece model for every cell, trained on the training split (as train.py would)."""
+  path = os.path.join(runs, "spm", "spm.model")
+  if not os.path.exists(path):
+    from srformer_jax import data
+    src = data.read_jsonl(train_path, args.document_key, args.summary_key)
+    texts = [t for pair in src.pairs[:20000] for t in pair]
+    data.train_sentencepiece(texts, path[:-len(".model")], vocab_size, seed=0)
+  return path
+
+
+def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
+  workdir = os.path.join(runs, cell["name"])
+  os.makedirs(workdir, exist_ok=True)
+  timing_file = os.path.join(workdir, "sweep_timing.json")
+  timing = json.load(open(timing_file)) if os.path.exists(timing_file) else {"wall_s": 0.0, "invocations": 0}
+  if not os.path.exists(os.path.join(workdir, "rouge.json")):
+    flags = dict(overrides)
+    flags["model.cross_attention"] = cell["kind"]
+    flags["model.segment_schedule"] = cell["schedule"]
+    if cell["s"] is not None:
+      flags["model.segment_size"] = cell["s"]
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",
+           os.path.join(REPO, "configs", "dialogsum_sweep.py"), f"--workdir={workdir}"]
+    cmd += [f"--config.{k}={v}" for k, v in flags.items()]
+    env = dict(os.environ)
+    if args.platform:
+      env["JAX_PLATFORMS"] = args.platform
+    print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
+    t0 = time.perf_counter()
+    try:
+      subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    finally:  # a killed cell keeps the time it spent, so the total stays honest after a resume
+      timing["wall_s"] += time.perf_counter() - t0
+      timing["invocations"] += 1
+      with open(timing_file, "w") as f:
+        json.dump(timing, f)
+  return collect(cell, workdir, timing)
+
+
+def collect(cell: dict, workdir: str, timing: dict) -> dict:
+  rouge = json.load(open(os.path.join(workdir, "rouge.json")))
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  steps = rows[-1]["step"]
+  tail = [r["loss"] for r in rows if r["step"] > 0.9 * steps] or [rows[-1]["loss"]]
+  return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
+              rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
+              final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
+              invocations=timing["invocations"], workdir=workdir)
+
+
+def plot(results: list[dict], out_dir: str, name: str):
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  full = [r for r in results if r["kind"] == "full"]
+  if full:
+    ax.axhline(full[0]["rouge1"], color="k", ls=":", label="full attention")
+  styles = {"segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue"}
+  for kind, color in styles.items():
+    for schedule, ls in (("padded", "-"), ("length", "--")):
+      pts = sorted((r["s"], r["rouge1"]) for r in results
+                   if r["kind"] == kind and r["schedule"] == schedule)
+      if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=color,
+                label=f"{kind} ({schedule})")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("segment size s")
+  ax.set_ylabel("ROUGE-1 (test)")
+  ax.set_title("ROUGE-1 vs segment size (cf. paper Fig. 4)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, f"{name}_fig4.png"), dpi=110)
+  plt.close(fig)
+
+  abl = [r for r in results if r["kind"] in ABLATIONS]
+  if abl:
+    s = abl[0]["s"]
+    base = [r for r in results if r["kind"] == "srformer" and r["s"] == s and r["schedule"] == "padded"]
+    bars = base + sorted(abl, key=lambda r: ABLATIONS.index(r["kind"]))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.bar(range(len(bars)), [r["rouge1"] for r in bars], color="tab:blue")
+    ax.set_xticks(range(len(bars)), [r["kind"] for r in bars], rotation=20)
+    ax.set_ylabel("ROUGE-1 (test)")
+    ax.set_title(f"Ablations at s = {s} (cf. paper Table 4)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{name}_ablations.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+  args = parse_args()
+  preset_name = "quick" if args.quick else args.preset
+  preset = PRESETS[preset_name]
+  runs = args.runs or os.path.join(REPO, "runs", f"segment_sweep_{preset_name}")
+  train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
+  test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
+  for path in (train_path, test_path):
+    if not os.path.exists(path):
+      sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
+  os.makedirs(runs, exist_ok=True)
+  from configs import dialogsum_sweep
+  vocab = dialogsum_sweep.get_config().data.spm_vocab_size
+  spm = train_tokenizer(args, runs, train_path, vocab)
+  overrides = {"data.train_split": train_path, "data.eval_split": test_path,
+               "data.document_key": args.document_key, "data.summary_key": args.summary_key,
+               "data.eval_summary_key": args.eval_summary_key, "data.tokenizer": f"spm:{spm}"}
+  overrides.update(preset["overrides"])
+  for item in args.set:
+    key, value = item.split("=", 1)
+    overrides[key] = value
+  only = set(filter(None, args.only.split(",")))
+  grid = [c for c in cells(preset) if not only or c["name"] in only]
+  name = f"segment_sweep_{preset_name}"
+  results = []
+  for cell in grid:
+    results.append(run_cell(cell, args, runs, overrides))
+    payload = {"preset": preset_name, "overrides": overrides, "git_commit": _git_commit(),
+               "machine": _machine(), "paper_t5_small_cnndm": PAPER, "cells": results,
+               "cells_planned": [c["name"] for c in grid]}
+    common.write(args.out, name, payload)
+    plot(results, args.out, name)
+
+
+def _git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _machine() -> dict:
+  import platform
+  return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+          "python": platform.python_version()}
+
+
+if __name__ == "__main__":
+  main()
