@@ -35,8 +35,9 @@ def raf_scan(xs: jax.Array, active: jax.Array, threshold: jax.Array, leak: jax.A
 
   Args:
     xs: [segments, ...] inputs, one per segment (segment axis first).
-    active: [segments] bool; a segment that no decoder position reads (possible only when there are
-      more segments than decoder positions) does not advance the memory, as in step-wise decoding.
+    active: [segments] or [segments, batch] bool (per example, for the `length` segment schedule);
+      a segment that no decoder position reads does not advance the memory, as in step-wise
+      decoding.
     threshold, leak: RAF scalars.
     mem0: initial membrane potential (zeros if None).
 
@@ -49,6 +50,7 @@ def raf_scan(xs: jax.Array, active: jax.Array, threshold: jax.Array, leak: jax.A
   def body(mem, inp):
     x, on = inp
     new_mem, out = raf_step(mem, x, threshold, leak)
+    on = on.reshape(on.shape + (1,) * (x.ndim - on.ndim))  # broadcast over the trailing axes
     return jnp.where(on, new_mem, mem), jnp.where(on, out, jnp.zeros_like(out))
 
   mem, outs = jax.lax.scan(body, mem0, (xs, active))

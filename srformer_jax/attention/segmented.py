@@ -10,6 +10,14 @@ change (`raf.raf_scan`). The training path is vectorised: queries are grouped by
 gather) and all K_i^T V_i come from one einsum. Decoding runs the same scan once per input (the
 segments it visits depend only on the position) and each step reads one segment.
 
+Segment schedules (`config.segment_schedule`): `padded` (the paper's) counts m over the padded input,
+the same for every example; `length` counts each example's own m_b = ceil(len_b / s) over its real
+tokens (inputs are right-padded) and reads i_b(t) = min(m_b-1, floor(t*m_b/q)), so a short document
+is swept from start to end instead of a position reading padding, and the output does not depend on
+how much padding follows. The tiling into segments is the same; only which one a position reads, and
+so which segments RAF steps through (per example), changes. That path gathers one segment per
+decoder position instead of grouping positions statically.
+
 Einsum letters: b batch, m segment, g query slot within a segment's group, s position within a
 segment, h head, d/e head dims (d of keys, e of values).
 """
@@ -75,6 +83,26 @@ def segment_plan(q_len: int, num_segments: int) -> SegmentPlan:
 
 def num_segments(k_len: int, segment_size: int) -> int:
   return max(1, math.ceil(k_len / segment_size))
+
+
+def example_segments(ms: jax.Array) -> jax.Array:
+  """m_b for the `length` schedule: [b, m, s] segment mask -> [b] int32, the number of segments
+  that hold a real token of example b (at least 1, so an all-padding example reads segment 0)."""
+  return jnp.maximum(jnp.sum(jnp.any(ms, axis=-1), axis=-1), 1).astype(jnp.int32)
+
+
+def length_plan(ms: jax.Array, q_len: int):
+  """Per-example segment rule of the `length` schedule for q decoder positions.
+
+  ms [b, m, s] -> (m_b [b], seg [b, q]: the segment each position reads, visited [b, m]: the
+  segments RAF steps through, i.e. those some position reads plus m_b - 1, which positions past q
+  read when decoding; adding it changes no earlier RAF output).
+  """
+  m = ms.shape[1]
+  mb = example_segments(ms)
+  seg = segment_of(jnp.arange(q_len)[None, :], q_len, mb[:, None])
+  visited = jnp.any(jax.nn.one_hot(seg, m, dtype=bool), axis=1) | jax.nn.one_hot(mb - 1, m, dtype=bool)
+  return mb, seg, visited
 
 
 def warn_if_unused_segments(m: int, q_len: int, k_len: int, s: int, what: str):
@@ -204,15 +232,20 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     return keys, vals, mask
 
   def _recurrent_outputs(self, ks, vs, active):
-    """What segment i's queries add back, RAF(W P_i), before the ||K|| scaling, for the segments
-    that `active` ([m] bool, static) marks, in order: [b, n, h, d, e]. RAF steps through exactly
-    these; the others (possible only when m > q) cost nothing beyond their share of K^T V.
+    """What segment i's queries add back, RAF(W P_i), before the ||K|| scaling: [b, n, h, d, e].
+
+    `active` is either [m] bool, static (the `padded` schedule): the n segments it marks, in order;
+    RAF steps through exactly these and the others (possible only when m > q) cost nothing beyond
+    their share of K^T V. Or [b, m] bool, traced (the `length` schedule): all n = m segments, RAF
+    stepping per example only through those it marks (the others' outputs are never read).
     """
-    keep = np.nonzero(active)[0]
-    keep = None if len(keep) == len(active) else keep
+    per_example = not isinstance(active, np.ndarray)
+    keep = None if per_example else np.nonzero(active)[0]
+    keep = None if keep is None or len(keep) == len(active) else keep
     if self.config.uses_raf:
       xs = jnp.moveaxis(self._raf_inputs(ks, vs, keep), 1, 0)  # [n, b, h, d, e]
-      outs, _ = raf.raf_scan(xs, jnp.ones(xs.shape[:1], bool), self.threshold, self.leak)
+      on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[:1], bool)
+      outs, _ = raf.raf_scan(xs, on, self.threshold, self.leak)
       return jnp.moveaxis(outs, 0, 1)
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
     return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
@@ -250,6 +283,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     ks, vs, ms = self._split(k, v, enc_mask)
     m = ks.shape[1]
     warn_if_unused_segments(m, q_len, k.shape[1], s, "decoder length in this forward")
+    if c.segment_schedule == "length":
+      return self._attend_by_length(q, ks, vs, ms, deterministic)
     plan = segment_plan(q_len, m)
     qg = q[:, plan.group_index]  # [b, m, g, h, d]
 
@@ -266,6 +301,25 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
     return ctx.astype(q.dtype)
 
+  def _attend_by_length(self, q, ks, vs, ms, deterministic):
+    """The `length` schedule: each position gathers its own example's segment (one query per
+    group, so the grouped helpers apply with g = 1). q [b, q, h, d], ks/vs [b, m, s, h, d]."""
+    c = self.config
+    b, q_len = q.shape[:2]
+    _, seg, visited = length_plan(ms, q_len)
+    rows = jnp.arange(b)[:, None]
+    qg = q[:, :, None]  # [b, q, 1, h, d]
+    ctx = jnp.zeros(qg.shape, layers.accum_dtype(qg.dtype))
+    if c.cross_attention != "recurrent_only":
+      keys, vals, mask = (self._with_previous(ks, vs, ms) if c.cross_attention == "xl"
+                          else (ks, vs, ms))
+      ctx = ctx + self._segment_softmax(qg, keys[rows, seg], vals[rows, seg], mask[rows, seg],
+                                        deterministic)  # [b, q, s', h, d] per position
+    if c.cross_attention in RECURRENT_KINDS:
+      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, visited), ks)  # [b, m, h, d, e]
+      ctx = ctx + self._recurrent_read(qg, rec[rows, seg])
+    return ctx[:, :, 0].astype(q.dtype)
+
   # ---------------------------------------------------------------------------------------------
   # decoding
 
@@ -275,7 +329,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     enc [b, k, D]; enc_mask [b, k] bool.
       full:      'k', 'v' [b, h, k, d], 'mask' [b, k]
       segmented: 'ks', 'vs' [m, b, h, s, d], 'ms' [m, b, s]
-      recurrent: + 'rec' [n, b, h, d, e]: RAF(W P_i) / ||K|| for the n segments decoding visits.
+      recurrent: + 'rec' [n, b, h, d, e]: RAF(W P_i) / ||K|| for the n segments decoding visits
+                 (`length` schedule: all n = m segments, and 'mb' [b], each example's m_b).
     Segment-major, head-major layouts make what a step reads one contiguous block.
 
     Why 'rec' is precomputed: the segments a decoder visits are fixed by (t, gen_len, m), never by the
@@ -294,8 +349,12 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
     to_state = lambda x: jnp.transpose(x, (1, 0, 3, 2, 4))  # [b, m, s, h, d] -> [m, b, h, s, d]
     state = {"ks": to_state(ks), "vs": to_state(vs), "ms": jnp.swapaxes(ms, 0, 1)}
+    if c.segment_schedule == "length":
+      state["mb"], _, visits = length_plan(ms, c.gen_len)  # [b], -, [b, m]
+    else:
+      visits = _decoding_visits(c.gen_len, m)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._recurrent_outputs(ks, vs, _decoding_visits(c.gen_len, m))
+      rec = self._recurrent_outputs(ks, vs, visits)
       state["rec"] = jnp.swapaxes(self._scale_by_key_norm(rec, ks), 0, 1)
     return state
 
@@ -313,8 +372,12 @@ class CrossAttention(nn.Module, ProjectionsMixin):
 
     ks, vs, ms = state["ks"], state["vs"], state["ms"]
     m = ks.shape[0]
-    seg = segment_of(t, c.gen_len, m)
-    take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
+    if c.segment_schedule == "length":  # seg [b]: each example its own segment
+      seg = segment_of(t, c.gen_len, state["mb"])
+      take = lambda a, i: a[i, jnp.arange(a.shape[1])]
+    else:  # seg: a scalar, the same for the whole batch
+      seg = segment_of(t, c.gen_len, m)
+      take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
     acc = layers.accum_dtype(q.dtype)
     q1 = q[:, 0].astype(acc)  # [b, h, d]
     ctx = jnp.zeros(q1.shape, acc)
@@ -324,12 +387,13 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         prev = jnp.maximum(seg - 1, 0)
         keys = jnp.concatenate([take(ks, prev), keys], axis=2)
         vals = jnp.concatenate([take(vs, prev), vals], axis=2)
-        mask = jnp.concatenate([take(ms, prev) & (seg > 0), mask], axis=1)
+        mask = jnp.concatenate([take(ms, prev) & jnp.reshape(seg > 0, (-1, 1)), mask], axis=1)
       scores = jnp.sum(q1[:, :, None, :] * keys.astype(acc), axis=-1)  # [b, h, s]
       probs = self._masked_softmax(scores, mask[:, None, :])
       ctx = ctx + jnp.sum(probs[..., None] * vals.astype(acc), axis=2)
     if c.cross_attention in RECURRENT_KINDS:
-      slot = jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg]
+      slot = (seg if c.segment_schedule == "length"
+              else jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg])
       ctx = ctx + jnp.sum(q1[..., None] * take(state["rec"], slot), axis=2)  # [b, h, d, e] -> [b, h, e]
     return self.project_out(ctx[:, None].astype(q.dtype)), state
 

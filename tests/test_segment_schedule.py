@@ -1,0 +1,142 @@
+"""The `length` segment schedule: each example's segments are counted over its own tokens."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srformer_jax import CROSS_ATTENTION_KINDS, ModelConfig, build_model, init_params
+from srformer_jax.attention import raf
+from srformer_jax.attention.segmented import length_plan
+from srformer_jax.decoding import DecodeConfig, generate
+from tests import checks
+from tests.test_srformer import tiny
+
+SEGMENTED_KINDS = [k for k in CROSS_ATTENTION_KINDS if k != "full"]
+LENGTHS = (37, 21, 9)  # row 2 is shorter than two segments at s = 8
+
+
+def ragged_batch(k_len=48, dec_len=10, lengths=LENGTHS, vocab=64, seed=0):
+  """Right-padded rows of the given lengths: ids, mask [b, k_len], decoder ids [b, dec_len]."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, vocab, (len(lengths), k_len))
+  mask = (np.arange(k_len)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+  ids = np.where(mask, ids, 0)
+  dec = rng.integers(3, vocab, (len(lengths), dec_len))
+  return ids, mask, dec
+
+
+def _logits(config, params, ids, mask, dec):
+  return build_model(config).apply({"params": params}, ids, mask, dec)
+
+
+def test_length_plan_counts_each_examples_own_segments():
+  ms = jnp.asarray(ragged_batch(k_len=48)[1].reshape(3, 6, 8).astype(bool))  # s = 8, m = 6
+  mb, seg, visited = length_plan(ms, q_len=10)
+  np.testing.assert_array_equal(mb, [5, 3, 2])  # ceil(37/8), ceil(21/8), ceil(9/8)
+  np.testing.assert_array_equal(seg[1], [0, 0, 0, 0, 1, 1, 1, 2, 2, 2])  # floor(t * 3 / 10)
+  np.testing.assert_array_equal(seg[2], [0] * 5 + [1] * 5)
+  np.testing.assert_array_equal(visited[2], [1, 1, 0, 0, 0, 0])
+  assert int(seg.max()) < 5  # no position reads a segment of pure padding
+
+
+# Every kind on T5; on BART (scaled queries, K^T V clamp, no bias) the two that differ most.
+ARCH_KINDS = [("t5", k) for k in SEGMENTED_KINDS] + [("bart", "srformer"), ("bart", "xl")]
+
+
+@pytest.mark.parametrize("arch,kind", ARCH_KINDS)
+def test_length_schedule_equals_padded_schedule_on_each_example_cut_to_its_length(arch, kind):
+  """The definition: on a padded batch, each example reads what the paper's schedule reads on that
+  example alone without padding (m = ceil(len / s)). This also shows that an example's logits do
+  not depend on the padding after it nor on the other examples of its batch."""
+  s = 4 if kind != "xl" else 8  # s = 4 < d_kv = 8: the V W route of the RAF input (T5)
+  padded = tiny(arch, cross_attention=kind, segment_size=s, gen_len=10)
+  length = dataclasses.replace(padded, segment_schedule="length")
+  params = init_params(padded, jax.random.key(1))
+  ids, mask, dec = ragged_batch()
+  got = _logits(length, params, ids, mask, dec)
+  for row, n in enumerate(LENGTHS):
+    alone = _logits(padded, params, ids[row:row + 1, :n], mask[row:row + 1, :n], dec[row:row + 1])
+    chex.assert_trees_all_close(got[row], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["srformer", "xl"])
+def test_length_schedule_does_not_depend_on_padding(kind):
+  """The same documents padded to 256 and to 512 tokens give the same logits (1e-5); under the
+  paper's schedule they do not (the check is sensitive)."""
+  config = tiny(cross_attention=kind, segment_size=8, gen_len=10, segment_schedule="length")
+  params = init_params(config, jax.random.key(2))
+  lengths = (200, 131, 17)
+  ids, mask, dec = ragged_batch(k_len=512, lengths=lengths)
+  short = _logits(config, params, ids[:, :256], mask[:, :256], dec)
+  long = _logits(config, params, ids, mask, dec)
+  chex.assert_trees_all_close(short, long, atol=1e-5, rtol=0)
+  padded = dataclasses.replace(config, segment_schedule="padded")
+  diff = jnp.max(jnp.abs(_logits(padded, params, ids[:, :256], mask[:, :256], dec)
+                         - _logits(padded, params, ids, mask, dec)))
+  assert diff > 1e-3
+
+
+@pytest.mark.parametrize("arch,kind", [("t5", "srformer"), ("t5", "xl"), ("bart", "srformer")])
+def test_length_schedule_equals_padded_when_every_example_fills_the_input(arch, kind):
+  config = tiny(arch, cross_attention=kind, segment_size=4, gen_len=10)
+  params = init_params(config, jax.random.key(3))
+  ids, mask, dec = ragged_batch(k_len=37, lengths=(37, 37, 37))
+  length = dataclasses.replace(config, segment_schedule="length")
+  chex.assert_trees_all_close(_logits(length, params, ids, mask, dec),
+                              _logits(config, params, ids, mask, dec), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch,kind", ARCH_KINDS)
+def test_length_schedule_cached_decoding_equals_teacher_forcing(arch, kind):
+  config = tiny(arch, cross_attention=kind, segment_size=4, gen_len=10, segment_schedule="length")
+  ids, mask, dec = ragged_batch()
+  checks.cached_equals_teacher_forced(config, init_params(config, jax.random.key(1)), ids, mask, dec)
+
+
+def test_length_schedule_beam_search_equals_each_example_alone():
+  """Beam search on a ragged batch returns, per example, what the paper's schedule returns on that
+  example alone, cut to its length; and the returned score is the sequence's teacher-forced
+  log-probability (the per-example cache is consistent across beams)."""
+  config = tiny(cross_attention="srformer", segment_size=4, gen_len=8, segment_schedule="length")
+  params = init_params(config, jax.random.key(4))
+  ids, mask, _ = ragged_batch()
+  dc = DecodeConfig(max_len=8, num_beams=3, length_penalty=0.0)
+  model = build_model(config)
+  seqs, scores = generate(model, params, ids, mask, dc, return_scores=True)
+  padded = dataclasses.replace(config, segment_schedule="padded")
+  for row, n in enumerate(LENGTHS):
+    alone, alone_score = generate(build_model(padded), params, ids[row:row + 1, :n],
+                                  mask[row:row + 1, :n], dc, return_scores=True)
+    np.testing.assert_array_equal(seqs[row], alone[0])
+    np.testing.assert_allclose(scores[row], alone_score[0], atol=1e-5)
+  # score = sum of log-probs of the tokens up to and including EOS (length_penalty 0)
+  dec_in = jnp.concatenate([jnp.full((3, 1), config.decoder_start_token_id), seqs[:, :-1]], axis=1)
+  logp = jax.nn.log_softmax(model.apply({"params": params}, ids, mask, dec_in), axis=-1)
+  tok_lp = jnp.take_along_axis(logp, seqs[..., None], axis=-1)[..., 0]
+  eos_at = jnp.argmax(seqs == config.eos_token_id, axis=1)
+  ended = jnp.any(seqs == config.eos_token_id, axis=1)
+  upto = jnp.where(ended, eos_at, seqs.shape[1] - 1)
+  keep = jnp.arange(seqs.shape[1])[None] <= upto[:, None]
+  np.testing.assert_allclose(jnp.sum(tok_lp * keep, axis=1), scores, atol=1e-4)
+
+
+def test_raf_scan_with_per_example_active_equals_separate_scans():
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.normal(size=(5, 3, 2, 2)), jnp.float32)  # [segments, batch, d, e]
+  active = jnp.asarray(rng.random((5, 3)) > 0.4)
+  th, leak = jnp.asarray([0.3]), jnp.asarray([0.7])
+  outs, mem = raf.raf_scan(xs, active, th, leak)
+  for b in range(3):
+    ob, mb = raf.raf_scan(xs[:, b], active[:, b], th, leak)
+    chex.assert_trees_all_close((outs[:, b], mem[b]), (ob, mb), atol=1e-6, rtol=0)
+
+
+def test_length_schedule_rejects_faithful_mode():
+  with pytest.raises(ValueError, match="faithful"):
+    tiny(cross_attention="srformer", segment_schedule="length", faithful=True)
+  with pytest.raises(ValueError, match="segment_schedule"):
+    tiny(cross_attention="srformer", segment_schedule="per_example")
