@@ -15,6 +15,7 @@ Writes `<out>/segment_sweep_<preset>.json`, `..._fig4.png` (ROUGE-1 vs s) and `.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -26,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import common  # noqa: E402
+
+from srformer_jax.config import RAF_KINDS  # noqa: E402
 
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
 # Paper (T5-small on CNN/DailyMail, ROUGE-1): Table 3 and Table 4 (s = 64).
@@ -96,6 +99,8 @@ def parse_args():
   p.add_argument("--set", action="append", default=[],
                  help="extra config override for every cell, e.g. --set train.num_steps=300")
   p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the cells (default: jax's choice)")
+  p.add_argument("--table", action="store_true",
+                 help="print the README's markdown table from the JSON of this preset and exit")
   return p.parse_args()
 
 
@@ -136,10 +141,46 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
       timing["invocations"] += 1
       with open(timing_file, "w") as f:
         json.dump(timing, f)
-  return collect(cell, workdir, timing)
+  return collect(cell, workdir, timing, run_config(overrides, cell))
 
 
-def collect(cell: dict, workdir: str, timing: dict) -> dict:
+def run_config(overrides: dict, cell: dict):
+  """The cell's ml_collections config, as train.py builds it from the same flags."""
+  from configs import dialogsum_sweep
+  cfg = dialogsum_sweep.get_config()
+  flags = dict(overrides, **{"model.cross_attention": cell["kind"],
+                             "model.segment_schedule": cell["schedule"]})
+  if cell["s"] is not None:
+    flags["model.segment_size"] = cell["s"]
+  for key, value in flags.items():
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return cfg
+
+
+def raf_stats(cfg, workdir: str, examples: int = 64) -> dict:
+  """RAF firing per decoder layer of the trained cell on the first test examples (teacher forced
+  on the references): does the gate pass anything on? See srformer_jax.diagnostics."""
+  from srformer_jax import data, eval_lib, train_lib
+  from srformer_jax.diagnostics import raf_statistics
+  from srformer_jax.layers import shift_right
+  model, tok, params = eval_lib.load_for_eval(cfg, workdir)
+  src = train_lib.load_source(cfg, "eval_split", workdir)
+  batch, _, _ = next(data.eval_batches(src, tok, train_lib.batch_spec(cfg, examples), examples))
+  c = model.config
+  dec_in = shift_right(batch["labels"], c.decoder_start_token_id, c.pad_token_id)
+  return raf_statistics(model, params, batch["input_ids"], batch["attention_mask"], dec_in)
+
+
+def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
+  stats_file = os.path.join(workdir, "raf_stats.json")
+  if cfg is not None and cell["kind"] in RAF_KINDS and not os.path.exists(stats_file):
+    with open(stats_file, "w") as f:
+      json.dump(raf_stats(cfg, workdir), f, indent=2)
+  raf = json.load(open(stats_file)) if os.path.exists(stats_file) else None
   rouge = json.load(open(os.path.join(workdir, "rouge.json")))
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   steps = rows[-1]["step"]
@@ -147,7 +188,7 @@ def collect(cell: dict, workdir: str, timing: dict) -> dict:
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
-              invocations=timing["invocations"], workdir=workdir)
+              invocations=timing["invocations"], workdir=workdir, raf=raf)
 
 
 def plot(results: list[dict], out_dir: str, name: str):
@@ -190,10 +231,40 @@ def plot(results: list[dict], out_dir: str, name: str):
     plt.close(fig)
 
 
+def markdown_table(payload: dict) -> str:
+  """Our cells beside the paper's T5-small CNN/DailyMail ROUGE-1 (Tables 3 and 4)."""
+  def paper(r):
+    if r["kind"] == "full":
+      return f"{PAPER['full']:.2f}"
+    if r["schedule"] == "padded" and r["s"] in PAPER.get(r["kind"], {}):
+      return f"{PAPER[r['kind']][r['s']]:.2f}"
+    if r["schedule"] == "padded" and r["s"] == 64 and r["kind"] in PAPER["ablations_s64"]:
+      return f"{PAPER['ablations_s64'][r['kind']]:.2f} (s=64)"
+    return "–"
+  def fired(r):
+    if not r.get("raf"):
+      return "–"
+    return " / ".join(f"{v['raf_fired']:.2f}" for v in r["raf"].values())
+  lines = ["| kind | s | schedule | R-1 | R-2 | R-L | R-Lsum | final train loss | RAF fired (per layer) "
+           "| steps | wall | paper R-1 |", "|" + " --- |" * 12]
+  for r in payload["cells"]:
+    lines.append(f"| {r['kind']} | {r['s'] or '–'} | {r['schedule'] if r['s'] else '–'} | "
+                 f"{r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} | {r['rougeLsum']:.2f} | "
+                 f"{r['final_train_loss']:.3f} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
+                 f"{paper(r)} |")
+  missing = [n for n in payload["cells_planned"] if n not in {r["name"] for r in payload["cells"]}]
+  if missing:
+    lines.append(f"\nNot run yet: {', '.join(missing)}.")
+  return "\n".join(lines)
+
+
 def main():
   args = parse_args()
   preset_name = "quick" if args.quick else args.preset
   preset = PRESETS[preset_name]
+  if args.table:
+    print(markdown_table(json.load(open(os.path.join(args.out, f"segment_sweep_{preset_name}.json")))))
+    return
   runs = args.runs or os.path.join(REPO, "runs", f"segment_sweep_{preset_name}")
   train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
   test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
@@ -210,7 +281,10 @@ def main():
   overrides.update(preset["overrides"])
   for item in args.set:
     key, value = item.split("=", 1)
-    overrides[key] = value
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value  # a plain string
   only = set(filter(None, args.only.split(",")))
   grid = [c for c in cells(preset) if not only or c["name"] in only]
   name = f"segment_sweep_{preset_name}"

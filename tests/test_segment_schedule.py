@@ -140,3 +140,22 @@ def test_length_schedule_rejects_faithful_mode():
     tiny(cross_attention="srformer", segment_schedule="length", faithful=True)
   with pytest.raises(ValueError, match="segment_schedule"):
     tiny(cross_attention="srformer", segment_schedule="per_example")
+
+
+def test_raf_statistics_report_firing_per_layer():
+  from srformer_jax.diagnostics import raf_statistics
+  config = tiny(cross_attention="srformer", segment_size=4, gen_len=10, segment_schedule="length")
+  params = init_params(config, jax.random.key(1))
+  ids, mask, dec = ragged_batch()
+  stats = raf_statistics(build_model(config), params, ids, mask, dec)
+  assert len(stats) == config.num_decoder_layers
+  for layer in stats.values():
+    assert 0.0 < layer["raf_fired"] < 1.0 and layer["raf_mean_abs_out"] > 0.0
+    assert layer["threshold"] == pytest.approx(config.raf_threshold_init)
+  # an enormous threshold: nothing fires, nothing is passed on
+  high = jax.tree_util.tree_map_with_path(
+      lambda p, x: x * 1e6 if "threshold" in jax.tree_util.keystr(p) else x, params)
+  for layer in raf_statistics(build_model(config), high, ids, mask, dec).values():
+    assert layer["raf_fired"] == 0.0
+  assert raf_statistics(build_model(dataclasses.replace(config, cross_attention="segmented")),
+                        params, ids, mask, dec) == {}

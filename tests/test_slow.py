@@ -28,3 +28,25 @@ def test_offline_default_job_end_to_end(tmp_path):
   assert losses[-1] < losses[0] - 2.0
   assert rouge["rouge1"] > 5.0
   assert (tmp_path / "loss.png").exists()
+
+
+@pytest.mark.slow
+def test_segment_sweep_quick(tmp_path, shared_dir):
+  """benchmarks/segment_sweep.py --quick on DialogSum: three cells train, evaluate and are
+  collected into the JSON and plots; a second run reuses the finished cells (resume)."""
+  data_dir = os.path.join(shared_dir, "data", "dialogsum")
+  cmd = [sys.executable, "benchmarks/segment_sweep.py", "--quick", f"--data_dir={data_dir}",
+         f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}",
+         "--only=full,srformer_s8_length,recurrent_only_s8_padded"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=1200)
+  result = json.load(open(tmp_path / "out" / "segment_sweep_quick.json"))
+  assert [c["name"] for c in result["cells"]] == ["full", "srformer_s8_length", "recurrent_only_s8_padded"]
+  assert all(c["steps"] == 6 and c["eval_examples"] == 8 for c in result["cells"])
+  assert result["cells"][1]["raf"] and result["cells"][0]["raf"] is None
+  assert (tmp_path / "out" / "segment_sweep_quick_fig4.png").exists()
+  assert (tmp_path / "out" / "segment_sweep_quick_ablations.png").exists()
+  before = os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json")
+  subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600)
+  assert os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json") == before

@@ -246,9 +246,19 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       xs = jnp.moveaxis(self._raf_inputs(ks, vs, keep), 1, 0)  # [n, b, h, d, e]
       on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[:1], bool)
       outs, _ = raf.raf_scan(xs, on, self.threshold, self.leak)
+      self._sow_raf_statistics(outs, on)
       return jnp.moveaxis(outs, 0, 1)
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
     return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
+
+  def _sow_raf_statistics(self, outs, on):
+    """Records what RAF passes on (collection 'intermediates', only when asked for it, e.g. by
+    `srformer_jax.diagnostics.raf_statistics`): the fraction of entries that fired (out > 0) and
+    the mean |out| over the segments it stepped through. outs [n, b, h, d, e], on [n] or [n, b]."""
+    on = jnp.broadcast_to(on.reshape(on.shape + (1,) * (outs.ndim - on.ndim)), outs.shape)
+    count = jnp.maximum(jnp.sum(on), 1)
+    self.sow("intermediates", "raf_fired", jnp.sum((outs > 0) & on) / count)
+    self.sow("intermediates", "raf_mean_abs_out", jnp.sum(jnp.where(on, jnp.abs(outs), 0)) / count)
 
   def _scale_by_key_norm(self, out, ks):
     """out / ||K|| (per head and value feature): out [b, n, h, d, e], ks [b, m, s, h, e]."""
