@@ -69,7 +69,7 @@ def test_load_run_reads_the_saved_config(trained_run):
   assert run.config.to_dict() == json.loads(cfg.to_json_best_effort())
   with open(os.path.join(w, "model_config.json")) as f:
     assert run.model_config == ModelConfig.from_dict(json.load(f))
-  assert run.decode_config == eval_lib.decode_config(cfg) == DecodeConfig(max_len=8, num_beams=1)
+  assert run.decode_config == eval_lib.decode_config(cfg) == DecodeConfig(max_len=8, length_penalty=2.0)
   _, _, params = eval_lib.load_for_eval(cfg, w)
   jax.tree.map(np.testing.assert_array_equal, run.params, params)
 
@@ -88,29 +88,31 @@ def test_load_run_without_saved_config_needs_one(trained_run, tmp_path):
     load_run(str(tmp_path / "nope"))
 
 
+def _eval_decode(run, docs, dc):
+  """What evaluation does (eval_lib.evaluate's loop) for these documents."""
+  out = []
+  for batch, _, n in data.eval_batches(data.ListSource([(d, "") for d in docs]), run.tokenizer,
+                                       train_lib.batch_spec(run.config, run.config.decode.batch_size)):
+    tokens = generate_jit(run.model, run.params, batch["input_ids"], batch["attention_mask"], dc)
+    out += [run.tokenizer.decode(r) for r in np.asarray(tokens)[:n]]
+  return out
+
+
 def test_summarize_equals_evaluation_and_compiles_once_per_bucket(trained_run):
-  w, cfg, docs = trained_run
+  w, _, docs = trained_run
   run = load_run(w)
-  eval_lib.evaluate(cfg, w)  # 8 eval examples, 2 full batches of decode.batch_size=4
-  with open(os.path.join(w, "predictions.jsonl")) as f:
-    expected = [json.loads(line)["prediction"] for line in f]
+  expected = _eval_decode(run, docs[:8], run.decode_config)  # 2 batches of decode.batch_size=4
   before = _generate_jitted._cache_size()
-  got = summarize(docs[:8], run)
-  assert got == expected
-  assert _generate_jitted._cache_size() - before <= 1  # same shape as evaluation's batches
-  # 7 texts: batches of 4 and 3 rows, both padded to 4 (no new compilation); one text: bucket 1
-  before = _generate_jitted._cache_size()
+  assert summarize(docs[:8], run) == expected
+  # 7 texts: batches of 4 and 3 rows, both padded to 4 rows: the shape evaluation compiled
   assert summarize(docs[:7], run) == expected[:7]
   assert _generate_jitted._cache_size() == before
-  one = summarize(docs[0], run)
+  one = summarize(docs[0], run)  # one string in, one string out; a batch of 1 row
   assert isinstance(one, str) and _generate_jitted._cache_size() == before + 1
   assert summarize([], run) == []
   # decode overrides replace the config's settings
-  batch, _, _ = next(data.eval_batches(data.ListSource([(d, "") for d in docs[:4]]), run.tokenizer,
-                                       train_lib.batch_spec(cfg, 4)))
-  tokens = generate_jit(run.model, run.params, batch["input_ids"], batch["attention_mask"],
-                        DecodeConfig(max_len=2))
-  assert summarize(docs[:4], run, max_len=2) == [run.tokenizer.decode(r) for r in np.asarray(tokens)]
+  dc = dataclasses.replace(run.decode_config, max_len=2)
+  assert summarize(docs[:4], run, max_len=2) == _eval_decode(run, docs[:4], dc)
 
 
 def test_summarize_argument_errors(trained_run):
