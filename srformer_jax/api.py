@@ -30,10 +30,10 @@ class Run:
   """A trained run, ready to decode."""
 
   workdir: str
-  config: ml_collections.ConfigDict  # the run config (what train.py --config was)
-  model: nn.Module
-  params: Any
-  tokenizer: data.Tokenizer
+  config: ml_collections.ConfigDict = dataclasses.field(repr=False)  # train.py's --config
+  model: nn.Module = dataclasses.field(repr=False)
+  params: Any = dataclasses.field(repr=False)
+  tokenizer: data.Tokenizer = dataclasses.field(repr=False)
   decode_config: DecodeConfig  # from config.decode (max_len 0: data.max_target_len)
 
   @property
@@ -61,7 +61,8 @@ def load_config(config) -> ml_collections.ConfigDict:
 
 def load_run(workdir: str | os.PathLike, config=None,
              mesh_shape: Sequence[int] | None = None) -> Run:
-  """Loads the latest checkpoint of a training run (see `eval_lib.load_for_eval`).
+  """Loads the latest checkpoint of a training run (see `eval_lib.load_for_eval`: with no
+  checkpoint yet, the config's `model.init_from` HF checkpoint, else FileNotFoundError).
 
   config: None reads `<workdir>/run_config.json`, which `train_lib.train` writes; a ConfigDict or
     a config file path (.py with get_config(), or .json) is used instead when given (needed for runs
