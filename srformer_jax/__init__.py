@@ -6,8 +6,11 @@ Public API:
   load_hf_checkpoint, save_hf_checkpoint    Hugging Face checkpoint conversion
   DecodeConfig, generate, generate_jit      greedy / beam-search generation
   stepwise_logits                           teacher forcing through the decoding cache
+  load_run, summarize, Run                  a trained run: load it, summarize texts with it
+                                            (CLI: python -m srformer_jax.summarize --workdir ...)
 """
 
+from srformer_jax.api import Run, load_run, summarize
 from srformer_jax.config import CROSS_ATTENTION_KINDS, ModelConfig
 from srformer_jax.convert import (ConversionError, load_hf_checkpoint, params_to_state_dict,
                                   save_hf_checkpoint, state_dict_to_params)
@@ -21,5 +24,5 @@ __all__ = [
     "CROSS_ATTENTION_KINDS", "ModelConfig", "ConversionError", "load_hf_checkpoint",
     "params_to_state_dict", "save_hf_checkpoint", "state_dict_to_params", "DecodeConfig", "generate",
     "generate_from_encoded", "generate_jit", "stepwise_logits", "abstract_params", "build_model",
-    "count_params", "init_params",
+    "count_params", "init_params", "Run", "load_run", "summarize",
 ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
 
 # Cross-attention kinds of the decoder (see `srformer_jax.attention.segmented`).
 #   full            ordinary softmax attention over the whole encoder output
@@ -184,43 +187,78 @@ class ModelConfig:
       )
     else:
       raise ValueError(f"unsupported model_type {model_type!r}: srformer_jax supports t5 and bart")
-    if "srformer_cross_attention" in c:
-      kw["cross_attention"] = c["srformer_cross_attention"]
-    if "srformer_segment_size" in c:  # the authors' fixtures record this and gen_len
-      kw["segment_size"] = c["srformer_segment_size"]
-    if "gen_len" in c:
+    if "gen_len" in c:  # the authors' fixtures record gen_len (and srformer_segment_size)
       kw["gen_len"] = c["gen_len"]
+    names = {f.name for f in dataclasses.fields(cls)} - {"arch"}
+    for key, value in c.items():
+      if key.startswith(SRFORMER_PREFIX):
+        name = key[len(SRFORMER_PREFIX):]
+        if name in names:
+          kw[name] = _from_json(value)
+        else:
+          log.warning("ignoring %r in the HF config: ModelConfig has no field %r", key, name)
     kw.update(overrides)
     return cls(**kw)
 
   def to_hf(self) -> dict[str, Any]:
-    """The HF `config.json` dict of this architecture (SRformer fields are kept under `srformer_*`)."""
-    if self.arch == "t5":
-      d = dict(
-          model_type="t5", architectures=["T5ForConditionalGeneration"], vocab_size=self.vocab_size,
-          d_model=self.d_model, num_heads=self.num_heads, d_kv=self.d_kv, d_ff=self.d_ff,
-          num_layers=self.num_encoder_layers, num_decoder_layers=self.num_decoder_layers,
-          relative_attention_num_buckets=self.relative_attention_num_buckets,
-          relative_attention_max_distance=self.relative_attention_max_distance,
-          feed_forward_proj=self.feed_forward_proj, tie_word_embeddings=self.tie_word_embeddings,
-          scale_decoder_outputs=self.scale_decoder_outputs,
-          layer_norm_epsilon=self.layer_norm_epsilon, pad_token_id=self.pad_token_id,
-          eos_token_id=self.eos_token_id, decoder_start_token_id=self.decoder_start_token_id,
-          dropout_rate=self.dropout_rate, is_encoder_decoder=True)
-    else:
-      d = dict(
-          model_type="bart", architectures=["BartForConditionalGeneration"],
-          vocab_size=self.vocab_size, d_model=self.d_model,
-          encoder_attention_heads=self.num_heads, decoder_attention_heads=self.num_heads,
-          encoder_ffn_dim=self.d_ff, decoder_ffn_dim=self.d_ff,
-          encoder_layers=self.num_encoder_layers, decoder_layers=self.num_decoder_layers,
-          max_position_embeddings=self.max_position_embeddings, scale_embedding=self.scale_embedding,
-          activation_function=self.activation_function, pad_token_id=self.pad_token_id,
-          eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id,
-          decoder_start_token_id=self.decoder_start_token_id,
-          forced_bos_token_id=self.forced_bos_token_id,
-          forced_eos_token_id=self.forced_eos_token_id, dropout=self.dropout_rate,
-          attention_dropout=self.attention_dropout, activation_dropout=self.activation_dropout,
-          tie_word_embeddings=self.tie_word_embeddings, is_encoder_decoder=True)
-    d.update(srformer_cross_attention=self.cross_attention, srformer_segment_size=self.segment_size)
+    """The HF `config.json` dict of this architecture.
+
+    The fields HF's config holds go under HF's names (`HF_FIELDS`); every other field (the SRformer
+    settings, numerics, and whatever is added to this class later) under `srformer_<field>`, which
+    `from_hf` reads back, so `from_hf(to_hf(c)) == c`. HF itself ignores the `srformer_*` keys.
+    """
+    d: dict[str, Any] = dict(model_type=self.arch, is_encoder_decoder=True, architectures=[
+        "T5ForConditionalGeneration" if self.arch == "t5" else "BartForConditionalGeneration"])
+    mapped = HF_FIELDS[self.arch]
+    for name, keys in mapped.items():
+      for key in (keys if isinstance(keys, tuple) else (keys,)):
+        d[key] = getattr(self, name)
+    for f in dataclasses.fields(self):
+      if f.name != "arch" and f.name not in mapped:
+        d[SRFORMER_PREFIX + f.name] = getattr(self, f.name)
     return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    """A config from `dataclasses.asdict(config)` read back from JSON (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown ModelConfig fields {unknown}: the file was written by another "
+                       f"version of srformer_jax (known fields: {sorted(names)})")
+    return cls(**{k: _from_json(v) for k, v in d.items()})
+
+
+# Prefix of the ModelConfig fields a HF config.json has no key for (see `ModelConfig.to_hf`).
+SRFORMER_PREFIX = "srformer_"
+# ModelConfig field -> its key(s) in the HF config of each architecture (`to_hf`; `from_hf` reads
+# them with HF's defaults). Fields not listed are exported as `srformer_<field>`.
+HF_FIELDS: dict[str, dict[str, str | tuple[str, ...]]] = {
+    "t5": dict(
+        vocab_size="vocab_size", d_model="d_model", num_heads="num_heads", d_kv="d_kv", d_ff="d_ff",
+        num_encoder_layers="num_layers", num_decoder_layers="num_decoder_layers",
+        relative_attention_num_buckets="relative_attention_num_buckets",
+        relative_attention_max_distance="relative_attention_max_distance",
+        feed_forward_proj="feed_forward_proj", tie_word_embeddings="tie_word_embeddings",
+        scale_decoder_outputs="scale_decoder_outputs", layer_norm_epsilon="layer_norm_epsilon",
+        pad_token_id="pad_token_id", eos_token_id="eos_token_id",
+        decoder_start_token_id="decoder_start_token_id", dropout_rate="dropout_rate"),
+    "bart": dict(
+        vocab_size="vocab_size", d_model="d_model",
+        num_heads=("encoder_attention_heads", "decoder_attention_heads"),
+        d_ff=("encoder_ffn_dim", "decoder_ffn_dim"), num_encoder_layers="encoder_layers",
+        num_decoder_layers="decoder_layers", max_position_embeddings="max_position_embeddings",
+        scale_embedding="scale_embedding", activation_function="activation_function",
+        pad_token_id="pad_token_id", eos_token_id="eos_token_id", bos_token_id="bos_token_id",
+        decoder_start_token_id="decoder_start_token_id", forced_bos_token_id="forced_bos_token_id",
+        forced_eos_token_id="forced_eos_token_id", dropout_rate="dropout",
+        attention_dropout="attention_dropout", activation_dropout="activation_dropout",
+        tie_word_embeddings="tie_word_embeddings"),
+}
+
+
+def _from_json(value):
+  """JSON arrays back to tuples, so configs stay hashable (they key jit and lru caches)."""
+  if isinstance(value, list):
+    return tuple(_from_json(v) for v in value)
+  return value

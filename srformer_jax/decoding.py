@@ -9,11 +9,13 @@ sequences and scores. Beam search reorders the self-attention caches along the b
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from srformer_jax import validation as check
 
 NEG_INF = -1.0e30
 
@@ -30,12 +32,18 @@ class DecodeConfig:
   early_stopping: bool = True  # a batch row stops once it has num_beams finished hypotheses
 
   def __post_init__(self):
-    if self.max_len <= 0:
-      raise ValueError(f"max_len must be positive, got {self.max_len}")
-    if self.num_beams < 1:
-      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+    check.integer(self.max_len, "max_len", 1, " (the number of decoding steps)")
+    check.integer(self.num_beams, "num_beams", 1, " (1 = greedy)")
+    check.integer(self.no_repeat_ngram_size, "no_repeat_ngram_size", 0, " (0 = no n-gram ban)")
+    check.integer(self.min_len, "min_len", 0, " (0 = no minimum)")
+    if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)) \
+        or not math.isfinite(self.length_penalty):
+      raise ValueError(f"length_penalty must be a finite number (1.0 = score / length, 0.0 = no "
+                       f"length normalisation), got {self.length_penalty!r}")
     if self.min_len > self.max_len:
-      raise ValueError(f"min_len {self.min_len} > max_len {self.max_len}")
+      raise ValueError(f"min_len {self.min_len} > max_len {self.max_len}: raise max_len or lower min_len")
+    if not isinstance(self.early_stopping, bool):
+      raise TypeError(f"early_stopping must be True or False, got {self.early_stopping!r}")
 
 
 def _ban_repeated_ngrams(logits, seqs, t, n: int):
@@ -77,22 +85,31 @@ def _process_logits(logits, seqs, t, dc: DecodeConfig, config):
   return _ban_repeated_ngrams(logits, with_start, t + 1, dc.no_repeat_ngram_size)
 
 
-def generate(model: nn.Module, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig(),
+def generate(model: nn.Module, params, input_ids, attention_mask=None, dc: DecodeConfig = DecodeConfig(),
              return_scores: bool = False):
   """Generates [b, max_len] token ids (pad after EOS) with greedy (num_beams=1) or beam search.
 
+  input_ids [b, k] integer; attention_mask [b, k] (1 = real token) or None for all ones.
   With `return_scores`, also returns [b] scores: the summed log-probs of the tokens (beam search:
   divided by length ** length_penalty, as HF). Jit with `model`, `dc`, `return_scores` static:
-  `jax.jit(generate, static_argnums=(0, 4, 5))`, or use `generate_jit`.
+  `jax.jit(generate, static_argnums=(0, 4, 5))`, or use `generate_jit` (which also checks that
+  concrete ids lie in the vocabulary).
   """
+  input_ids = check.token_ids(input_ids, "input_ids")
+  attention_mask = check.attention_mask(attention_mask, input_ids.shape)
   enc = model.apply({"params": params}, input_ids, attention_mask, method=model.encode)
   seqs, scores = generate_from_encoded(model, params, enc, attention_mask, dc)
   return (seqs, scores) if return_scores else seqs
 
 
-def generate_from_encoded(model: nn.Module, params, encoder_out, attention_mask,
+def generate_from_encoded(model: nn.Module, params, encoder_out, attention_mask=None,
                           dc: DecodeConfig = DecodeConfig()):
   """Like `generate` (returning (tokens, scores)) but starting from encoder states [b, k, D]."""
+  if not isinstance(dc, DecodeConfig):
+    raise TypeError(f"dc must be a DecodeConfig, got {type(dc).__name__}: "
+                    f"pass DecodeConfig(max_len=..., num_beams=...)")
+  check.encoder_states(encoder_out)
+  attention_mask = check.attention_mask(attention_mask, encoder_out.shape[:2], of="encoder_out")
   search = _greedy if dc.num_beams == 1 else _beam_search
   return search(model, {"params": params}, encoder_out, attention_mask, dc)
 
@@ -213,21 +230,31 @@ def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
           jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def generate_jit(model, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig(),
+_generate_jitted = jax.jit(generate, static_argnums=(0, 4, 5))
+
+
+def generate_jit(model, params, input_ids, attention_mask=None, dc: DecodeConfig = DecodeConfig(),
                  return_scores: bool = False):
-  """`generate`, jitted with the model and decode settings static."""
-  return generate(model, params, input_ids, attention_mask, dc, return_scores)
+  """`generate`, jitted with the model and decode settings static (one compilation per input
+  shape and settings). Concrete ids are checked to lie in the model's vocabulary first."""
+  if not isinstance(dc, DecodeConfig):
+    raise TypeError(f"dc must be a DecodeConfig, got {type(dc).__name__}: "
+                    f"pass DecodeConfig(max_len=..., num_beams=...)")
+  input_ids = check.token_ids(input_ids, "input_ids")
+  check.id_range(input_ids, model.config.vocab_size, "input_ids")
+  return _generate_jitted(model, params, input_ids, attention_mask, dc, return_scores)
 
 
 def stepwise_logits(model: nn.Module, params, input_ids, attention_mask, decoder_input_ids,
                     max_len: int | None = None):
-  """Teacher-forced logits [b, q, V] computed token by token through the decoding cache.
+  """Teacher-forced logits [b, q, V] computed token by token through the decoding cache
+  (attention_mask None: all ones).
 
   Equals `model.apply(params, input_ids, attention_mask, decoder_input_ids)` up to float error
   (when config.gen_len == q for the segmented kinds); the tests check exactly that.
   """
   variables = {"params": params}
+  decoder_input_ids = check.token_ids(decoder_input_ids, "decoder_input_ids")
   q = decoder_input_ids.shape[1]
   enc = model.apply(variables, input_ids, attention_mask, method=model.encode)
   cache = model.apply(variables, enc, attention_mask, max_len or q, method=model.init_cache)

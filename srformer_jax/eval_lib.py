@@ -54,7 +54,7 @@ def load_for_eval(cfg, workdir: str):
   cfg_file = os.path.join(workdir, "model_config.json")
   if os.path.exists(cfg_file) and os.path.isdir(ckpt_dir):
     with open(cfg_file) as f:
-      model_config = ModelConfig(**json.load(f))
+      model_config = ModelConfig.from_dict(json.load(f))
     # the segment rule of decoding uses the generation length of this config
     model_config = dataclasses.replace(model_config, gen_len=train_lib.model_fields(cfg)["gen_len"])
     mesh = sharding.make_mesh(tuple(cfg.train.mesh_shape))

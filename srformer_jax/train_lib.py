@@ -26,6 +26,7 @@ from srformer_jax.layers import shift_right
 from srformer_jax.model import build_model
 
 log = logging.getLogger(__name__)
+RUN_CONFIG_FILE = "run_config.json"  # the run's full config, written at train start (`api.load_run`)
 
 
 @struct.dataclass
@@ -305,6 +306,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
     state = trainer.init_state(jax.random.fold_in(rng, 1), hf_params)
   with open(os.path.join(workdir, "model_config.json"), "w") as f:
     json.dump(dataclasses.asdict(model.config), f, indent=2)
+  with open(os.path.join(workdir, RUN_CONFIG_FILE), "w") as f:
+    f.write(cfg.to_json_best_effort(indent=2))
 
   from tensorboardX import SummaryWriter
   from tqdm.auto import tqdm
