@@ -7,7 +7,7 @@ Public API:
   DecodeConfig, generate, generate_jit      greedy / beam-search generation
   stepwise_logits                           teacher forcing through the decoding cache
   load_run, summarize, Run                  a trained run: load it, summarize texts with it
-                                            (CLI: python -m srformer_jax.summarize --workdir ...)
+                                            (CLI: python -m srformer_jax.cli --workdir ...)
 """
 
 from srformer_jax.api import Run, load_run, summarize

@@ -134,14 +134,14 @@ def test_cli_summarizes_files_and_stdin(trained_run, tmp_path, monkeypatch):
     files.append(str(tmp_path / f"doc{i}.txt"))
     with open(files[-1], "w") as f:
       f.write(doc[:40] + "\n" + doc[40:])  # a document over two lines is still one document
-  out = subprocess.run([sys.executable, "-m", "srformer_jax.summarize", "--workdir", w, *files],
+  out = subprocess.run([sys.executable, "-m", "srformer_jax.cli", "--workdir", w, *files],
                        cwd=REPO, capture_output=True, text=True, check=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
   run = load_run(w)
   expected = summarize([doc[:40] + "\n" + doc[40:] for doc in docs[:3]], run)
   assert out.stdout.splitlines() == [s.replace("\n", " ") for s in expected]
   # stdin: whole input is one document, or one per non-empty line with --lines
-  from srformer_jax.summarize import read_documents
+  from srformer_jax.cli import read_documents
   monkeypatch.setattr(sys, "stdin", io.StringIO("first line\n\nsecond line\n"))
   assert read_documents([], lines=False) == ["first line\n\nsecond line\n"]
   monkeypatch.setattr(sys, "stdin", io.StringIO("first line\n\nsecond line\n"))
@@ -154,8 +154,10 @@ def test_cli_summarizes_files_and_stdin(trained_run, tmp_path, monkeypatch):
 
 def _changed(value, name):
   """A valid value of a ModelConfig field that differs from `value`."""
+  # faithful stays False here (it excludes segment_schedule="length"); the export test below
+  # round-trips faithful=True
   choices = dict(cross_attention="xl", dtype="bfloat16", feed_forward_proj="gated-silu",
-                 activation_function="relu")
+                 activation_function="relu", segment_schedule="length", faithful=False)
   if name in choices:
     return choices[name]
   if isinstance(value, bool):

@@ -1,8 +1,8 @@
 """Summarize files or stdin with a trained run.
 
-  python -m srformer_jax.summarize --workdir runs/default article1.txt article2.txt
-  cat article.txt | python -m srformer_jax.summarize --workdir runs/default
-  python -m srformer_jax.summarize --workdir runs/default --lines < one_document_per_line.txt
+  python -m srformer_jax.cli --workdir runs/default article1.txt article2.txt
+  cat article.txt | python -m srformer_jax.cli --workdir runs/default
+  python -m srformer_jax.cli --workdir runs/default --lines < one_document_per_line.txt
 
 Each file (or all of stdin, when no file or "-" is given) is one document; with --lines every
 non-empty line of the input is one document. Prints one summary per document, one per line, in
@@ -20,7 +20,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m srformer_jax.summarize",
+  p = argparse.ArgumentParser(prog="python -m srformer_jax.cli",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("files", nargs="*", help="documents to summarize ('-' or none: stdin)")
   p.add_argument("--workdir", required=True, help="run directory (train.py --workdir)")
