@@ -169,9 +169,9 @@ class CRTLM(nn.Module):
     if c.memory == "crt":
       self.cell = MemoryCell(c)
       if c.memory_input == "token":
-        self.mem_in = layers.dense(c.d_model, (sh.EMBED, sh.EMBED), use_bias=True, dtype=dt)
+        self.mem_in = layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt)
       else:
-        self.mem_in_layers = [layers.dense(c.d_model, (sh.EMBED, sh.EMBED), use_bias=True, dtype=dt,
+        self.mem_in_layers = [layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt,
                                            name=f"mem_in_{i}") for i in range(c.num_layers)]
 
   # --- pieces ---------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Pure functions over a token stream: scanned training/evaluation forward and token-by-token decoding.
 
 Training runs `jax.lax.scan` over the segments of a [batch, T] window with gradients through the
-memory; `truncate_every=N` stops the gradient on the memory entering every N-th segment (N=0: never
-inside the window; the carry handed between windows is always a constant). Decoding keeps the memory,
+memory; `truncate_every=N` stops the gradient on the memory entering segments N, 2N, ... of the window
+(N=0: never inside the window; the carry handed between training windows is a constant anyway). Decoding keeps the memory,
 the current segment's key/value cache and the cell's running state in an explicit pytree; the memory
 is updated when a segment is complete, exactly as in the parallel forward.
 """
@@ -47,7 +47,7 @@ def scan_segments(model: CRTLM, params, inputs, carry, targets=None, *, truncate
 
   def body(carry, inp):
     if truncate_every:
-      cut = inp["i"] % truncate_every == 0
+      cut = (inp["i"] > 0) & (inp["i"] % truncate_every == 0)
       carry = jax.tree.map(lambda a: jnp.where(cut, jax.lax.stop_gradient(a), a), carry)
     rngs = None if deterministic else {"dropout": jax.random.fold_in(rng, inp["i"])}
     logits, carry = model.apply({"params": params}, inp["x"], carry, deterministic=deterministic,
