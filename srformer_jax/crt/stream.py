@@ -62,7 +62,7 @@ def scan_segments(model: CRTLM, params, inputs, carry, targets=None, *, truncate
   return outs.reshape((b, t) + outs.shape[3:]), carry
 
 
-def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_segments: int = 64):
+def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_segments: int = 4096):
   """Summed cross-entropy over a whole stream, carrying the memory from its start to its end.
 
   inputs/targets [b, T] with any T >= segment_len: whole segments are scanned in jitted chunks of

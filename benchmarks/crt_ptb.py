@@ -1,0 +1,178 @@
+"""CRT vs baselines on WordPTB: test perplexity and forward FLOPs per token (XLA cost analysis).
+
+Runs, all with the same shallow Transformer, optimiser, steps and tokens per step (windows of L tokens
+per stream): the full-context Transformer (segments of L), the same on independent segments of L/2 and
+L/4, Transformer-XL on L/2 (cache of the previous segment), and CRT on L/2 and L/4 (GRU memory).
+Ablations of CRT's design choices follow when the budget allows (memory added at every layer instead
+of one token; memory updated from the pooled segment output instead of a GRU over the outputs; the
+orthogonal GRU cell).
+
+Each run is a workdir under --workdir (train_lm's checkpoints, metrics.jsonl, loss.png); a killed
+benchmark started again resumes the unfinished run and skips finished ones. Results are rewritten
+after every run: results/crt_ptb_<preset>.json and .png.
+
+  python benchmarks/crt_ptb.py --preset cpu --data_dir ../shared/data/ptb      # ~90 min, 2-core CPU
+  python benchmarks/crt_ptb.py --preset gpu --platform gpu --data_dir ...      # bigger, for a GPU
+  python benchmarks/crt_ptb.py --quick                                          # smoke, synthetic text
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+PRESETS = {
+    # context L, model sizes, training budget. CPU: sized for a shared 2-core machine (one epoch of
+    # PTB is ~0.93M tokens; this budget is ~0.5 epoch per run, so perplexities are far from converged).
+    "cpu": dict(context_len=64, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.0,
+                batch_size=16, num_steps=480, learning_rate=2e-3, warmup_steps=30, eval_batch_size=10),
+    "gpu": dict(context_len=256, d_model=512, num_heads=8, d_ff=2048, num_layers=3, dropout_rate=0.3,
+                batch_size=32, num_steps=6000, learning_rate=5e-4, warmup_steps=400, eval_batch_size=10),
+    "quick": dict(context_len=16, d_model=32, num_heads=2, d_ff=64, num_layers=2, dropout_rate=0.0,
+                  batch_size=4, num_steps=6, learning_rate=3e-3, warmup_steps=2, eval_batch_size=2),
+}
+
+# name: (memory kind, segment fraction of L, CRT overrides)
+RUNS = [
+    ("full_L", "none", "full", {}),
+    ("crt_L/2", "crt", "half", {}),
+    ("crt_L/4", "crt", "quarter", {}),
+    ("segmented_L/2", "none", "half", {}),
+    ("segmented_L/4", "none", "quarter", {}),
+    ("xl_L/2", "xl", "half", {}),
+    ("crt_L/2_layer", "crt", "half", {"memory_input": "layer"}),
+    ("crt_L/2_pooled", "crt", "half", {"memory_update": "pooled"}),
+    ("crt_L/2_ortho", "crt", "half", {"cell": "ortho_gru"}),
+]
+
+
+def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_dir: str):
+  from configs import lm_ptb
+  p = preset
+  cfg = lm_ptb.lm_config(memory, fraction, context_len=p["context_len"])
+  cfg.model.update(d_model=p["d_model"], num_heads=p["num_heads"], d_ff=p["d_ff"],
+                   num_layers=p["num_layers"], dropout_rate=p["dropout_rate"], **overrides)
+  cfg.data.update(data_dir=data_dir, eval_batch_size=p["eval_batch_size"])
+  cfg.train.update(batch_size=p["batch_size"], num_steps=p["num_steps"], learning_rate=p["learning_rate"],
+                   warmup_steps=p["warmup_steps"], eval_every=0, log_every=20,
+                   save_every=max(p["num_steps"] // 6, 1))
+  return cfg
+
+
+def forward_flops_per_token(config) -> dict:
+  """XLA-counted FLOPs of one segment's forward (batch 1, memory read and update included) / L."""
+  import jax
+  import jax.numpy as jnp
+  from srformer_jax.crt.model import CRTLM, init_carry, init_params
+  model = CRTLM(config)
+  params = jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
+  tokens = jax.ShapeDtypeStruct((1, config.segment_len), jnp.int32)
+  carry = jax.eval_shape(lambda: init_carry(config, 1))
+  compiled = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c)).lower(params, tokens, carry).compile()
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  total = float(ca.get("flops", 0.0)) / config.segment_len
+  head = 2.0 * config.d_model * config.vocab_size  # the tied output projection, the same for every model
+  return {"flops_per_token": total, "flops_per_token_without_output_layer": total - head}
+
+
+def synthetic_corpus(root: str) -> str:
+  import numpy as np
+  os.makedirs(root, exist_ok=True)
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(60)]
+  for split, n in (("train", 600), ("valid", 60), ("test", 60)):
+    with open(os.path.join(root, f"ptb.{split}.txt"), "w") as f:
+      for _ in range(n):
+        s = int(rng.integers(0, 50))
+        f.write(" " + " ".join(words[s:s + int(rng.integers(4, 10))]) + " \n")
+  return root
+
+
+def plot(rows: list[dict], path: str, title: str):
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for r in rows:
+    ax.scatter(r["flops_per_token_without_output_layer"] / 1e6, r["test_ppl"],
+               marker="*" if r["memory"] == "crt" else "o", s=80)
+    ax.annotate(r["name"], (r["flops_per_token_without_output_layer"] / 1e6, r["test_ppl"]),
+                textcoords="offset points", xytext=(4, 4), fontsize=8)
+  ax.set_xlabel("forward MFLOPs / token, without the (shared) output layer")
+  ax.set_ylabel("test perplexity")
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
+def main():
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+  p.add_argument("--data_dir", default="../shared/data/ptb", help="WordPTB directory (ptb.{split}.txt)")
+  p.add_argument("--workdir", default="runs/crt_ptb", help="one sub-directory per run (resumable)")
+  p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+  args = p.parse_args()
+  jax = common.setup_platform(args.platform)
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("srformer_jax").setLevel(logging.INFO)
+  from srformer_jax.crt import train as lm_train
+
+  name = "quick" if args.quick else args.preset
+  preset = PRESETS[name]
+  workdir = os.path.join(args.workdir, name)
+  data_dir = synthetic_corpus(os.path.join(workdir, "corpus")) if args.quick else args.data_dir
+  runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
+  if args.quick:
+    runs = runs[:6]
+  out_json = os.path.join(args.out, f"crt_ptb_{name}.json")
+  rows = []
+  for run_name, memory, fraction, overrides in runs:
+    cfg = run_config(preset, memory, fraction, overrides, data_dir)
+    rundir = os.path.join(workdir, run_name.replace("/", "_"))
+    done = os.path.join(rundir, "benchmark_row.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        rows.append(json.load(f))
+      continue
+    print(f"== {run_name}", flush=True)
+    t0 = time.perf_counter()
+    last = lm_train.train(cfg, rundir)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = lm_train.evaluate(cfg, rundir, splits=("test",))
+    eval_s = time.perf_counter() - t0
+    model_config = lm_train.model_config(cfg, res["model"]["vocab_size"])
+    row = {"name": run_name, "memory": memory, "segment_len": model_config.segment_len,
+           "context_len": preset["context_len"], **overrides,
+           "test_ppl": res["test"]["ppl"], "test_nll": res["test"]["nll"], "test_tokens": res["test"]["tokens"],
+           "final_train_loss": last.get("loss"), "steps": res["step"],
+           "train_s_this_invocation": train_s, "eval_s": eval_s,
+           **forward_flops_per_token(model_config)}
+    with open(done, "w") as f:
+      json.dump(row, f, indent=2)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    payload = {"machine": common.machine(jax), "preset": name, "settings": preset, "runs": rows,
+               "note": "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
+                       "(memory read/update included); without_output_layer subtracts 2*d_model*vocab."}
+    common.write(args.out, f"crt_ptb_{name}", payload)
+    plot(rows, os.path.join(args.out, f"crt_ptb_{name}.png"),
+         f"WordPTB, {name} preset: {preset['num_steps']} steps x {preset['batch_size']} streams x "
+         f"{preset['context_len']} tokens, d={preset['d_model']}, {preset['num_layers']} layers")
+  if rows and not os.path.exists(out_json):
+    common.write(args.out, f"crt_ptb_{name}", {"machine": common.machine(jax), "preset": name,
+                                              "settings": preset, "runs": rows})
+
+
+if __name__ == "__main__":
+  main()
