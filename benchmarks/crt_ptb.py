@@ -113,12 +113,50 @@ def plot(rows: list[dict], path: str, title: str):
   print(f"wrote {path}")
 
 
+def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4096)):
+  """Forward FLOPs/token of every model of RUNS[:6] (+ pooled CRT) at longer contexts L, preset sizes,
+  PTB vocabulary: where segmenting starts to pay for the memory's cost. Compile-only (no training)."""
+  from configs import lm_ptb
+  from srformer_jax.crt import train as lm_train
+  rows = []
+  for context in contexts:
+    for run_name, memory, fraction, overrides in RUNS[:6] + [RUNS[7]]:
+      cfg = run_config(dict(preset, context_len=context), memory, fraction, overrides, "")
+      cfg.model.relative_attention_max_distance = 2 * context
+      config = lm_train.model_config(cfg, 10000)
+      rows.append({"name": run_name, "context_len": context, "segment_len": config.segment_len,
+                   **forward_flops_per_token(config)})
+      print(json.dumps(rows[-1]), flush=True)
+  common.write(out_dir, f"crt_ptb_flops_{name}", {"machine": common.machine(jax), "preset": name,
+                                                  "settings": preset, "vocab_size": 10000, "rows": rows})
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for run_name in dict.fromkeys(r["name"] for r in rows):
+    pts = [(r["context_len"], r["flops_per_token_without_output_layer"] / 1e6) for r in rows
+           if r["name"] == run_name]
+    ax.plot(*zip(*pts), "o-", label=run_name)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("context L of the full baseline (tokens)")
+  ax.set_ylabel("forward MFLOPs / token (XLA), without output layer")
+  ax.set_title(f"{name} preset sizes: d={preset['d_model']}, {preset['num_layers']} layers", fontsize=9)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = os.path.join(out_dir, f"crt_ptb_flops_{name}.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
 def main():
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
   p.add_argument("--data_dir", default="../shared/data/ptb", help="WordPTB directory (ptb.{split}.txt)")
   p.add_argument("--workdir", default="runs/crt_ptb", help="one sub-directory per run (resumable)")
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+  p.add_argument("--flops_sweep", action="store_true",
+                 help="only the FLOPs/token of the models at longer contexts (compile-only)")
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
   import logging
@@ -129,6 +167,9 @@ def main():
 
   name = "quick" if args.quick else args.preset
   preset = PRESETS[name]
+  if args.flops_sweep:
+    flops_sweep(preset, args.out, name, jax, contexts=(16, 64) if args.quick else (64, 512, 4096))
+    return
   workdir = os.path.join(args.workdir, name)
   data_dir = synthetic_corpus(os.path.join(workdir, "corpus")) if args.quick else args.data_dir
   runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]

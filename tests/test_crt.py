@@ -236,3 +236,7 @@ def test_benchmark_quick(tmp_path):
     rows = json.load(f)["runs"]
   assert {r["name"] for r in rows} >= {"full_L", "crt_L/2", "crt_L/4", "segmented_L/2", "xl_L/2"}
   assert all(np.isfinite(r["test_ppl"]) and r["flops_per_token"] > 0 for r in rows)
+  out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--flops_sweep", "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.exists(tmp_path / "crt_ptb_flops_quick.png")
