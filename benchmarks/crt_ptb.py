@@ -116,7 +116,6 @@ def plot(rows: list[dict], path: str, title: str):
 def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4096)):
   """Forward FLOPs/token of every model of RUNS[:6] (+ pooled CRT) at longer contexts L, preset sizes,
   PTB vocabulary: where segmenting starts to pay for the memory's cost. Compile-only (no training)."""
-  from configs import lm_ptb
   from srformer_jax.crt import train as lm_train
   rows = []
   for context in contexts:
