@@ -110,15 +110,9 @@ def _eval_fn(model: CRTLM):
 # decoding
 
 
-def init_decode_state(model: CRTLM, params, carry) -> dict:
-  """State before the first token of a segment: memory carry, zeroed cache (memory token written),
-  running cell state / output sum, the segment's layer inputs (XL) and the position t."""
-  c = model.config
-  b = jax.tree.leaves(carry)[0].shape[0] if jax.tree.leaves(carry) else None
-  return _start_segment(model, params, carry, b)
-
-
 def _start_segment(model, params, carry, batch, dtype=None):
+  """State before the first token of a segment: the memory carry, a zeroed cache (with the memory
+  token written), the cell's running state / output sum, the segment's layer inputs (XL), t=0."""
   c = model.config
   dtype = dtype or c.jnp_dtype
   slots = c.memory_tokens + c.segment_len
