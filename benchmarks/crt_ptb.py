@@ -154,6 +154,8 @@ def main():
   p.add_argument("--data_dir", default="../shared/data/ptb", help="WordPTB directory (ptb.{split}.txt)")
   p.add_argument("--workdir", default="runs/crt_ptb", help="one sub-directory per run (resumable)")
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+  p.add_argument("--first", default="",
+                 help="comma-separated run names to run before the others (finished runs are reused)")
   p.add_argument("--flops_sweep", action="store_true",
                  help="only the FLOPs/token of the models at longer contexts (compile-only)")
   args = p.parse_args()
@@ -174,6 +176,8 @@ def main():
   runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
   if args.quick:
     runs = runs[:6]
+  first = [n for n in args.first.split(",") if n]
+  runs.sort(key=lambda r: first.index(r[0]) if r[0] in first else len(first))  # stable: RUNS order
   out_json = os.path.join(args.out, f"crt_ptb_{name}.json")
   rows = []
   for run_name, memory, fraction, overrides in runs:
