@@ -148,6 +148,21 @@ def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4
   print(f"wrote {path}")
 
 
+def markdown(path: str) -> str:
+  """The README table of a results JSON."""
+  with open(path) as f:
+    payload = json.load(f)
+  full = next((r for r in payload["runs"] if r["name"] == "full_L"), None)
+  lines = ["| model | segment | test ppl | fwd FLOPs/token (total) | without output layer | vs full_L |",
+           "|---|---|---|---|---|---|"]
+  for r in payload["runs"]:
+    rel = (f"{r['flops_per_token_without_output_layer'] / full['flops_per_token_without_output_layer']:.2f}x"
+           if full else "")
+    lines.append(f"| {r['name']} | {r['segment_len']} | {r['test_ppl']:.1f} | {r['flops_per_token'] / 1e6:.2f} M"
+                 f" | {r['flops_per_token_without_output_layer'] / 1e6:.3f} M | {rel} |")
+  return "\n".join(lines)
+
+
 def main():
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
@@ -156,6 +171,7 @@ def main():
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
   p.add_argument("--first", default="",
                  help="comma-separated run names to run before the others (finished runs are reused)")
+  p.add_argument("--markdown", action="store_true", help="print the README table of the results JSON")
   p.add_argument("--flops_sweep", action="store_true",
                  help="only the FLOPs/token of the models at longer contexts (compile-only)")
   args = p.parse_args()
@@ -168,6 +184,9 @@ def main():
 
   name = "quick" if args.quick else args.preset
   preset = PRESETS[name]
+  if args.markdown:
+    print(markdown(os.path.join(args.out, f"crt_ptb_{name}.json")))
+    return
   if args.flops_sweep:
     flops_sweep(preset, args.out, name, jax, contexts=(16, 64) if args.quick else (64, 512, 4096))
     return
