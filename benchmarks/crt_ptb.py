@@ -197,16 +197,29 @@ def main():
     runs = runs[:6]
   first = [n for n in args.first.split(",") if n]
   runs.sort(key=lambda r: first.index(r[0]) if r[0] in first else len(first))  # stable: RUNS order
-  out_json = os.path.join(args.out, f"crt_ptb_{name}.json")
-  rows = []
+  rows: dict[str, dict] = {}
+  done = lambda run_name: os.path.join(workdir, run_name.replace("/", "_"), "benchmark_row.json")
+  for run_name, *_ in RUNS:
+    if os.path.exists(done(run_name)):
+      with open(done(run_name)) as f:
+        rows[run_name] = json.load(f)
+
+  def publish():
+    """JSON + PNG of every finished run of this preset, in RUNS order."""
+    ordered = [rows[r[0]] for r in RUNS if r[0] in rows]
+    payload = {"machine": common.machine(jax), "preset": name, "settings": preset, "runs": ordered,
+               "note": "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
+                       "(memory read/update included); without_output_layer subtracts 2*d_model*vocab."}
+    common.write(args.out, f"crt_ptb_{name}", payload)
+    plot(ordered, os.path.join(args.out, f"crt_ptb_{name}.png"),
+         f"WordPTB, {name} preset: {preset['num_steps']} steps x {preset['batch_size']} streams x "
+         f"{preset['context_len']} tokens, d={preset['d_model']}, {preset['num_layers']} layers")
+
   for run_name, memory, fraction, overrides in runs:
-    cfg = run_config(preset, memory, fraction, overrides, data_dir)
-    rundir = os.path.join(workdir, run_name.replace("/", "_"))
-    done = os.path.join(rundir, "benchmark_row.json")
-    if os.path.exists(done):
-      with open(done) as f:
-        rows.append(json.load(f))
+    if run_name in rows:
       continue
+    cfg = run_config(preset, memory, fraction, overrides, data_dir)
+    rundir = os.path.dirname(done(run_name))
     print(f"== {run_name}", flush=True)
     t0 = time.perf_counter()
     last = lm_train.train(cfg, rundir)
@@ -221,20 +234,13 @@ def main():
            "final_train_loss": last.get("loss"), "steps": res["step"],
            "train_s_this_invocation": train_s, "eval_s": eval_s,
            **forward_flops_per_token(model_config)}
-    with open(done, "w") as f:
+    with open(done(run_name), "w") as f:
       json.dump(row, f, indent=2)
-    rows.append(row)
+    rows[run_name] = row
     print(json.dumps(row), flush=True)
-    payload = {"machine": common.machine(jax), "preset": name, "settings": preset, "runs": rows,
-               "note": "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
-                       "(memory read/update included); without_output_layer subtracts 2*d_model*vocab."}
-    common.write(args.out, f"crt_ptb_{name}", payload)
-    plot(rows, os.path.join(args.out, f"crt_ptb_{name}.png"),
-         f"WordPTB, {name} preset: {preset['num_steps']} steps x {preset['batch_size']} streams x "
-         f"{preset['context_len']} tokens, d={preset['d_model']}, {preset['num_layers']} layers")
-  if rows and not os.path.exists(out_json):
-    common.write(args.out, f"crt_ptb_{name}", {"machine": common.machine(jax), "preset": name,
-                                              "settings": preset, "runs": rows})
+    publish()
+  if rows:
+    publish()
 
 
 if __name__ == "__main__":
