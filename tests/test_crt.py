@@ -1,0 +1,242 @@
+"""CRT (Compact Recurrent Transformer) LM and its baselines: identities, memory, data, training."""
+
+import dataclasses
+import importlib
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srformer_jax.crt import data as lm_data
+from srformer_jax.crt import stream
+from srformer_jax.crt.config import CRTConfig
+from srformer_jax.crt.model import init_carry, init_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+L = 4
+
+
+def tiny(**kw):
+  c = dict(vocab_size=40, d_model=16, num_heads=2, d_ff=32, num_layers=2, segment_len=L,
+           relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+  c.update(kw)
+  return CRTConfig(**c)
+
+
+def setup(config, seed=0, dtype=jnp.float32):
+  params = init_params(config, jax.random.key(seed))
+  if dtype == jnp.float64:
+    config = dataclasses.replace(config, dtype="float64")
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+  return stream.build_model(config), params
+
+
+def tokens(batch, length, seed=1, vocab=40):
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, vocab)
+
+
+VARIANTS = {
+    "crt": dict(),  # memory token in front, GRU over the segment's outputs
+    "crt_layer_pooled_ortho": dict(memory_input="layer", memory_update="pooled", cell="ortho_gru"),
+    "crt_raf": dict(cell="raf"),
+    "xl": dict(memory="xl", xl_len=6),
+}
+
+
+@pytest.mark.parametrize("name", ["crt", "crt_layer_pooled_ortho", "xl"])
+def test_scan_equals_segment_loop_and_token_steps(name):
+  """The scanned forward == a Python loop over segments == token-by-token decoding (float64)."""
+  with jax.enable_x64(True):
+    model, params = setup(tiny(**VARIANTS[name]), dtype=jnp.float64)
+    x = tokens(2, 3 * L)
+    carry0 = init_carry(model.config, 2, jnp.float64)
+    scanned, carry = stream.scan_segments(model, params, x, carry0)
+    assert scanned.dtype == jnp.float64
+    loop, c = [], carry0
+    for s in range(3):
+      logits, c = model.apply({"params": params}, x[:, s * L:(s + 1) * L], c)
+      loop.append(logits)
+    chex.assert_trees_all_close(jnp.concatenate(loop, 1), scanned, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(c, carry, atol=1e-5, rtol=0)
+    steps, state = stream.stepwise_logits(model, params, x, carry0)
+    chex.assert_trees_all_close(steps, scanned, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(state["carry"], carry, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["crt", "xl"])
+def test_generation_equals_teacher_forcing_on_its_output(name):
+  model, params = setup(tiny(**VARIANTS[name]))
+  prompt = tokens(2, L, seed=3)
+  gen, _ = stream.generate(model, params, prompt, 2 * L + 1)  # crosses two segment boundaries
+  seq = jnp.concatenate([prompt, gen], axis=1)
+  logits, _ = stream.scan_segments(model, params, seq[:, :-1], init_carry(model.config, 2))
+  np.testing.assert_array_equal(np.argmax(logits[:, L - 1:], -1), np.asarray(gen))
+  assert len(np.unique(np.asarray(gen))) > 1  # not a degenerate constant continuation
+
+
+def _segment_logits_after_edit(config):
+  model, params = setup(config)
+  x = tokens(1, 3 * L, seed=5)
+  y = x.at[0, 1].set((x[0, 1] + 1) % config.vocab_size)  # a token of segment 1
+  carry = init_carry(config, 1)
+  a, _ = stream.scan_segments(model, params, x, carry)
+  b, _ = stream.scan_segments(model, params, y, carry)
+  return a, b
+
+
+@pytest.mark.parametrize("name", ["crt", "crt_raf"])
+def test_memory_carries_segment_1_into_segment_3(name):
+  a, b = _segment_logits_after_edit(tiny(**VARIANTS[name]))
+  assert float(jnp.max(jnp.abs(a[:, 2 * L:] - b[:, 2 * L:]))) > 1e-4
+
+
+def test_segmented_baseline_forgets_segment_1():
+  a, b = _segment_logits_after_edit(tiny(memory="none"))
+  assert float(jnp.max(jnp.abs(a[:, :L] - b[:, :L]))) > 1e-4  # the edit is seen in its own segment
+  np.testing.assert_array_equal(np.asarray(a[:, L:]), np.asarray(b[:, L:]))
+
+
+def test_gradients_reach_the_cell_through_two_segments():
+  """Loss on segment 3 only: its gradient reaches the memory entering segment 1 (two cell updates
+  back) unless the memory's gradient is truncated in between."""
+  model, params = setup(tiny())
+  x, y = tokens(2, 3 * L, seed=7), tokens(2, 3 * L, seed=8)
+  carry0 = {"mem": {"h": jax.random.normal(jax.random.key(9), (2, 16))}}
+
+  def grads(truncate_every):
+    def loss(p, c):
+      ce, _ = stream.scan_segments(model, p, x, c, y, truncate_every=truncate_every)
+      return jnp.sum(ce[:, 2 * L:])
+    return jax.grad(loss, argnums=(0, 1))(params, carry0)
+
+  norm = lambda t: float(sum(jnp.sum(jnp.abs(a)) for a in jax.tree.leaves(t)))
+  g_params, g_mem0 = grads(0)
+  assert norm(g_mem0) > 0 and norm(g_params["cell"]) > 0
+  assert norm(grads(3)[1]) > 0          # truncation windows of 3 segments: still reaches segment 1
+  assert norm(grads(2)[1]) == 0         # memory cut before segment 3
+  assert norm(grads(1)[0]["cell"]) == 0  # every memory cut: the cell gets no gradient from segment 3
+
+
+@pytest.mark.parametrize("name", ["crt", "xl"])
+def test_eval_over_stream_equals_two_halves_with_memory_handed_on(name):
+  with jax.enable_x64(True):
+    model, params = setup(tiny(**VARIANTS[name]), dtype=jnp.float64)
+    x, y = tokens(2, 5 * L + 3, seed=11), tokens(2, 5 * L + 3, seed=12)
+    whole, n, carry = stream.evaluate_stream(model, params, x, y, chunk_segments=2)
+    first, n1, c1 = stream.evaluate_stream(model, params, x[:, :2 * L], y[:, :2 * L])
+    second, n2, c2 = stream.evaluate_stream(model, params, x[:, 2 * L:], y[:, 2 * L:], c1)
+    assert n == n1 + n2 == 2 * (5 * L + 3)
+    chex.assert_trees_all_close(first + second, whole, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(c2, carry, atol=1e-5, rtol=0)
+
+
+def test_clear_errors():
+  model, params = setup(tiny())
+  short = tokens(1, L - 1)
+  with pytest.raises(ValueError, match="shorter than one segment"):
+    stream.scan_segments(model, params, short, init_carry(model.config, 1))
+  with pytest.raises(ValueError, match="shorter than one segment"):
+    stream.evaluate_stream(model, params, short, short)
+  with pytest.raises(ValueError, match="segment_len"):
+    tiny(segment_len=0)
+  with pytest.raises(ValueError, match="segment_len"):
+    tiny(segment_len=-4)
+  with pytest.raises(ValueError, match="unknown cell kind 'lstm'"):
+    tiny(cell="lstm")
+  with pytest.raises(ValueError, match="unknown memory kind"):
+    tiny(memory="recurrent")
+  with pytest.raises(lm_data.DataError, match="shorter than one window"):
+    lm_data.StreamIterator(np.arange(40, dtype=np.int32), batch=4, window=L * 3)
+
+
+def write_corpus(root, n_lines=(300, 40, 40), seed=0):
+  """Synthetic text with some structure (a repeating phrase pattern) in PTB layout."""
+  rng = np.random.default_rng(seed)
+  words = [f"w{i}" for i in range(30)] + ["<unk>"]
+  for split, n in zip(lm_data.SPLITS, n_lines):
+    with open(os.path.join(root, f"ptb.{split}.txt"), "w") as f:
+      for _ in range(n):
+        start = int(rng.integers(0, 25))
+        f.write(" " + " ".join(words[start:start + int(rng.integers(3, 9))]) + " \n")
+  return str(root)
+
+
+def test_corpus_vocab_eos_unk_and_batchify(tmp_path):
+  for split, text in (("train", " a b <unk> \n b c \n"), ("valid", " a z \n"), ("test", " c \n")):
+    (tmp_path / f"ptb.{split}.txt").write_text(text)
+  vocab, ids = lm_data.load_corpus(lm_data.split_paths(str(tmp_path)))
+  assert vocab.words == ["<eos>", "a", "b", "<unk>", "c"]
+  assert vocab.decode(ids["train"]) == ["a", "b", "<unk>", "<eos>", "b", "c", "<eos>"]
+  assert vocab.decode(ids["valid"]) == ["a", "<unk>", "<eos>"]  # z is out of vocabulary
+  np.testing.assert_array_equal(lm_data.batchify(np.arange(10), 3), [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+  it = lm_data.StreamIterator(np.arange(40, dtype=np.int32), batch=2, window=4)  # streams of 20
+  seen = [next(it) for _ in range(5)]
+  assert [r for _, _, r in seen] == [True, False, False, False, True]  # 4 windows an epoch, then wrap
+  np.testing.assert_array_equal(seen[1][0], [[4, 5, 6, 7], [24, 25, 26, 27]])
+  np.testing.assert_array_equal(seen[1][1], [[5, 6, 7, 8], [25, 26, 27, 28]])
+  resumed = lm_data.StreamIterator(np.arange(40, dtype=np.int32), batch=2, window=4)
+  resumed.restore(json.loads(json.dumps(it.state())))
+  np.testing.assert_array_equal(next(resumed)[0], next(it)[0])
+
+
+def lm_cfg(tmp_path, memory="crt"):
+  from configs import lm_ptb
+  cfg = lm_ptb.lm_config(memory, "half", context_len=2 * L)
+  cfg.model.update(d_model=16, num_heads=2, d_ff=32, relative_attention_num_buckets=8, dropout_rate=0.1)
+  cfg.data.update(data_dir=write_corpus(tmp_path), eval_batch_size=2)
+  cfg.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=1, save_every=2, eval_every=2,
+                   learning_rate=3e-3)
+  return cfg
+
+
+def test_train_resume_is_exact_and_eval(tmp_path):
+  from srformer_jax.crt import train as lm_train
+  cfg = lm_cfg(tmp_path)
+  straight = lm_train.train(cfg, str(tmp_path / "a"))
+  lm_train.train(cfg, str(tmp_path / "b"), stop_after=2)
+  resumed = lm_train.train(cfg, str(tmp_path / "b"))
+  assert resumed["step"] == straight["step"] == 4
+  assert resumed["loss"] == pytest.approx(straight["loss"], abs=1e-6)
+  assert resumed["valid_nll"] == pytest.approx(straight["valid_nll"], abs=1e-6)
+  with open(tmp_path / "b" / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert os.path.exists(tmp_path / "b" / "loss.png")
+  res = lm_train.evaluate(cfg, str(tmp_path / "b"))
+  assert res["step"] == 4 and res["test"]["tokens"] > 0
+  assert res["test"]["ppl"] == pytest.approx(np.exp(res["test"]["nll"]))
+  assert res["valid"]["nll"] == pytest.approx(straight["valid_nll"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name,arg", [("crt_ptb", "half"), ("crt_ptb", "quarter"), ("transformer_ptb", None),
+                                      ("segmented_ptb", "half"), ("segmented_ptb", "quarter"),
+                                      ("xl_ptb", "half")])
+def test_config_files_load(name, arg):
+  from srformer_jax.crt import train as lm_train
+  module = importlib.import_module(f"configs.{name}")
+  cfg = module.get_config(arg) if arg else module.get_config()
+  config = lm_train.model_config(cfg, vocab_size=10000)
+  assert config.segment_len * cfg.train.segments_per_step == 128
+  assert config.memory == {"crt_ptb": "crt", "xl_ptb": "xl"}.get(name, "none")
+
+
+@pytest.mark.slow
+def test_benchmark_quick(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--out", str(tmp_path),
+                        "--workdir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "crt_ptb_quick.json") as f:
+    rows = json.load(f)["runs"]
+  assert {r["name"] for r in rows} >= {"full_L", "crt_L/2", "crt_L/4", "segmented_L/2", "xl_L/2"}
+  assert all(np.isfinite(r["test_ppl"]) and r["flops_per_token"] > 0 for r in rows)
+  out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--flops_sweep", "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.exists(tmp_path / "crt_ptb_flops_quick.png")
