@@ -58,12 +58,12 @@ def loop_steps_per_s(cfg, workdir: str) -> list[float]:
   return [r["steps_per_s"] for r in rows[1:]]
 
 
-def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> list[float]:
+def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int, guard: bool = True) -> list[float]:
   import jax
   from srformer_jax import data, run_setup, train_lib
   run = run_setup.setup_training(cfg, workdir)
   tx, schedule = train_lib.make_optimizer(cfg)
-  trainer = train_lib.Trainer(run.model, tx, schedule, run_setup.make_mesh(cfg))
+  trainer = train_lib.Trainer(run.model, tx, schedule, run_setup.make_mesh(cfg), guard=guard)
   it = data.BatchIterator(run.train_data, run.tokenizer, run_setup.batch_spec(cfg), seed=0)
   batch = trainer.shard_batch(next(it))
   state = trainer.init_state(jax.random.key(1))
@@ -92,14 +92,17 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     for size in args.sizes.split(","):
       cfg = config(size, steps, log_every)
-      loop, alone = [], []
-      for _ in range(max(1, args.repeats // 2)):  # alternate, so load changes hit both alike
+      loop, alone, unguarded = [], [], []
+      for _ in range(max(1, args.repeats // 2)):  # alternate, so load changes hit all alike
         loop += loop_steps_per_s(cfg, workdir)
         alone += step_alone_steps_per_s(cfg, workdir, log_every, 3)
+        unguarded += step_alone_steps_per_s(cfg, workdir, log_every, 3, guard=False)
       r = {"loop_steps_per_s": statistics.median(loop), "step_alone_steps_per_s": statistics.median(alone),
-           "loop_samples": loop, "alone_samples": alone, "batch_size": cfg.train.batch_size,
-           "max_source_len": cfg.data.max_source_len}
+           "step_without_divergence_guard_steps_per_s": statistics.median(unguarded),
+           "loop_samples": loop, "alone_samples": alone, "unguarded_samples": unguarded,
+           "batch_size": cfg.train.batch_size, "max_source_len": cfg.data.max_source_len}
       r["loop_over_alone"] = r["loop_steps_per_s"] / r["step_alone_steps_per_s"]
+      r["guard_cost"] = 1 - r["step_alone_steps_per_s"] / r["step_without_divergence_guard_steps_per_s"]
       results["sizes"][size] = r
       print(size, {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}, flush=True)
   name = f"input_pipeline_{args.platform}"

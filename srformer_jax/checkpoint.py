@@ -83,15 +83,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def _flat(tree, prefix="") -> dict[str, object]:
-  """{'a/b/c': leaf} of nested dicts (and struct dataclasses / sequences by field or index)."""
-  if isinstance(tree, dict):
-    items = tree.items()
-  elif hasattr(tree, "__dataclass_fields__"):
-    items = ((k, getattr(tree, k)) for k in tree.__dataclass_fields__)
-  else:
+  """{'a/b/c': leaf} of nested dicts (a parameter tree)."""
+  if not isinstance(tree, dict):
     return {prefix.rstrip("/"): tree}
   out = {}
-  for k, v in items:
+  for k, v in tree.items():
     out.update(_flat(v, f"{prefix}{k}/"))
   return out
 

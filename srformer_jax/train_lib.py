@@ -78,15 +78,18 @@ def loss_and_metrics(model, params, batch, rng, deterministic):
                            "correct": jnp.sum(correct * w)}
 
 
-def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: bool = False):
+def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: bool = False,
+                    guard: bool = True):
   """Pure `train_step(state, batch, rng, first_bad=-1) -> (state, metrics)`; the loss is the mean
   over tokens of the whole (accumulated) batch, so accumulation gives the same update as one big
   batch.
 
-  Divergence guard: when the loss or the gradient norm is not finite, or `first_bad` >= 0 (an
+  Divergence guard: when the loss, the gradient norm or the update norm is not finite, or
+  `first_bad` >= 0 (an
   earlier step was not), the input state is returned unchanged; metrics["first_bad_step"] is the
   first such step (1-based, -1: none), to be fed back as `first_bad`. The guard costs one select
-  per state element, fused into the optimizer update, and no host sync.
+  per state element and the update norm (one more reduction over the update), fused into the
+  optimizer update, and no host sync (`guard=False` leaves it out, for measuring that cost).
   """
 
   def grads_of(params, batch, rng):
@@ -113,12 +116,16 @@ def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: boo
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": m["loss_sum"] / n, "accuracy": m["correct"] / n, "tokens": m["tokens"],
-               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+               "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
+               "learning_rate": schedule(state.step)}
     new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    # finite loss, gradients and update (so finite new parameters)
+    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+              & jnp.isfinite(metrics["update_norm"]))
     first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad).astype(jnp.int32)
-    keep = first_bad < 0
-    new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+    if guard:
+      keep = first_bad < 0
+      new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
     metrics["first_bad_step"] = first_bad
     return new, metrics
 
@@ -133,7 +140,7 @@ class Trainer:
   """Holds the mesh, the state shardings and the jitted step for one model/optimizer."""
 
   def __init__(self, model, tx, schedule, mesh, rules=sharding.DEFAULT_RULES, grad_accum: int = 1,
-               deterministic: bool = False):
+               deterministic: bool = False, guard: bool = True):
     self.model, self.tx, self.mesh, self.rules = model, tx, mesh, rules
     config = model.config
     from srformer_jax.model import init_boxed_params
@@ -148,7 +155,7 @@ class Trainer:
     self.state_sharding = sharding.logical_to_sharding(self.logical_specs, mesh, rules)
     self.batch_sharding = sharding.batch_sharding(mesh, rules)
     self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step = make_train_step(model, tx, schedule, grad_accum, deterministic)
+    step = make_train_step(model, tx, schedule, grad_accum, deterministic, guard)
     with self.context():
       self._step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated,
                                                self.replicated),
@@ -250,8 +257,8 @@ def _diverged(step: int, m: dict, ckpt: checkpoint.Checkpointer) -> TrainingDive
   last = ckpt.latest_step()
   where = f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved)"
   return TrainingDiverged(
-      f"training diverged: non-finite loss or gradient norm at step {step} (loss={m.get('loss')}, "
-      f"grad_norm={m.get('grad_norm')}); last good checkpoint: {where}; no non-finite state was saved. "
+      f"training diverged: non-finite loss, gradient norm or update at step {step} (loss="
+      f"{m.get('loss')}, grad_norm={m.get('grad_norm')}, update_norm={m.get('update_norm')}); last good checkpoint: {where}; no non-finite state was saved. "
       f"Lower train.learning_rate or check the data, then rerun to resume from that checkpoint.")
 
 

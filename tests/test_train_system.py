@@ -4,8 +4,11 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,6 +18,15 @@ from srformer_jax import checkpoint, data, prefetch, run_setup, train_lib
 from srformer_jax.checkpoint import CheckpointError, Checkpointer
 from tests.test_training import (CharTokenizer, _final_params, _losses, _workdir, corpus_dir,  # noqa: F401
                                  docstring_cfg)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _abstract(cfg, workdir):
+  """Shapes and shardings of the run's parameters (the restore target)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      _final_params(cfg, workdir))
 
 
 def _strict_json_lines(path):
@@ -41,13 +53,28 @@ def test_divergence_stops_names_step_and_saves_no_nan(tmp_path, corpus_dir):  # 
   assert last is not None and last < bad, (last, bad)
   assert f"last good checkpoint: step {last} in " in msg and "\n" not in msg
   # every saved state is finite, and the newest is the state before the bad step
-  abstract = jax.eval_shape(lambda: _final_params(cfg, w))
+  abstract = _abstract(cfg, w)
   for step in ck.manager.all_steps():
     params, _ = ck.restore_params(abstract, step)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
   ck.close()
   rows = _strict_json_lines(os.path.join(w, "metrics.jsonl"))  # strict JSON: null, never NaN
   assert rows[-1]["loss"] is None or rows[-1]["grad_norm"] is None
+
+
+@pytest.mark.slow
+def test_train_py_exits_nonzero_on_divergence(tmp_path, corpus_dir):  # noqa: F811
+  w = _workdir(tmp_path, corpus_dir, "cli")
+  flags = dict(learning_rate=1e6, warmup_steps=0, num_steps=8, log_every=2, save_every=1, batch_size=8)
+  model = dict(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1)
+  cmd = [sys.executable, "train.py", "--config=configs/default.py", f"--workdir={w}", "--eval=false",
+         "--config.data.max_source_len=48", "--config.data.max_target_len=16"]
+  cmd += [f"--config.train.{k}={v}" for k, v in flags.items()]
+  cmd += [f"--config.model.scratch.{k}={v}" for k, v in model.items()]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "training diverged: non-finite loss, gradient norm or update at step" in out.stderr
+  assert "last good checkpoint: step" in out.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,7 +137,7 @@ def test_damaged_newest_checkpoint_falls_back_in_one_line(trained, tmp_path, cap
   w = _copy(trained, tmp_path, damage)
   DAMAGE[damage](os.path.join(w, "checkpoints", "6"))
   good = Checkpointer(os.path.join(trained, "checkpoints"))
-  abstract = jax.eval_shape(lambda: _final_params(cfg, trained))
+  abstract = _abstract(cfg, trained)
   want, _ = good.restore_params(abstract, 3)
   good.close()
   caplog.clear()
@@ -130,7 +157,7 @@ def test_no_good_checkpoint_is_one_clear_error(trained, tmp_path):
   w = _copy(trained, tmp_path, "none_good")
   _flip_bytes(os.path.join(w, "checkpoints", "6"))
   _delete_array(os.path.join(w, "checkpoints", "3"))
-  abstract = jax.eval_shape(lambda: _final_params(cfg, trained))
+  abstract = _abstract(cfg, trained)
   ck = Checkpointer(os.path.join(w, "checkpoints"))
   with pytest.raises(CheckpointError, match=r"no usable checkpoint in .*step 6: .*checksum.*; step 3: .*missing") as e:
     ck.restore_params(abstract)
@@ -146,7 +173,8 @@ def test_other_model_size_names_tensor_and_shapes(trained, tmp_path):
     train_lib.train(cfg, w)
   msg = str(e.value)
   assert "\n" not in msg and "does not fit the model" in msg
-  assert "params/" in msg and "(32" in msg and "(48" in msg or "(300, 32)" in msg, msg
+  m = re.search(r"(params/\S+) has shape (\(.*?\)) in the checkpoint and (\(.*?\)) in the model", msg)
+  assert m and m[2] != m[3] and "48" in m[3] and "48" not in m[2], msg
 
 
 def test_training_resumes_from_previous_good_checkpoint(trained, tmp_path):
