@@ -311,7 +311,11 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
       batch, data_state = next(batches)
       state, metrics = trainer.step(state, batch, rng, first_bad)
       first_bad = metrics["first_bad_step"]
-      if (step + 1) % t.log_every == 0 or step + 1 == end:
+      log_now = (step + 1) % t.log_every == 0 or step + 1 == end
+      save_now = (step + 1) % t.save_every == 0 or step + 1 == end
+      if save_now and not log_now:
+        log_now = int(first_bad) >= 0  # the save reads the state anyway: no extra wait
+      if log_now:  # stops here after a non-finite step, with its metrics logged
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = int(m.pop("first_bad_step"))
         dt = time.perf_counter() - t0  # the first interval includes compilation
@@ -328,10 +332,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
         if bad >= 0:
           raise _diverged(bad, m, ckpt)
         bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['learning_rate']:.2e}")
-      if (step + 1) % t.save_every == 0 or step + 1 == end:
-        bad = int(first_bad)  # the save reads the state anyway: no extra wait
-        if bad >= 0:
-          raise _diverged(bad, {k: float(v) for k, v in jax.device_get(metrics).items()}, ckpt)
+      if save_now:  # never a non-finite state: the flag was read above
         ckpt.save(step + 1, state, data_state)
       bar.update(1)
   finally:

@@ -1,7 +1,7 @@
 """One process of a multi-process training run on CPU, started by tests/test_multiprocess.py.
 
 python -m tests.mp_worker '<json: workdir, port, num_processes, process_id, local_devices,
-                          num_steps, save_every, stop_after, step_delay, evaluate>'
+                          num_steps, save_every, stop_after, step_delay, evaluate, compilation_cache>'
 """
 
 import json
@@ -19,6 +19,9 @@ import time  # noqa: E402
 import jax  # noqa: E402
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default on CPU; explicit
+if args.get("compilation_cache"):  # later runs of the test reuse the compiled step
+  jax.config.update("jax_compilation_cache_dir", args["compilation_cache"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 from srformer_jax import eval_lib, train_lib  # noqa: E402
 from tests.test_multiprocess import mp_cfg  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from tests.test_training import _final_params, _losses, _workdir, corpus_dir, docstring_cfg  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300
+TIMEOUT = 1200  # generous: a loaded 2-core machine compiles the step for minutes
 
 
 def mp_cfg(num_steps=6, save_every=3):
@@ -32,12 +32,21 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A persistent compilation cache shared by the workers (later runs skip compiling the step)."""
+  _CACHE["dir"] = str(tmp_path_factory.mktemp("jit_cache"))
+
+
 def _start(workdir, num_processes=2, **kw):
   port = _free_port()
   procs = []
   for pid in range(num_processes):
     args = dict(kw, workdir=workdir, port=port, num_processes=num_processes, process_id=pid,
-                local_devices=2)
+                local_devices=2, compilation_cache=_CACHE["dir"])
     log = open(os.path.join(workdir, f"worker{pid}.log"), "w")
     procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
