@@ -43,11 +43,26 @@ def is_main() -> bool:
   return jax.process_index() == 0
 
 
+_BARRIERS: dict[str, int] = {}
+BARRIER_TIMEOUT_S = 3600  # process 0 may tokenise a large split while the others wait
+
+
 def barrier(name: str):
-  """All processes wait here (no-op with one process)."""
-  if jax.process_count() > 1:
+  """All processes wait here (no-op with one process).
+
+  Uses the coordination service's barrier, not a device collective: gloo gives up on a peer more
+  than 30 s late when it sets up a collective, while process 0 may prepare files for minutes.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None:  # not started by jax.distributed: a device collective is all there is
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+    return
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # barrier ids are single-use
+  client.wait_at_barrier(f"srformer_{name}_{_BARRIERS[name]}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
 
 
 def main_first(name: str, fn):

@@ -198,6 +198,12 @@ class Trainer:
       return jax.make_array_from_process_local_data(self.batch_sharding, v, shape)
     return {k: put(v) for k, v in batch.items()}
 
+  def compile(self, state, batch, rng):
+    """Compiles the step ahead of its first call (for these argument shapes/shardings only)."""
+    first_bad = jax.device_put(np.int32(-1), self.replicated)
+    with self.context():
+      self._compiled = self._step.lower(state, self.shard_batch(batch), rng, first_bad).compile()
+
   def step(self, state, batch, rng, first_bad=None):
     """(state, metrics); `batch`: numpy (this process's rows) or global arrays; `first_bad`: the
     previous step's metrics["first_bad_step"] (default: none)."""
@@ -206,7 +212,7 @@ class Trainer:
     if not isinstance(first_bad, jax.Array):  # the step's own output sharding: no recompilation
       first_bad = jax.device_put(np.int32(first_bad), self.replicated)
     with self.context():
-      return self._step(state, self.shard_batch(batch), rng, first_bad)
+      return (getattr(self, "_compiled", None) or self._step)(state, self.shard_batch(batch), rng, first_bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,7 +286,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   it = data.BatchIterator(run.train_data, tok, batch_spec(cfg), seed=t.seed,
                           rows=trainer.local_rows(t.batch_size))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  rng = jax.random.key(t.seed)
+  rng = jax.device_put(jax.random.key(t.seed), trainer.replicated)
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(trainer.abstract_state())
     it.restore(data_state)
@@ -307,8 +313,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   first_bad = np.int32(-1)
   t0, logged_at = time.perf_counter(), start
   try:
+    first = next(batches) if end > start else None
+    if first is not None and jax.process_count() > 1:
+      # every process compiles, then all start together: gloo gives up on a peer >30 s late
+      trainer.compile(state, first[0], rng)
+      run_setup.barrier("train_step_compiled")
     for step in range(start, end):
-      batch, data_state = next(batches)
+      batch, data_state = first if step == start else next(batches)
       state, metrics = trainer.step(state, batch, rng, first_bad)
       first_bad = metrics["first_bad_step"]
       log_now = (step + 1) % t.log_every == 0 or step + 1 == end
