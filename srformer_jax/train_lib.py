@@ -286,7 +286,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   it = data.BatchIterator(run.train_data, tok, batch_spec(cfg), seed=t.seed,
                           rows=trainer.local_rows(t.batch_size))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  rng = jax.device_put(jax.random.key(t.seed), trainer.replicated)
+  # replicated over the mesh (also across processes, where device_put of a local key cannot)
+  rng = jax.jit(lambda: jax.random.key(t.seed), out_shardings=trainer.replicated)()
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(trainer.abstract_state())
     it.restore(data_state)
