@@ -1,16 +1,21 @@
 """Train an SRformer: python train.py --config=configs/default.py --workdir=runs/default
 
-Resumes automatically from the latest checkpoint in --workdir. Config fields can be overridden:
---config.model.segment_size=8 --config.train.num_steps=1000.
+Resumes automatically from the newest good checkpoint in --workdir. Config fields can be overridden:
+--config.model.segment_size=8 --config.train.num_steps=1000. Multi-process: run it once per process
+with --config.train.coordinator_address=host:port --config.train.num_processes=N
+--config.train.process_id=i (or leave them unset under a launcher jax.distributed detects).
+Exits 1 with a one-line error when training diverges or no checkpoint is usable.
 """
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from srformer_jax import eval_lib, train_lib
+from srformer_jax.checkpoint import CheckpointError
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "run configuration file")
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", required=True)
@@ -22,7 +27,11 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/absl chatter
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  train_lib.train(cfg, workdir)
+  try:
+    train_lib.train(cfg, workdir)
+  except (train_lib.TrainingDiverged, CheckpointError) as e:
+    logging.getLogger("srformer_jax").error("%s", e)
+    sys.exit(1)
   if flags.FLAGS.eval:
     eval_lib.evaluate(cfg, workdir)
 

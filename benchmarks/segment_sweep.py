@@ -164,10 +164,10 @@ def run_config(overrides: dict, cell: dict):
 def raf_stats(cfg, workdir: str, examples: int = 64) -> dict:
   """RAF firing per decoder layer of the trained cell on the first test examples (teacher forced
   on the references): does the gate pass anything on? See srformer_jax.diagnostics."""
-  from srformer_jax import data, eval_lib, train_lib
+  from srformer_jax import data, run_setup, train_lib
   from srformer_jax.diagnostics import raf_statistics
   from srformer_jax.layers import shift_right
-  model, tok, params = eval_lib.load_for_eval(cfg, workdir)
+  model, tok, params = run_setup.load_trained_model(cfg, workdir)
   src = train_lib.load_source(cfg, "eval_split", workdir)
   batch, _, _ = next(data.eval_batches(src, tok, train_lib.batch_spec(cfg, examples), examples))
   c = model.config

@@ -51,7 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
       decay_all_params=False,    # True: decay norm scales, biases and RAF scalars too (before stop 13)
       grad_clip=1.0, grad_accum=1, seed=0, log_every=50, save_every=2000, keep_checkpoints=3,
       mesh_shape=(-1, 1, 1),     # (data, fsdp, tensor); -1 takes the remaining devices
-      distributed=False,         # jax.distributed.initialize() for multi-host runs
+      distributed=False,         # jax.distributed.initialize() for multi-host runs (autodetected
+                                 # from the environment unless the three fields below are set)
+      coordinator_address=ml_collections.FieldReference(None, field_type=str),  # "host:port" of process 0
+      num_processes=ml_collections.FieldReference(None, field_type=int),
+      process_id=ml_collections.FieldReference(None, field_type=int),
   ))
   c.decode = ml_collections.ConfigDict(dict(
       num_beams=4, max_len=0, length_penalty=2.0, no_repeat_ngram_size=3, min_len=0,

@@ -61,7 +61,7 @@ def load_config(config) -> ml_collections.ConfigDict:
 
 def load_run(workdir: str | os.PathLike, config=None,
              mesh_shape: Sequence[int] | None = None) -> Run:
-  """Loads the latest checkpoint of a training run (see `eval_lib.load_for_eval`: with no
+  """Loads the latest checkpoint of a training run (see `run_setup.load_trained_model`: with no
   checkpoint yet, the config's `model.init_from` HF checkpoint, else FileNotFoundError).
 
   config: None reads `<workdir>/run_config.json`, which `train_lib.train` writes; a ConfigDict or
@@ -70,7 +70,7 @@ def load_run(workdir: str | os.PathLike, config=None,
   mesh_shape: overrides config.train.mesh_shape, e.g. (1, 1, 1) to load a run trained on many
     devices onto one.
   """
-  from srformer_jax import eval_lib, train_lib  # orbax, optax: imported when a run is loaded
+  from srformer_jax import eval_lib, run_setup, train_lib  # orbax, optax: imported when a run is loaded
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"run directory {workdir!r} does not exist")
@@ -85,7 +85,7 @@ def load_run(workdir: str | os.PathLike, config=None,
   cfg = load_config(config)
   if mesh_shape is not None:
     cfg.train.mesh_shape = tuple(mesh_shape)
-  model, tok, params = eval_lib.load_for_eval(cfg, workdir)
+  model, tok, params = run_setup.load_trained_model(cfg, workdir)
   if tok.vocab_size > model.config.vocab_size:
     raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model's vocabulary only "
                      f"{model.config.vocab_size}: config.data.tokenizer does not belong to this run")

@@ -1,4 +1,8 @@
-"""Evaluation: generate summaries for an eval split and score them with ROUGE (rouge-score)."""
+"""Evaluation: generate summaries for an eval split and score them with ROUGE (rouge-score).
+
+With several processes each feeds its rows of every decode batch and the generated token ids are
+gathered (process_allgather); process 0 writes predictions.jsonl and rouge.json.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,8 @@ import re
 import jax
 import numpy as np
 
-from srformer_jax import checkpoint, data, sharding
-from srformer_jax.config import ModelConfig
+from srformer_jax import data, run_setup, sharding
 from srformer_jax.decoding import DecodeConfig, generate_jit
-from srformer_jax.model import abstract_params, build_model, logical_param_specs
-from srformer_jax import train_lib
 
 log = logging.getLogger(__name__)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -47,47 +48,38 @@ def decode_config(cfg) -> DecodeConfig:
                       min_len=d.min_len, early_stopping=d.get("early_stopping", True))
 
 
-def load_for_eval(cfg, workdir: str):
-  """(model, tokenizer, params): the latest checkpoint in workdir, else the init_from checkpoint."""
-  tok = train_lib.build_tokenizer(cfg, workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  cfg_file = os.path.join(workdir, "model_config.json")
-  if os.path.exists(cfg_file) and os.path.isdir(ckpt_dir):
-    with open(cfg_file) as f:
-      model_config = ModelConfig.from_dict(json.load(f))
-    # the segment rule of decoding uses the generation length of this config
-    model_config = dataclasses.replace(model_config, gen_len=train_lib.model_fields(cfg)["gen_len"])
-    mesh = sharding.make_mesh(tuple(cfg.train.mesh_shape))
-    shardings = sharding.logical_to_sharding(logical_param_specs(model_config), mesh)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            abstract_params(model_config), shardings)
-    ck = checkpoint.Checkpointer(ckpt_dir)
-    if ck.latest_step() is not None:
-      params, step = ck.restore_params(abstract)
-      log.info("evaluating checkpoint step %d", step)
-      ck.close()
-      return build_model(model_config), tok, params
-  model_config, params, new = train_lib.build_model_config(cfg, tok)
-  if params is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no config.model.init_from to evaluate")
-  if new:
-    log.warning("evaluating with freshly initialised SRformer parameters: %s", new)
-  return build_model(model_config), tok, params
+# (model, tokenizer, params) of a run: the newest good checkpoint, else config.model.init_from
+load_for_eval = run_setup.load_trained_model
 
 
 def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   """Generates for the eval split, writes predictions.jsonl and rouge.json, returns the scores."""
   from tqdm.auto import tqdm
+  run_setup.init_distributed(cfg)
   model, tok, params = load_for_eval(cfg, workdir)
-  src = train_lib.load_source(cfg, split_key, workdir)
-  spec = train_lib.batch_spec(cfg, cfg.decode.batch_size)
+  src = run_setup.load_source(cfg, split_key, workdir)
+  spec = run_setup.batch_spec(cfg, cfg.decode.batch_size)
+  rows, put = (0, spec.batch_size), None
+  if jax.process_count() > 1:
+    # every process feeds its rows of a global batch (a multiple of the batch shards)
+    batch_sharding = sharding.batch_sharding(run_setup.make_mesh(cfg))
+    shards = batch_sharding.mesh.shape["data"] * batch_sharding.mesh.shape["fsdp"]
+    spec = dataclasses.replace(spec, batch_size=-(-spec.batch_size // shards) * shards)
+    rows = run_setup.local_rows(batch_sharding, spec.batch_size)
+    put = lambda v: jax.make_array_from_process_local_data(  # noqa: E731
+        batch_sharding, v, (spec.batch_size,) + v.shape[1:])
   dc = decode_config(cfg)
   preds, refs = [], []
-  n_total = len(src) if not cfg.data.get("max_eval_examples") else min(len(src), cfg.data.max_eval_examples)
-  bar = tqdm(total=n_total, desc="eval", dynamic_ncols=True)
-  for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.get("max_eval_examples")):
-    out = np.asarray(jax.device_get(generate_jit(model, params, batch["input_ids"],
-                                                 batch["attention_mask"], dc)))
+  bar = tqdm(desc="eval", dynamic_ncols=True, disable=not run_setup.is_main())
+  for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.get("max_eval_examples"), rows):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if put is not None:
+      ids, mask = put(ids), put(mask)
+    out = generate_jit(model, params, ids, mask, dc)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      out = multihost_utils.process_allgather(out, tiled=True)
+    out = np.asarray(jax.device_get(out))
     preds += [tok.decode(row) for row in out[:n]]
     refs += references
     bar.update(n)
@@ -95,11 +87,11 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   scores = rouge(preds, refs)
   scores.update(num_examples=len(preds), num_beams=dc.num_beams, max_len=dc.max_len,
                 cross_attention=model.config.cross_attention, segment_size=model.config.segment_size)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "predictions.jsonl"), "w") as f:
-    for p, r in zip(preds, refs):
-      f.write(json.dumps({"prediction": p, "reference": r}, ensure_ascii=False) + "\n")
-  with open(os.path.join(workdir, "rouge.json"), "w") as f:
-    json.dump(scores, f, indent=2)
-  log.info("ROUGE: %s", {k: round(scores[k], 2) for k in ROUGE_TYPES})
+  if run_setup.is_main():
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "predictions.jsonl"), "w") as f:
+      for p, r in zip(preds, refs):
+        f.write(json.dumps({"prediction": p, "reference": r}, ensure_ascii=False) + "\n")
+    run_setup.write_json(os.path.join(workdir, "rouge.json"), scores, indent=2)
+    log.info("ROUGE: %s", {k: round(scores[k], 2) for k in ROUGE_TYPES})
   return scores

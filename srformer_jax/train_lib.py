@@ -1,7 +1,9 @@
-"""Training: model/data setup from an ml_collections config, a jit-sharded train step, the loop.
+"""Training: the optimizer, a jit-sharded train step, the loop (run setup: `run_setup`).
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function; `Trainer` jits it with
-explicit in/out shardings on a (data, fsdp, tensor) mesh and donates the state.
+explicit in/out shardings on a (data, fsdp, tensor) mesh and donates the state. A step whose loss
+or gradient norm is not finite returns the state it was given (checked on the device); the loop
+stops with `TrainingDiverged` at the next point where it reads the metrics anyway (logging, saving).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import optax
 from flax import linen as nn
 from flax import struct
 
-from srformer_jax import checkpoint, data, sharding
-from srformer_jax.config import ModelConfig
+from srformer_jax import checkpoint, data, prefetch, run_setup, sharding
 from srformer_jax.layers import shift_right
-from srformer_jax.model import build_model
+# run setup lives in run_setup; these names stay importable from here
+from srformer_jax.run_setup import (batch_spec, build_model_config, build_tokenizer, load_source,  # noqa: F401
+                                    model_fields)
 
 log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "run_config.json"  # the run's full config, written at train start (`api.load_run`)
@@ -36,68 +39,12 @@ class TrainState:
   opt_state: Any
 
 
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or gradient norm (the state of the step before it is kept, not saved)."""
+
+
 # ------------------------------------------------------------------------------------------------
-# setup from the config
-
-
-def model_fields(cfg) -> dict:
-  """SRformer / numerics fields of config.model that override the checkpoint's architecture."""
-  m = cfg.model
-  fields = dict(cross_attention=m.cross_attention, segment_size=m.segment_size,
-                gen_len=m.get("gen_len") or cfg.data.max_target_len, faithful=m.get("faithful", False),
-                dtype=m.get("dtype", "float32"), segment_schedule=m.get("segment_schedule", "padded"))
-  for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate"):
-    if m.get(key) is not None:
-      fields[key] = m[key]
-  return fields
-
-
-def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
-  spec = cfg.data.tokenizer
-  if spec == "train_spm":
-    path = os.path.join(workdir, "spm", "spm.model")
-    if not os.path.exists(path):
-      if train_texts is None:
-        raise data.DataError(f"no trained tokenizer at {path}: run train.py first")
-      data.train_sentencepiece(train_texts, path[:-len(".model")], cfg.data.spm_vocab_size,
-                               seed=cfg.train.seed)
-    return data.SentencePieceTokenizer(path)
-  if spec == "init_from":
-    return data.HFTokenizer(cfg.model.init_from)
-  return data.load_tokenizer(spec)
-
-
-def load_source(cfg, split_key: str, workdir: str) -> data.ListSource:
-  d = cfg.data
-  split = d[split_key]
-  max_examples = d.get("max_train_examples") if split_key == "train_split" else d.get("max_eval_examples")
-  if d.source == "tfds":
-    return data.read_tfds(d.name, split, d.get("data_dir"), max_examples)
-  if d.source == "jsonl":
-    summary_key = d.get("summary_key", "summary")
-    if split_key == "eval_split" and d.get("eval_summary_key"):  # e.g. DialogSum test: summary1..3
-      summary_key = d.eval_summary_key
-    return data.read_jsonl(split, d.get("document_key", "document"), summary_key, max_examples)
-  if d.source == "docstrings":
-    from srformer_jax import corpus
-    paths = corpus.write_corpus(os.path.join(workdir, "corpus"))
-    return data.read_jsonl(paths[split], max_examples=max_examples)
-  raise data.DataError(f"config.data.source must be tfds, jsonl or docstrings, got {d.source!r}")
-
-
-def build_model_config(cfg, tok: data.Tokenizer) -> tuple[ModelConfig, dict | None, list[str]]:
-  """(model config, converted params or None for a random init, newly initialised names)."""
-  from srformer_jax import convert
-  m = cfg.model
-  if m.get("init_from"):
-    mc, params, new = convert.load_hf_checkpoint(m.init_from, **model_fields(cfg))
-    if tok.vocab_size > mc.vocab_size:
-      raise ValueError(f"tokenizer has {tok.vocab_size} tokens, model only {mc.vocab_size}")
-    return mc, params, new
-  arch = dict(m.scratch)
-  arch.setdefault("vocab_size", tok.vocab_size)
-  arch.update(pad_token_id=tok.pad_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.pad_id)
-  return ModelConfig(**arch, **model_fields(cfg)), None, []
+# the optimizer
 
 
 def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -141,16 +88,26 @@ def loss_and_metrics(model, params, batch, rng, deterministic):
                            "correct": jnp.sum(correct * w)}
 
 
-def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: bool = False):
-  """Pure `train_step(state, batch, rng) -> (state, metrics)`; the loss is the mean over tokens of
-  the whole (accumulated) batch, so accumulation gives the same update as one big batch."""
+def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: bool = False,
+                    guard: bool = True):
+  """Pure `train_step(state, batch, rng, first_bad=-1) -> (state, metrics)`; the loss is the mean
+  over tokens of the whole (accumulated) batch, so accumulation gives the same update as one big
+  batch.
+
+  Divergence guard: when the loss, the gradient norm or the update norm is not finite, or
+  `first_bad` >= 0 (an
+  earlier step was not), the input state is returned unchanged; metrics["first_bad_step"] is the
+  first such step (1-based, -1: none), to be fed back as `first_bad`. The guard costs one select
+  per state element and the update norm (one more reduction over the update), fused into the
+  optimizer update, and no host sync (`guard=False` leaves it out, for measuring that cost).
+  """
 
   def grads_of(params, batch, rng):
     (_, m), g = jax.value_and_grad(
         lambda p: loss_and_metrics(model, p, batch, rng, deterministic), has_aux=True)(params)
     return g, m
 
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: TrainState, batch, rng, first_bad=-1):
     rng = jax.random.fold_in(rng, state.step)
     if grad_accum == 1:
       grads, m = grads_of(state.params, batch, rng)
@@ -169,8 +126,18 @@ def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: boo
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": m["loss_sum"] / n, "accuracy": m["correct"] / n, "tokens": m["tokens"],
-               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+               "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
+               "learning_rate": schedule(state.step)}
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    # finite loss, gradients and update (so finite new parameters)
+    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+              & jnp.isfinite(metrics["update_norm"]))
+    first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad).astype(jnp.int32)
+    if guard:
+      keep = first_bad < 0
+      new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+    metrics["first_bad_step"] = first_bad
+    return new, metrics
 
   return train_step
 
@@ -183,7 +150,7 @@ class Trainer:
   """Holds the mesh, the state shardings and the jitted step for one model/optimizer."""
 
   def __init__(self, model, tx, schedule, mesh, rules=sharding.DEFAULT_RULES, grad_accum: int = 1,
-               deterministic: bool = False):
+               deterministic: bool = False, guard: bool = True):
     self.model, self.tx, self.mesh, self.rules = model, tx, mesh, rules
     config = model.config
     from srformer_jax.model import init_boxed_params
@@ -198,9 +165,10 @@ class Trainer:
     self.state_sharding = sharding.logical_to_sharding(self.logical_specs, mesh, rules)
     self.batch_sharding = sharding.batch_sharding(mesh, rules)
     self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step = make_train_step(model, tx, schedule, grad_accum, deterministic)
+    step = make_train_step(model, tx, schedule, grad_accum, deterministic, guard)
     with self.context():
-      self._step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+      self._step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated,
+                                               self.replicated),
                            out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
 
   def context(self):
@@ -227,12 +195,34 @@ class Trainer:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_sharding)
 
-  def shard_batch(self, batch: dict[str, np.ndarray]):
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
+  def local_rows(self, global_batch: int) -> tuple[int, int]:
+    """The rows of each global batch this process provides."""
+    return run_setup.local_rows(self.batch_sharding, global_batch)
 
-  def step(self, state, batch, rng):
+  def shard_batch(self, batch: dict[str, np.ndarray], global_batch: int | None = None):
+    """Global arrays from this process's rows (`global_batch`: default, as many as given)."""
+    def put(v):
+      if isinstance(v, jax.Array):
+        return v
+      shape = None if global_batch is None else (global_batch,) + v.shape[1:]
+      return jax.make_array_from_process_local_data(self.batch_sharding, v, shape)
+    return {k: put(v) for k, v in batch.items()}
+
+  def compile(self, state, batch, rng):
+    """Compiles the step ahead of its first call (for these argument shapes/shardings only)."""
+    first_bad = jax.device_put(np.int32(-1), self.replicated)
     with self.context():
-      return self._step(state, self.shard_batch(batch), rng)
+      self._compiled = self._step.lower(state, self.shard_batch(batch), rng, first_bad).compile()
+
+  def step(self, state, batch, rng, first_bad=None):
+    """(state, metrics); `batch`: numpy (this process's rows) or global arrays; `first_bad`: the
+    previous step's metrics["first_bad_step"] (default: none)."""
+    if first_bad is None:
+      first_bad = np.int32(-1)
+    if not isinstance(first_bad, jax.Array):  # the step's own output sharding: no recompilation
+      first_bad = jax.device_put(np.int32(first_bad), self.replicated)
+    with self.context():
+      return (getattr(self, "_compiled", None) or self._step)(state, self.shard_batch(batch), rng, first_bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,7 +237,7 @@ def _plot_loss(metrics_file: str, out_png: str):
   with open(metrics_file) as f:
     for line in f:
       r = json.loads(line)
-      if "loss" in r:
+      if r.get("loss") is not None:
         steps.append(r["step"])
         losses.append(r["loss"])
   if not steps:
@@ -263,88 +253,122 @@ def _plot_loss(metrics_file: str, out_png: str):
   plt.close(fig)
 
 
-def setup(cfg, workdir: str):
-  """Everything a run needs: (model, tokenizer, train source, converted params, initialised names)."""
-  os.makedirs(workdir, exist_ok=True)
-  train_src = load_source(cfg, "train_split", workdir)
-  texts = None
-  if cfg.data.tokenizer == "train_spm":
-    texts = [t for pair in train_src.pairs[:20000] for t in pair]
-  tok = build_tokenizer(cfg, workdir, texts)
-  model_config, params, new = build_model_config(cfg, tok)
-  return build_model(model_config), tok, train_src, params, new
+def _json_safe(m: dict) -> dict:
+  """metrics.jsonl stays strict JSON: a non-finite value is written as null."""
+  return {k: v if not isinstance(v, float) or np.isfinite(v) else None for k, v in m.items()}
 
 
-def batch_spec(cfg, batch_size=None) -> data.BatchSpec:
-  d = cfg.data
-  return data.BatchSpec(batch_size or cfg.train.batch_size, d.max_source_len, d.max_target_len,
-                        d.get("prefix", ""), d.get("long_target", "truncate"))
+def _trim_metrics(metrics_file: str, last_step: int):
+  """Drops the lines logged after `last_step` (a resumed run logs those steps again)."""
+  if not os.path.exists(metrics_file):
+    return
+  with open(metrics_file) as f:
+    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
+  with open(metrics_file + ".tmp", "w") as f:
+    f.writelines(keep)
+  os.replace(metrics_file + ".tmp", metrics_file)
+
+
+def _diverged(step: int, m: dict, ckpt: checkpoint.Checkpointer) -> TrainingDiverged:
+  last = ckpt.latest_step()
+  where = f"step {last} in {ckpt.directory}" if last is not None else "none (no checkpoint was saved)"
+  return TrainingDiverged(
+      f"training diverged: non-finite loss, gradient norm or update at step {step} (loss="
+      f"{m.get('loss')}, grad_norm={m.get('grad_norm')}, update_norm={m.get('update_norm')}); last good checkpoint: {where}; no non-finite state was saved. "
+      f"Lower train.learning_rate or check the data, then rerun to resume from that checkpoint.")
 
 
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
-  """Trains (resuming from the latest checkpoint in workdir) and returns the last metrics.
+  """Trains (resuming from the newest good checkpoint in workdir) and returns the last metrics.
 
   `stop_after` ends the run after that many steps of this invocation (used to test resumption).
+  Raises `TrainingDiverged` on a non-finite loss or gradient norm.
   """
-  if cfg.train.get("distributed"):
-    jax.distributed.initialize()
-  model, tok, train_src, hf_params, initialised = setup(cfg, workdir)
-  if initialised:
-    log.info("initialised new SRformer parameters: %s", initialised)
+  run_setup.init_distributed(cfg)
+  run = run_setup.setup_training(cfg, workdir)
+  model, tok = run.model, run.tokenizer
+  if run.initialised:
+    log.info("initialised new SRformer parameters: %s", run.initialised)
   t = cfg.train
+  main = run_setup.is_main()
   tx, schedule = make_optimizer(cfg)
-  mesh = sharding.make_mesh(tuple(t.mesh_shape))
-  trainer = Trainer(model, tx, schedule, mesh, grad_accum=t.grad_accum)
-  it = data.BatchIterator(train_src, tok, batch_spec(cfg), seed=t.seed)
+  trainer = Trainer(model, tx, schedule, run_setup.make_mesh(cfg), grad_accum=t.grad_accum)
+  it = data.BatchIterator(run.train_data, tok, batch_spec(cfg), seed=t.seed,
+                          rows=trainer.local_rows(t.batch_size))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  rng = jax.random.key(t.seed)
+  # replicated over the mesh (also across processes, where device_put of a local key cannot)
+  rng = jax.jit(lambda: jax.random.key(t.seed), out_shardings=trainer.replicated)()
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(trainer.abstract_state())
     it.restore(data_state)
     log.info("resumed from step %d (data epoch %d, index %d)", int(state.step), it.epoch, it.index)
   else:
-    state = trainer.init_state(jax.random.fold_in(rng, 1), hf_params)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(model.config), f, indent=2)
-  with open(os.path.join(workdir, RUN_CONFIG_FILE), "w") as f:
-    f.write(cfg.to_json_best_effort(indent=2))
+    state = trainer.init_state(jax.random.fold_in(rng, 1), run.hf_params)
+  start = int(state.step)
+  run_setup.write_json(os.path.join(workdir, "model_config.json"), dataclasses.asdict(model.config),
+                       indent=2)
+  if run_setup.is_main():
+    with open(os.path.join(workdir, RUN_CONFIG_FILE), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
 
   from tensorboardX import SummaryWriter
   from tqdm.auto import tqdm
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
   metrics_file = os.path.join(workdir, "metrics.jsonl")
-  start = int(state.step)
+  writer = None
+  if main:
+    _trim_metrics(metrics_file, start)
+    # purge_step hides the events a crashed run logged after the checkpoint it resumes from
+    writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
   end = t.num_steps if stop_after is None else min(t.num_steps, start + stop_after)
-  bar = tqdm(total=t.num_steps, initial=start, desc="train", dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  bar = tqdm(total=t.num_steps, initial=start, desc="train", dynamic_ncols=True, disable=not main)
+  batches = prefetch.Prefetcher(it, lambda b: trainer.shard_batch(b, t.batch_size), end - start)
   last: dict = {}
+  data_state = it.state()  # the position after the last batch a step consumed (not prefetched)
+  first_bad = np.int32(-1)
   t0, logged_at = time.perf_counter(), start
-  for step in range(start, end):
-    batch = next(it)
-    state, metrics = trainer.step(state, batch, rng)
-    if (step + 1) % t.log_every == 0 or step + 1 == end:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      dt = time.perf_counter() - t0  # the first interval includes compilation
-      m.update(step=step + 1, tokens_per_s=m["tokens"] * (step + 1 - logged_at) / max(dt, 1e-9))
-      t0, logged_at = time.perf_counter(), step + 1
-      last = m
-      if writer is not None:
-        for k, v in m.items():
-          if k != "step":
-            writer.add_scalar(f"train/{k}", v, step + 1)
-        with open(metrics_file, "a") as f:
-          f.write(json.dumps(m) + "\n")
-      bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['learning_rate']:.2e}")
-    if (step + 1) % t.save_every == 0 or step + 1 == end:
-      ckpt.save(step + 1, state, it.state())
-    bar.update(1)
-  bar.close()
-  ckpt.close()
-  if writer is not None:
-    writer.close()
-    with open(os.path.join(workdir, "data_stats.json"), "w") as f:
-      json.dump({"source": dataclasses.asdict(train_src.stats), "batching": dataclasses.asdict(it.stats)},
-                f, indent=2)
-    if os.path.exists(metrics_file):
-      _plot_loss(metrics_file, os.path.join(workdir, "loss.png"))
+  try:
+    first = next(batches) if end > start else None
+    if first is not None and jax.process_count() > 1:
+      # every process compiles, then all start together: gloo gives up on a peer >30 s late
+      trainer.compile(state, first[0], rng)
+      run_setup.barrier("train_step_compiled")
+    for step in range(start, end):
+      batch, data_state = first if step == start else next(batches)
+      state, metrics = trainer.step(state, batch, rng, first_bad)
+      first_bad = metrics["first_bad_step"]
+      log_now = (step + 1) % t.log_every == 0 or step + 1 == end
+      save_now = (step + 1) % t.save_every == 0 or step + 1 == end
+      if save_now and not log_now:
+        log_now = int(first_bad) >= 0  # the save reads the state anyway: no extra wait
+      if log_now:  # stops here after a non-finite step, with its metrics logged
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = int(m.pop("first_bad_step"))
+        dt = time.perf_counter() - t0  # the first interval includes compilation
+        m.update(step=step + 1, tokens_per_s=m["tokens"] * (step + 1 - logged_at) / max(dt, 1e-9),
+                 steps_per_s=(step + 1 - logged_at) / max(dt, 1e-9))
+        t0, logged_at = time.perf_counter(), step + 1
+        last = m
+        if main:
+          for k, v in m.items():
+            if k != "step":
+              writer.add_scalar(f"train/{k}", v, step + 1)
+          with open(metrics_file, "a") as f:
+            f.write(json.dumps(_json_safe(m), allow_nan=False) + "\n")
+        if bad >= 0:
+          raise _diverged(bad, m, ckpt)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['learning_rate']:.2e}")
+      if save_now:  # never a non-finite state: the flag was read above
+        ckpt.save(step + 1, state, data_state)
+      bar.update(1)
+  finally:
+    batches.close()
+    bar.close()
+    ckpt.close()
+    if writer is not None:
+      writer.close()
+    run_setup.write_json(os.path.join(workdir, "data_stats.json"), {
+        "source": dataclasses.asdict(run.train_data.source_stats),
+        "batching": data_state.get("stats", {})}, indent=2)
+  if main and os.path.exists(metrics_file):
+    _plot_loss(metrics_file, os.path.join(workdir, "loss.png"))
   return last

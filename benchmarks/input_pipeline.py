@@ -1,0 +1,132 @@
+"""The real training loop's steps/s against the train step alone (same model, same batch shape).
+
+The loop (`train_lib.train`) reads the tokenised split, collates, puts batches on the devices in
+a background thread (prefetch 2) and logs; the step alone runs the jitted step on one batch that
+is already on the device. The goal is the loop within 5% of the step.
+
+python benchmarks/input_pipeline.py [--platform cpu] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
+
+SIZES = {
+    # name: (model.scratch overrides, batch, max_source_len, max_target_len)
+    "tiny": (dict(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1,
+                  relative_attention_num_buckets=8), 8, 48, 16),
+    "small": (dict(d_model=128, num_heads=4, d_kv=32, d_ff=256, num_encoder_layers=2, num_decoder_layers=2,
+                   relative_attention_num_buckets=16), 32, 128, 32),  # configs/default.py
+}
+
+
+def config(size: str, steps: int, log_every: int):
+  from configs import base
+  scratch, batch, src_len, tgt_len = SIZES[size]
+  cfg = base.base_config()
+  cfg.model.init_from = ""
+  cfg.model.segment_size = 8 if size == "tiny" else 16
+  cfg.model.scratch.update(scratch)
+  cfg.data.update(source="docstrings", train_split="train", eval_split="test", tokenizer="train_spm",
+                  spm_vocab_size=2000, max_source_len=src_len, max_target_len=tgt_len)
+  cfg.train.update(batch_size=batch, num_steps=steps, learning_rate=1e-3, warmup_steps=2, log_every=log_every,
+                   save_every=10 ** 9, mesh_shape=(1, 1, 1))
+  return cfg
+
+
+def loop_steps_per_s(cfg, workdir: str) -> list[float]:
+  """steps/s of each logging interval of a fresh run, the first (compilation) left out."""
+  from srformer_jax import train_lib
+  for sub in ("checkpoints", "metrics.jsonl", "tb"):
+    p = os.path.join(workdir, sub)
+    if os.path.isdir(p):
+      import shutil
+      shutil.rmtree(p)
+    elif os.path.exists(p):
+      os.remove(p)
+  train_lib.train(cfg, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["steps_per_s"] for r in rows[1:]]
+
+
+def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int, guard: bool = True) -> list[float]:
+  import jax
+  from srformer_jax import data, run_setup, train_lib
+  run = run_setup.setup_training(cfg, workdir)
+  tx, schedule = train_lib.make_optimizer(cfg)
+  trainer = train_lib.Trainer(run.model, tx, schedule, run_setup.make_mesh(cfg), guard=guard)
+  it = data.BatchIterator(run.train_data, run.tokenizer, run_setup.batch_spec(cfg), seed=0)
+  batch = trainer.shard_batch(next(it))
+  state = trainer.init_state(jax.random.key(1))
+  rng = jax.random.key(0)
+  state, m = trainer.step(state, batch, rng)
+  first_bad = m["first_bad_step"]
+  jax.block_until_ready(state)
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = trainer.step(state, batch, rng, first_bad)
+      first_bad = m["first_bad_step"]
+    jax.block_until_ready((state, m))
+    out.append(steps / (time.perf_counter() - t0))
+  return out
+
+
+def main():
+  p = common.parser(__doc__)
+  p.add_argument("--sizes", default="tiny,small")
+  args = p.parse_args()
+  jax = common.setup_platform(args.platform)
+  steps, log_every = (40, 10) if args.quick else (120, 20)
+  results = {"machine": common.machine(jax), "steps_per_interval": log_every, "sizes": {}}
+  with tempfile.TemporaryDirectory() as workdir:
+    for size in args.sizes.split(","):
+      cfg = config(size, steps, log_every)
+      loop, alone, unguarded = [], [], []
+      for _ in range(max(1, args.repeats // 2)):  # alternate, so load changes hit all alike
+        loop += loop_steps_per_s(cfg, workdir)
+        alone += step_alone_steps_per_s(cfg, workdir, log_every, 3)
+        unguarded += step_alone_steps_per_s(cfg, workdir, log_every, 3, guard=False)
+      r = {"loop_steps_per_s": statistics.median(loop), "step_alone_steps_per_s": statistics.median(alone),
+           "step_without_divergence_guard_steps_per_s": statistics.median(unguarded),
+           "loop_samples": loop, "alone_samples": alone, "unguarded_samples": unguarded,
+           "batch_size": cfg.train.batch_size, "max_source_len": cfg.data.max_source_len}
+      r["loop_over_alone"] = r["loop_steps_per_s"] / r["step_alone_steps_per_s"]
+      r["guard_cost"] = 1 - r["step_alone_steps_per_s"] / r["step_without_divergence_guard_steps_per_s"]
+      results["sizes"][size] = r
+      print(size, {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}, flush=True)
+  name = f"input_pipeline_{args.platform}"
+  common.write(args.out, name, results)
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  names = list(results["sizes"])
+  xs = range(len(names))
+  ax.bar([x - 0.2 for x in xs], [results["sizes"][n]["step_alone_steps_per_s"] for n in names], 0.4,
+         label="step alone")
+  ax.bar([x + 0.2 for x in xs], [results["sizes"][n]["loop_steps_per_s"] for n in names], 0.4,
+         label="training loop (data + prefetch)")
+  for x, n in zip(xs, names):
+    ax.text(x + 0.2, results["sizes"][n]["loop_steps_per_s"], f"{results['sizes'][n]['loop_over_alone']:.0%}",
+            ha="center", va="bottom", fontsize=8)
+  ax.set_xticks(list(xs), names)
+  ax.set_ylabel("steps / s")
+  ax.set_yscale("log")
+  ax.set_title(f"input pipeline ({results['machine']['device']})", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.out, f"{name}.png"), dpi=100)
+  print(f"wrote {os.path.join(args.out, name + '.png')}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,251 @@
+"""Run setup shared by training and evaluation: processes, tokenizer, model, data sources, mesh.
+
+With several processes (jax.distributed), files every process needs (the docstring corpus, the
+SentencePiece tokenizer, the tokenised splits) are written by process 0 while the others wait on
+a barrier, then read by all; only process 0 writes logs and results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+
+from srformer_jax import checkpoint, data, sharding
+from srformer_jax.config import ModelConfig
+from srformer_jax.model import abstract_params, build_model, logical_param_specs
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# processes
+
+
+def init_distributed(cfg):
+  """jax.distributed.initialize() from config.train (coordinator_address / num_processes /
+  process_id; unset ones are autodetected from the environment, e.g. SLURM or TPU pods)."""
+  t = cfg.train
+  explicit = t.get("coordinator_address") or t.get("num_processes")
+  if not (t.get("distributed") or explicit) or jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(coordinator_address=t.get("coordinator_address") or None,
+                             num_processes=t.get("num_processes") or None,
+                             process_id=t.get("process_id"))
+  log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+           jax.local_device_count(), jax.device_count())
+
+
+def is_main() -> bool:
+  return jax.process_index() == 0
+
+
+_BARRIERS: dict[str, int] = {}
+BARRIER_TIMEOUT_S = 3600  # process 0 may tokenise a large split while the others wait
+
+
+def barrier(name: str):
+  """All processes wait here (no-op with one process).
+
+  Uses the coordination service's barrier, not a device collective: gloo gives up on a peer more
+  than 30 s late when it sets up a collective, while process 0 may prepare files for minutes.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None:  # not started by jax.distributed: a device collective is all there is
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+    return
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # barrier ids are single-use
+  client.wait_at_barrier(f"srformer_{name}_{_BARRIERS[name]}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+def main_first(name: str, fn):
+  """Runs fn() on process 0, then (after a barrier) on the others, which find its files ready."""
+  out = fn() if is_main() else None
+  barrier(name)
+  return out if is_main() else fn()
+
+
+def local_rows(batch_sharding, global_batch: int) -> tuple[int, int]:
+  """The rows [start, stop) of a [global_batch, ...] array this process holds under the sharding."""
+  idx = batch_sharding.addressable_devices_indices_map((global_batch, 1))
+  starts = sorted({s[0].indices(global_batch)[:2] for s in idx.values()})
+  start, stop = starts[0][0], max(b for _, b in starts)
+  covered = sum(b - a for a, b in starts)
+  if covered != stop - start:
+    raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {starts}: "
+                     f"order the mesh devices by process")
+  return start, stop
+
+
+def make_mesh(cfg):
+  return sharding.make_mesh(tuple(cfg.train.mesh_shape))
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer, model, data
+
+
+def model_fields(cfg) -> dict:
+  """SRformer / numerics fields of config.model that override the checkpoint's architecture."""
+  m = cfg.model
+  fields = dict(cross_attention=m.cross_attention, segment_size=m.segment_size,
+                gen_len=m.get("gen_len") or cfg.data.max_target_len, faithful=m.get("faithful", False),
+                dtype=m.get("dtype", "float32"), segment_schedule=m.get("segment_schedule", "padded"))
+  for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate"):
+    if m.get(key) is not None:
+      fields[key] = m[key]
+  return fields
+
+
+def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
+  """The run's tokenizer; `train_spm` trains one on `train_texts` (an iterable of strings) into
+  workdir/spm when none is there."""
+  spec = cfg.data.tokenizer
+  if spec == "train_spm":
+    path = os.path.join(workdir, "spm", "spm.model")
+    if not os.path.exists(path):
+      if train_texts is None:
+        raise data.DataError(f"no trained tokenizer at {path}: run train.py first")
+      data.train_sentencepiece(list(train_texts), path[:-len(".model")], cfg.data.spm_vocab_size,
+                               seed=cfg.train.seed)
+    return data.SentencePieceTokenizer(path)
+  if spec == "init_from":
+    return data.HFTokenizer(cfg.model.init_from)
+  return data.load_tokenizer(spec)
+
+
+def load_source(cfg, split_key: str, workdir: str):
+  """The text source of data.<split_key> (tfds splits are streamed)."""
+  d = cfg.data
+  split = d[split_key]
+  max_examples = d.get("max_train_examples") if split_key == "train_split" else d.get("max_eval_examples")
+  if d.source == "tfds":
+    return data.read_tfds(d.name, split, d.get("data_dir"), max_examples)
+  if d.source == "jsonl":
+    return data.read_jsonl(split, d.get("document_key", "document"), _summary_key(d, split_key),
+                           max_examples)
+  if d.source == "docstrings":
+    from srformer_jax import corpus
+    paths = main_first("corpus", lambda: corpus.write_corpus(os.path.join(workdir, "corpus")))
+    return data.read_jsonl(paths[split], max_examples=max_examples)
+  raise data.DataError(f"config.data.source must be tfds, jsonl or docstrings, got {d.source!r}")
+
+
+def _summary_key(d, split_key: str) -> str:
+  """The JSONL summary field of a split (eval_summary_key for test files with several references,
+  e.g. DialogSum's summary1..3)."""
+  if split_key == "eval_split" and d.get("eval_summary_key"):
+    return d.eval_summary_key
+  return d.get("summary_key", "summary")
+
+
+def source_id(cfg, split_key: str, workdir: str) -> str:
+  """What a split's text depends on (for the tokenised-split cache key)."""
+  d = cfg.data
+  split = d[split_key]
+  limit = d.get("max_train_examples") if split_key == "train_split" else d.get("max_eval_examples")
+  if d.source == "tfds":
+    return json.dumps(["tfds", d.name, split, d.get("data_dir"), limit])
+  path = split if d.source == "jsonl" else os.path.join(workdir, "corpus", f"{split}.jsonl")
+  st = os.stat(path) if os.path.exists(path) else None
+  return json.dumps([d.source, os.path.abspath(path), st and st.st_size, st and st.st_mtime_ns, limit,
+                     d.get("document_key"), _summary_key(d, split_key)])
+
+
+def batch_spec(cfg, batch_size=None) -> data.BatchSpec:
+  d = cfg.data
+  return data.BatchSpec(batch_size or cfg.train.batch_size, d.max_source_len, d.max_target_len,
+                        d.get("prefix", ""), d.get("long_target", "truncate"))
+
+
+def build_model_config(cfg, tok: data.Tokenizer) -> tuple[ModelConfig, dict | None, list[str]]:
+  """(model config, converted params or None for a random init, newly initialised names)."""
+  from srformer_jax import convert
+  m = cfg.model
+  if m.get("init_from"):
+    mc, params, new = convert.load_hf_checkpoint(m.init_from, **model_fields(cfg))
+    if tok.vocab_size > mc.vocab_size:
+      raise ValueError(f"tokenizer has {tok.vocab_size} tokens, model only {mc.vocab_size}")
+    return mc, params, new
+  arch = dict(m.scratch)
+  arch.setdefault("vocab_size", tok.vocab_size)
+  arch.update(pad_token_id=tok.pad_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.pad_id)
+  return ModelConfig(**arch, **model_fields(cfg)), None, []
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  model: object
+  tokenizer: data.Tokenizer
+  train_data: data.TokenizedSplit   # the training split, tokenised once (cached in workdir/tokenized)
+  hf_params: dict | None            # converted init_from parameters, or None for a random init
+  initialised: list[str]            # SRformer parameters new to the init_from checkpoint
+
+
+def setup_training(cfg, workdir: str) -> TrainSetup:
+  """Tokenizer, model and the tokenised training split of a run (shared files by process 0)."""
+  os.makedirs(workdir, exist_ok=True)
+  src = load_source(cfg, "train_split", workdir)
+  if cfg.data.tokenizer == "train_spm":
+    import itertools
+    texts = lambda: (t for pair in itertools.islice(iter(src), 20000) for t in pair)  # noqa: E731
+    main_first("tokenizer", lambda: build_tokenizer(cfg, workdir, texts()))
+  tok = build_tokenizer(cfg, workdir)
+  spec = batch_spec(cfg)
+  sid = source_id(cfg, "train_split", workdir)
+  table = main_first("tokenized", lambda: data.tokenized_split(
+      lambda: src, tok, spec, os.path.join(workdir, "tokenized"), sid))
+  model_config, params, new = build_model_config(cfg, tok)
+  return TrainSetup(build_model(model_config), tok, table, params, new)
+
+
+def load_trained_model(cfg, workdir: str):
+  """(model, tokenizer, params) for inference: the newest good checkpoint in workdir (with
+  workdir/model_config.json), else the config.model.init_from checkpoint."""
+  tok = build_tokenizer(cfg, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  cfg_file = os.path.join(workdir, "model_config.json")
+  if os.path.exists(cfg_file) and os.path.isdir(ckpt_dir):
+    with open(cfg_file) as f:
+      model_config = ModelConfig.from_dict(json.load(f))
+    # the segment rule of decoding uses the generation length of this config
+    model_config = dataclasses.replace(model_config, gen_len=model_fields(cfg)["gen_len"])
+    shardings = sharding.logical_to_sharding(logical_param_specs(model_config), make_mesh(cfg))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            abstract_params(model_config), shardings)
+    ck = checkpoint.Checkpointer(ckpt_dir)
+    try:
+      if ck.latest_step() is not None:
+        params, step = ck.restore_params(abstract)
+        log.info("evaluating checkpoint step %d", step)
+        return build_model(model_config), tok, params
+    finally:
+      ck.close()
+  model_config, params, new = build_model_config(cfg, tok)
+  if params is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no config.model.init_from to evaluate")
+  if new:
+    log.warning("evaluating with freshly initialised SRformer parameters: %s", new)
+  return build_model(model_config), tok, params
+
+
+def write_json(path: str, obj, **kw):
+  """Writes JSON from process 0 only (atomically: a temporary file, renamed)."""
+  if not is_main():
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, **kw)
+  os.replace(tmp, path)
+
+
+__all__ = ["init_distributed", "is_main", "barrier", "main_first", "local_rows", "make_mesh",
+           "model_fields", "build_tokenizer", "load_source", "source_id", "batch_spec",
+           "build_model_config", "TrainSetup", "setup_training", "load_trained_model", "write_json"]

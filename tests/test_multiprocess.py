@@ -1,0 +1,164 @@
+"""Two real processes (jax.distributed on 127.0.0.1, CPU collectives over gloo, 2 devices each)
+against one process with the same 4-device data mesh and the same global batch."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.test_training import _final_params, _losses, _workdir, corpus_dir, docstring_cfg  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 1200  # generous: a loaded 2-core machine compiles the step for minutes
+
+
+def mp_cfg(num_steps=6, save_every=3):
+  cfg = docstring_cfg(num_steps=num_steps, save_every=save_every)
+  cfg.train.mesh_shape = (4, 1, 1)  # 4 devices: 2 processes x 2, or 4 of the 8 in one process
+  return cfg
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A persistent compilation cache shared by the workers (later runs skip compiling the step)."""
+  _CACHE["dir"] = str(tmp_path_factory.mktemp("jit_cache"))
+
+
+def _start(workdir, num_processes=2, **kw):
+  port = _free_port()
+  procs = []
+  for pid in range(num_processes):
+    args = dict(kw, workdir=workdir, port=port, num_processes=num_processes, process_id=pid,
+                local_devices=2, compilation_cache=_CACHE["dir"])
+    log = open(os.path.join(workdir, f"worker{pid}.log"), "w")
+    procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
+  return procs
+
+
+def _kill(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def _wait(procs, workdir, timeout=TIMEOUT):
+  deadline = time.time() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(1, deadline - time.time()))
+  finally:
+    _kill(procs)
+  for i, p in enumerate(procs):
+    if p.returncode != 0:
+      with open(os.path.join(workdir, f"worker{i}.log")) as f:
+        tail = f.read()[-3000:]
+      pytest.fail(f"worker {i} exited with {p.returncode}:\n{tail}")
+
+
+def _run2(workdir, **kw):
+  _wait(_start(workdir, **kw), workdir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus_dir):  # noqa: F811
+  """The 1-process run: 6 steps, checkpoints at 3 and 6."""
+  w = _workdir(tmp_path_factory.mktemp("ref"), corpus_dir, "ref")
+  from srformer_jax import train_lib
+  train_lib.train(mp_cfg(), w)
+  return w
+
+
+def _assert_params_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0), a, b)
+
+
+def test_two_processes_match_one_and_checkpoints_cross_over(tmp_path, corpus_dir, reference):  # noqa: F811
+  from srformer_jax import train_lib
+  cfg = mp_cfg()
+  ref_losses = dict(_losses(reference))
+  ref_params = _final_params(cfg, reference)
+  # 2 processes, steps 1-3; then 1 process resumes their checkpoint (2 -> 1)
+  w = _workdir(tmp_path, corpus_dir, "two_then_one")
+  _run2(w, stop_after=3)
+  got = dict(_losses(w))
+  assert sorted(got) == [1, 2, 3]
+  np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [ref_losses[s] for s in (1, 2, 3)], atol=1e-5, rtol=0)
+  with open(os.path.join(w, "worker1.log")) as f:
+    assert "process 1 done" in f.read()
+  train_lib.train(cfg, w)
+  got = dict(_losses(w))
+  assert sorted(got) == list(range(1, 7))
+  np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref_losses[s] for s in range(1, 7)], atol=1e-5, rtol=0)
+  _assert_params_close(_final_params(cfg, w), ref_params)
+  # the 1-process checkpoint at step 3 resumed by 2 processes (1 -> 2)
+  w2 = str(tmp_path / "one_then_two")
+  shutil.copytree(reference, w2)
+  shutil.rmtree(os.path.join(w2, "checkpoints", "6"))
+  _run2(w2)
+  got = dict(_losses(w2))
+  assert sorted(got) == list(range(1, 7))  # metrics.jsonl trimmed back to step 3, then 4..6
+  np.testing.assert_allclose([got[s] for s in range(4, 7)], [ref_losses[s] for s in range(4, 7)], atol=1e-5, rtol=0)
+  _assert_params_close(_final_params(cfg, w2), ref_params)
+
+
+@pytest.mark.slow
+def test_killed_process_then_rerun_finishes_like_uninterrupted(tmp_path, corpus_dir, reference):  # noqa: F811
+  cfg = mp_cfg()
+  w = _workdir(tmp_path, corpus_dir, "killed")
+  procs = _start(w, save_every=2, step_delay=1.0)
+  manifest = os.path.join(w, "checkpoints", "2", "checksums.json")
+  deadline = time.time() + TIMEOUT
+  try:
+    while not os.path.exists(manifest):
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint at step 2"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:  # process 0 fails (its peer is gone) or hangs in a collective
+      procs[0].wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      pass
+  finally:
+    _kill(procs)
+  steps = [s for s, _ in _losses(w)]
+  assert steps and steps[-1] < 6, "the run was not interrupted"
+  _run2(w, save_every=2)
+  assert [s for s, _ in _losses(w)] == list(range(1, 7))
+  _assert_params_close(_final_params(cfg, w), _final_params(cfg, reference))
+  ref = dict(_losses(reference))
+  np.testing.assert_allclose([l for _, l in _losses(w)], [ref[s] for s in range(1, 7)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_process_eval_gathers_all_examples(tmp_path, corpus_dir, reference):  # noqa: F811
+  from srformer_jax import eval_lib
+  cfg = mp_cfg()
+  w = str(tmp_path / "eval")
+  shutil.copytree(reference, w)
+  one = eval_lib.evaluate(cfg, reference)
+  with open(os.path.join(reference, "predictions.jsonl")) as f:
+    want = f.readlines()
+  _run2(w, evaluate=True)  # training is finished: it only evaluates
+  with open(os.path.join(w, "predictions.jsonl")) as f:
+    got = f.readlines()
+  assert len(got) == one["num_examples"] == cfg.data.max_eval_examples
+  assert got == want
