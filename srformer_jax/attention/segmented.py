@@ -259,7 +259,11 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, plan.active), ks)
+      if c.raf_remat:  # the backward recomputes K_i^T V_i, RAF's linear and scan from ks, vs
+        rec = nn.checkpoint(lambda mdl, ks, vs: mdl._recurrent_outputs(ks, vs, plan.active))(self, ks, vs)
+      else:
+        rec = self._recurrent_outputs(ks, vs, plan.active)
+      rec = self._scale_by_key_norm(rec, ks)
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
         rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
       ctx = ctx + self._recurrent_read(qg, rec)
