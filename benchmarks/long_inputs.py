@@ -80,6 +80,30 @@ def memory_row(jax, variant: str, k: int, batch: int, dtype: str) -> dict:
   return row
 
 
+def residual_row(jax, variant: str, k: int, batch: int, dtype: str) -> dict:
+  """What the backward keeps from the forward, read off the traced vjp (no compilation): bytes of
+  the residuals that are not arguments. Independent of XLA's scheduling, so it shows remat even
+  where XLA:CPU's buffer assignment does not (see README)."""
+  import jax.numpy as jnp
+  from jax._src.ad_checkpoint import saved_residuals  # jax.ad_checkpoint only exports the printer
+  from srformer_jax.model import abstract_params, build_model
+  from srformer_jax.train_lib import loss_and_metrics
+  cfg = model_config(variant, dtype)
+  model = build_model(cfg)
+  shapes = {"input_ids": (batch, k), "attention_mask": (batch, k), "labels": (batch, Q),
+            "label_mask": (batch, Q)}
+  abstract_batch = {n: jax.ShapeDtypeStruct(s, jnp.int32) for n, s in shapes.items()}
+  loss = lambda p, b: loss_and_metrics(model, p, b, jax.random.key(1), deterministic=False)[0]
+  t0 = time.perf_counter()
+  res = saved_residuals(loss, abstract_params(cfg), abstract_batch)
+  nbytes = sum(a.size * a.dtype.itemsize for a, src in res
+               if hasattr(a, "size") and not src.startswith("from the argument"))
+  row = dict(variant=variant, k=k, batch=batch, dtype=dtype, residual_bytes=int(nbytes),
+             trace_s=time.perf_counter() - t0)
+  print(f"resid  {variant:<16} k={k:>6}  {nbytes / GIB:9.2f} GiB", flush=True)
+  return row
+
+
 def time_row(jax, variant: str, k: int, batch: int, dtype: str, repeats: int, **kw) -> dict:
   trainer = make_trainer(model_config(variant, dtype, **kw))
   compiled, compile_s = compile_step(jax, trainer, batch, k)
@@ -161,6 +185,7 @@ def main():
   p.add_argument("--skip_timing", action="store_true")
   p.add_argument("--resume", action="store_true", help="keep the rows of an earlier run's JSON")
   p.add_argument("--tag", default="", help="suffix of the result file names")
+  p.add_argument("--residuals", action="store_true", help="also sum the vjp's saved residuals")
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
   lengths = [int(x) for x in args.lengths.split(",")]
@@ -183,6 +208,10 @@ def main():
           payload["memory"].append(memory_row(jax, variant, k, args.batch, args.dtype))
           common.write(args.out, name, payload)
   block_sizes = [int(b) for b in args.block_sizes.split(",")]
+  if args.residuals:
+    payload["residuals"] = [residual_row(jax, v, k, args.batch, args.dtype) for k in lengths
+                            for v in variants]
+    common.write(args.out, name, payload)
   if args.skip_timing:
     pass
   elif args.platform == "cpu":
