@@ -82,10 +82,10 @@ def blockwise_attention(q, k, v, key_mask, *, rel_bias=None, causal: bool = Fals
   return _attention(spec, q, k, v, key_mask, rel_bias, dropout_rng)
 
 
-def dropout_keep(rng, spec_rate: float, i, j, shape):
-  """Keep mask of query block i x key block j ([b, h, block_q, block_k] bool)."""
+def dropout_keep(rng, rate: float, i, j, shape):
+  """Keep mask of query block i x key block j ([b, h, block_q, block_k] bool), P(keep) = 1 - rate."""
   key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
-  return jax.random.bernoulli(key, 1.0 - spec_rate, shape)
+  return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,9 +238,8 @@ def _backward(spec: _Spec, res, dout):
             drel, jax.lax.dynamic_slice_in_dim(drel, start, diag.shape[1], axis=1) + diag, start, axis=1)
       return (dk, dv, dq, drel), None
 
-    zeros_kv = jnp.zeros(kj.shape[:-1] + (kj.shape[-1],), acc), jnp.zeros(vj.shape, acc)
-    (dk, dv, dq, drel), _ = jax.lax.scan(
-        query_block, (*zeros_kv, dq, drel), (qb, dob, m, l, delta, jnp.arange(spec.nq)))
+    init = (jnp.zeros(kj.shape, acc), jnp.zeros(vj.shape, acc), dq, drel)
+    (dk, dv, dq, drel), _ = jax.lax.scan(query_block, init, (qb, dob, m, l, delta, jnp.arange(spec.nq)))
     return (dq, drel), (dk, dv)
 
   dq0 = jnp.zeros(qb.shape, acc)
