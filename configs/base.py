@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
       faithful=False,
       segment_schedule="padded",  # "length": segments counted over each example's own tokens
       dtype="float32",           # "bfloat16" for mixed precision on GPU/TPU
+      attention_impl="auto",     # self-attention: auto | dense | blockwise | cudnn (README, "Long inputs")
+      attention_block_size=512,  # blockwise query/key block
+      remat_policy="none",       # encoder/decoder layers: none | full | dots | dots_no_batch
+      raf_remat=False,           # recompute SRformer's per-segment d x d tensors in the backward
       raf_threshold_init=0.1,
       raf_leak_init=0.1,
       dropout_rate=0.1,

@@ -51,8 +51,8 @@ class BartEncoderLayer(nn.Module, _FFNMixin):
     self.self_attn_layer_norm = layers.LayerNorm(self.config.layer_norm_epsilon, jnp.dtype(self.config.dtype))
     self.setup_ffn()
 
-  def __call__(self, x, mask_bias, deterministic=True):
-    h, _ = self.self_attn(x, mask_bias, None, deterministic)
+  def __call__(self, x, mask, deterministic=True):
+    h, _ = self.self_attn(x, mask, None, deterministic)
     x = self.self_attn_layer_norm(x + self.dropout(h, deterministic=deterministic))
     return self.ffn(x, deterministic)
 
@@ -68,8 +68,8 @@ class BartDecoderLayer(nn.Module, _FFNMixin):
     self.encoder_attn_layer_norm = layers.LayerNorm(self.config.layer_norm_epsilon, dt)
     self.setup_ffn()
 
-  def __call__(self, x, mask_bias, enc, enc_mask, deterministic=True):
-    h, _ = self.self_attn(x, mask_bias, None, deterministic)
+  def __call__(self, x, mask, enc, enc_mask, deterministic=True):
+    h, _ = self.self_attn(x, mask, None, deterministic)
     x = self.self_attn_layer_norm(x + self.dropout(h, deterministic=deterministic))
     h = self.encoder_attn(x, enc, enc_mask, deterministic)
     x = self.encoder_attn_layer_norm(x + self.dropout(h, deterministic=deterministic))
@@ -95,10 +95,12 @@ class BartStack(nn.Module):
     dt = jnp.dtype(c.dtype)
     self.embed_positions = layers.embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
                                         (None, sh.EMBED), dtype=dt, init_std=0.02)
-    if self.is_decoder:
-      self.layers = [BartDecoderLayer(c) for _ in range(c.num_decoder_layers)]
+    if self.is_decoder:  # remat: static_argnums give `deterministic` (self is 0)
+      layer = layers.remat(BartDecoderLayer, c.remat_policy, static_argnums=(5,))
+      self.layers = [layer(c) for _ in range(c.num_decoder_layers)]
     else:
-      self.layers = [BartEncoderLayer(c) for _ in range(c.num_encoder_layers)]
+      layer = layers.remat(BartEncoderLayer, c.remat_policy, static_argnums=(3,))
+      self.layers = [layer(c) for _ in range(c.num_encoder_layers)]
     self.layernorm_embedding = layers.LayerNorm(c.layer_norm_epsilon, dt)
     self.dropout = nn.Dropout(c.dropout_rate)
 
@@ -113,15 +115,11 @@ class BartStack(nn.Module):
       raise ValueError(f"BART input length {t} exceeds max_position_embeddings="
                        f"{self.config.max_position_embeddings}; truncate the input")
     x = self._embed(tok_emb, jnp.arange(t)[None], deterministic)
-    allowed = mask[:, None, None, :]
-    if self.is_decoder:
-      allowed = allowed & layers.causal_mask(t)
-    mask_bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
     for layer in self.layers:
       if self.is_decoder:
-        x = layer(x, mask_bias, enc, enc_mask, deterministic)
+        x = layer(x, mask, enc, enc_mask, deterministic)
       else:
-        x = layer(x, mask_bias, deterministic)
+        x = layer(x, mask, deterministic)
       x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     return x
 

@@ -26,6 +26,13 @@ SEGMENT_SCHEDULES = ("padded", "length")
 RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment")
 # Kinds that add the recurrent (linear-attention) term.
 RECURRENT_KINDS = RAF_KINDS + ("no_raf",)
+# Self-attention implementations (see `srformer_jax.attention.self_attention.resolve_impl`).
+#   auto       the fastest exact choice for the backend and length
+#   dense      [b, h, t, t] scores (the reference)
+#   blockwise  online softmax over key blocks, O(t) memory (`srformer_jax.attention.blockwise`)
+#   cudnn      jax.nn.dot_product_attention(implementation="cudnn"), GPU only
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn")
+REMAT_POLICY_NAMES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +86,11 @@ class ModelConfig:
   faithful: bool = False  # reproduce the authors' code exactly (see README, "faithful mode")
   # Numerics
   dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
+  # Long inputs (see README, "Long inputs"): self-attention implementation and rematerialisation
+  attention_impl: str = "auto"  # one of ATTENTION_IMPLS
+  attention_block_size: int = 512  # query/key block of the blockwise implementation
+  remat_policy: str = "none"  # encoder/decoder layers: one of REMAT_POLICY_NAMES
+  raf_remat: bool = False  # recompute SRformer's K_i^T V_i, RAF linear and RAF scan in the backward
 
   def __post_init__(self):
     if self.arch not in ("t5", "bart"):
@@ -97,6 +109,12 @@ class ModelConfig:
       raise ValueError(f"gen_len must be positive, got {self.gen_len}")
     if self.raf_threshold_init <= 0:
       raise ValueError(f"raf_threshold_init must be > 0 (RAF divides by it), got {self.raf_threshold_init}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+    if self.attention_block_size <= 0:
+      raise ValueError(f"attention_block_size must be positive, got {self.attention_block_size}")
+    if self.remat_policy not in REMAT_POLICY_NAMES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}")
     if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
       raise ValueError(f"dtype must be float32, bfloat16, float16 (or float64 with jax_enable_x64, for "
                        f"numerical checks), got {self.dtype!r}")

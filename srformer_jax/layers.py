@@ -106,6 +106,34 @@ def causal_mask(length: int) -> jax.Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
+def self_attention_mask_bias(mask: jax.Array, causal: bool) -> jax.Array:
+  """[batch, t] bool key mask -> additive float32 bias [batch, 1, t|1, t] (causal: also key > query)."""
+  allowed = mask[:, None, None, :]
+  if causal:
+    allowed = allowed & causal_mask(mask.shape[-1])
+  return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
+
+
+# ModelConfig.remat_policy -> jax.checkpoint policy (what the backward may keep from the forward).
+REMAT_POLICIES = {
+    "full": "nothing_saveable",  # recompute the whole layer: keeps only its inputs
+    "dots": "dots_saveable",  # keep matmul outputs, recompute the elementwise ops
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",  # keep weight matmuls, not attention's
+}
+
+
+def remat(module_cls, policy: str, static_argnums: tuple[int, ...]):
+  """`module_cls`, its __call__ rematerialised under `policy` ("none": unchanged).
+
+  static_argnums count `self` as 0 (flax's convention); python flags such as `deterministic` must
+  be listed.
+  """
+  if policy == "none":
+    return module_cls
+  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[policy]),
+                  static_argnums=static_argnums)
+
+
 def shape_heads(x: jax.Array, num_heads: int) -> jax.Array:
   """[b, t, h*d] -> [b, t, h, d]."""
   return x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))

@@ -98,7 +98,8 @@ def model_fields(cfg) -> dict:
   fields = dict(cross_attention=m.cross_attention, segment_size=m.segment_size,
                 gen_len=m.get("gen_len") or cfg.data.max_target_len, faithful=m.get("faithful", False),
                 dtype=m.get("dtype", "float32"), segment_schedule=m.get("segment_schedule", "padded"))
-  for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate"):
+  for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate", "attention_impl",
+              "attention_block_size", "remat_policy", "raf_remat"):
     if m.get(key) is not None:
       fields[key] = m[key]
   return fields

@@ -65,8 +65,8 @@ class T5LayerSelfAttention(_Sublayer):
     self.layer_norm = self._norm()
     self.dropout = nn.Dropout(self.config.dropout_rate)
 
-  def __call__(self, x, mask_bias, position_bias, deterministic=True):
-    y, position_bias = self.SelfAttention(self.layer_norm(x), mask_bias, position_bias, deterministic)
+  def __call__(self, x, mask, position_bias, deterministic=True):
+    y, position_bias = self.SelfAttention(self.layer_norm(x), mask, position_bias, deterministic)
     return self._residual(x, y, deterministic), position_bias
 
   def step(self, x, cache, index, position_bias):
@@ -118,8 +118,9 @@ class T5Block(nn.Module):
     else:
       self.layer_1 = T5LayerFF(self.config)
 
-  def __call__(self, x, mask_bias, position_bias, enc=None, enc_mask=None, deterministic=True):
-    x, position_bias = self.layer_0(x, mask_bias, position_bias, deterministic)
+  def __call__(self, x, mask, position_bias, enc=None, enc_mask=None, deterministic=True):
+    """x [b, t, D]; mask [b, t] bool (keys). Returns (x, position_bias)."""
+    x, position_bias = self.layer_0(x, mask, position_bias, deterministic)
     if self.is_decoder:
       x = self.layer_1(x, enc, enc_mask, deterministic)
       x = self.layer_2(x, deterministic)
@@ -144,20 +145,17 @@ class T5Stack(nn.Module):
   def setup(self):
     c = self.config
     n = c.num_decoder_layers if self.is_decoder else c.num_encoder_layers
-    self.block = [T5Block(c, self.is_decoder, has_relative_attention_bias=(i == 0)) for i in range(n)]
+    block = layers.remat(T5Block, c.remat_policy, static_argnums=(6,))  # 6: deterministic
+    self.block = [block(c, self.is_decoder, has_relative_attention_bias=(i == 0)) for i in range(n)]
     self.final_layer_norm = layers.RMSNorm(c.layer_norm_epsilon, jnp.dtype(c.dtype))
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def __call__(self, x, mask, enc=None, enc_mask=None, deterministic=True):
     """x [b, t, D] embeddings; mask [b, t] bool (keys). Decoder: causal, plus enc [b, k, D]."""
-    allowed = mask[:, None, None, :]
-    if self.is_decoder:
-      allowed = allowed & layers.causal_mask(x.shape[1])
-    mask_bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
     x = self.dropout(x, deterministic=deterministic)
     position_bias = None
     for blk in self.block:
-      x, position_bias = blk(x, mask_bias, position_bias, enc, enc_mask, deterministic)
+      x, position_bias = blk(x, mask, position_bias, enc, enc_mask, deterministic)
       x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     return self.dropout(self.final_layer_norm(x), deterministic=deterministic)
 

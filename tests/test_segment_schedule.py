@@ -159,3 +159,18 @@ def test_raf_statistics_report_firing_per_layer():
     assert layer["raf_fired"] == 0.0
   assert raf_statistics(build_model(dataclasses.replace(config, cross_attention="segmented")),
                         params, ids, mask, dec) == {}
+
+
+def test_length_schedule_with_raf_remat_same_loss_and_gradients():
+  config = tiny(cross_attention="srformer", segment_size=4, gen_len=10, segment_schedule="length")
+  params = init_params(config, jax.random.key(5))
+  ids, mask, dec = ragged_batch()
+
+  def loss_and_grads(cfg):
+    loss = lambda p: jnp.sum(_logits(cfg, p, ids, mask, dec) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  want = loss_and_grads(config)
+  got = loss_and_grads(dataclasses.replace(config, raf_remat=True))
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-6)
+  assert float(jnp.abs(want[1]["decoder"]["block_0"]["layer_1"]["EncDecAttention"]["threshold"]).max()) > 0

@@ -52,9 +52,11 @@ def _trainer(model, cfg, mesh_shape, devices=None, grad_accum=1):
   return train_lib.Trainer(model, tx, schedule, mesh, grad_accum=grad_accum)
 
 
-def test_sharded_step_equals_single_device():
+@pytest.mark.parametrize("attention", ["auto", "blockwise"])
+def test_sharded_step_equals_single_device(attention):
   assert jax.device_count() == 8, "conftest asks for 8 fake CPU devices"
-  model = build_model(tiny_model())
+  # blockwise: 32 source tokens in blocks of 12 (ragged), dropout on the attention probabilities
+  model = build_model(tiny_model(attention_impl=attention, attention_block_size=12))
   cfg = small_cfg()
   single = _trainer(model, cfg, (1, 1, 1), jax.devices()[:1])
   sharded = _trainer(model, cfg, (2, 2, 2))

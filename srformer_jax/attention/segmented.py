@@ -251,6 +251,15 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
     return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
 
+  def _trained_recurrent_outputs(self, ks, vs, active):
+    """`_recurrent_outputs` of the training path; with `config.raf_remat` the backward recomputes
+    K_i^T V_i, RAF's linear and the scan from ks, vs instead of keeping per-segment d x e tensors."""
+    if not self.config.raf_remat:
+      return self._recurrent_outputs(ks, vs, active)
+    if isinstance(active, np.ndarray):  # static (padded schedule): closed over, stays static
+      return nn.checkpoint(lambda mdl, ks, vs: mdl._recurrent_outputs(ks, vs, active))(self, ks, vs)
+    return nn.checkpoint(lambda mdl, ks, vs, on: mdl._recurrent_outputs(ks, vs, on))(self, ks, vs, active)
+
   def _sow_raf_statistics(self, outs, on):
     """Records what RAF passes on (collection 'intermediates', only when asked for it, e.g. by
     `srformer_jax.diagnostics.raf_statistics`): the fraction of entries that fired (out > 0) and
@@ -304,7 +313,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, plan.active), ks)
+      rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, plan.active), ks)
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
         rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
       ctx = ctx + self._recurrent_read(qg, rec)
@@ -326,7 +335,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       ctx = ctx + self._segment_softmax(qg, keys[rows, seg], vals[rows, seg], mask[rows, seg],
                                         deterministic)  # [b, q, s', h, d] per position
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_by_key_norm(self._recurrent_outputs(ks, vs, visited), ks)  # [b, m, h, d, e]
+      rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, visited), ks)  # [b,m,h,d,e]
       ctx = ctx + self._recurrent_read(qg, rec[rows, seg])
     return ctx[:, :, 0].astype(q.dtype)
 

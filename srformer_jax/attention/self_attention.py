@@ -1,5 +1,8 @@
 """Self-attention with T5 relative position buckets and a key/value cache for decoding.
 
+Training and encoding run one of `config.ATTENTION_IMPLS` (dense, blockwise, cudnn; see
+`resolve_impl`); a decoding step (one query against the cache) is always dense.
+
 Einsum letters: b batch, q query position, k key position, h head, d head dim.
 """
 
@@ -13,8 +16,34 @@ from flax import linen as nn
 
 from srformer_jax import layers
 from srformer_jax import sharding as sh
+from srformer_jax.attention.blockwise import blockwise_attention
 from srformer_jax.attention.projections import ProjectionsMixin
 from srformer_jax.config import ModelConfig
+
+# "auto" keeps the dense path up to this length: one [b, h, t, t] block is what blockwise would
+# compute anyway, and the dense path is what the parity tests pin down (see README, "Long inputs").
+AUTO_DENSE_MAX_LEN = 1024
+
+
+def resolve_impl(config: ModelConfig, length: int, has_bias: bool, prob_dropout: bool,
+                 backend: str | None = None) -> str:
+  """The self-attention implementation for a sequence of `length` ("auto" resolved).
+
+  auto: on GPU, cuDNN's fused attention where it computes the same function (no T5 bias: cuDNN
+  takes a bias only as a dense [.., h, t, t] tensor; no dropout on the probabilities, which
+  `jax.nn.dot_product_attention` does not offer; half-precision compute, which cuDNN requires);
+  otherwise dense up to AUTO_DENSE_MAX_LEN and blockwise beyond.
+  """
+  backend = backend or jax.default_backend()
+  impl = config.attention_impl
+  if impl == "cudnn" and backend != "gpu":
+    raise ValueError(f"attention_impl='cudnn' needs a GPU; the backend is {backend!r}")
+  if impl != "auto":
+    return impl
+  if (backend == "gpu" and not has_bias and not prob_dropout
+      and config.dtype in ("bfloat16", "float16")):
+    return "cudnn"
+  return "dense" if length <= AUTO_DENSE_MAX_LEN else "blockwise"
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
@@ -63,17 +92,51 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     values = self.relative_attention_bias(bucket)  # [q, k, h]
     return jnp.transpose(values, (2, 0, 1))[None].astype(jnp.float32)
 
-  def __call__(self, x, mask_bias, position_bias=None, deterministic=True):
-    """x [b, t, D]; mask_bias additive [b|1, 1, t|1, t]; position_bias [1, h, t, t] (T5, shared).
+  def compute_bias_diagonals(self, length: int) -> jax.Array:
+    """T5's bias as a function of key - query only: [h, 2t - 1] float32, column (key - query) + t - 1.
+
+    The blockwise path expands it per block, so no [h, t, t] tensor exists.
+    """
+    rel = jnp.arange(-(length - 1), length)
+    bucket = relative_position_bucket(rel, bidirectional=not self.causal,
+                                      num_buckets=self.config.relative_attention_num_buckets,
+                                      max_distance=self.config.relative_attention_max_distance)
+    return self.relative_attention_bias(bucket).T.astype(jnp.float32)
+
+  def __call__(self, x, mask, position_bias=None, deterministic=True):
+    """x [b, t, D]; mask [b, t] bool (keys; the decoder adds the causal mask itself); position_bias:
+    T5's bias from layer 0 in the implementation's form ([1, h, t, t] dense and cudnn, [h, 2t - 1]
+    blockwise), None in layer 0 and for BART.
 
     Returns (output [b, t, D], position_bias) so that layer 0 can hand its bias to the others.
     """
+    c = self.config
     t = x.shape[1]
     q = self.project_q(x)
     k, v = self.project_kv(x)
+    has_bias = self.has_relative_attention_bias or position_bias is not None
+    prob_dropout = not deterministic and self.attn_dropout.rate > 0
+    impl = resolve_impl(c, t, has_bias, prob_dropout)
+    if impl == "blockwise":
+      if self.has_relative_attention_bias and position_bias is None:
+        position_bias = self.compute_bias_diagonals(t)
+      rng = self.make_rng("dropout") if prob_dropout else None
+      ctx = blockwise_attention(q, k, v, mask, rel_bias=position_bias, causal=self.causal,
+                                block_size=c.attention_block_size,
+                                dropout_rate=self.attn_dropout.rate, dropout_rng=rng)
+      return self.project_out(ctx), position_bias
     if self.has_relative_attention_bias and position_bias is None:
       pos = jnp.arange(t)
       position_bias = self.compute_bias(pos, pos)
+    if impl == "cudnn":
+      # Padding as sequence lengths (cuDNN's padding mask): masks must be right-padded, as the
+      # data pipeline makes them. A T5 bias goes in as the dense [1, h, t, t] tensor.
+      bias = None if position_bias is None else position_bias.astype(q.dtype)
+      ctx = jax.nn.dot_product_attention(
+          q, k, v, bias=bias, is_causal=self.causal, scale=1.0, implementation="cudnn",
+          key_value_seq_lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
+      return self.project_out(ctx), position_bias
+    mask_bias = layers.self_attention_mask_bias(mask, self.causal)
     bias = mask_bias if position_bias is None else position_bias + mask_bias
     ctx = layers.dot_product_attention(q, k, v, bias, dropout=self.attn_dropout,
                                        deterministic=deterministic)
