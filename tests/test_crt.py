@@ -47,7 +47,7 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", ["crt", "crt_layer_pooled_ortho", "xl"])
+@pytest.mark.parametrize("name", ["crt", pytest.param("crt_layer_pooled_ortho", marks=pytest.mark.slow), "xl"])
 def test_scan_equals_segment_loop_and_token_steps(name):
   """The scanned forward == a Python loop over segments == token-by-token decoding (float64)."""
   with jax.enable_x64(True):

@@ -91,6 +91,7 @@ def _assert_params_close(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0), a, b)
 
 
+@pytest.mark.slow  # ~2 min on 2 cores (two processes compile); run with pytest -m slow
 def test_two_processes_match_one_and_checkpoints_cross_over(tmp_path, corpus_dir, reference):  # noqa: F811
   from srformer_jax import train_lib
   cfg = mp_cfg()

@@ -43,8 +43,12 @@ def test_length_plan_counts_each_examples_own_segments():
   assert int(seg.max()) < 5  # no position reads a segment of pure padding
 
 
-# Every kind on T5; on BART (scaled queries, K^T V clamp, no bias) the two that differ most.
-ARCH_KINDS = [("t5", k) for k in SEGMENTED_KINDS] + [("bart", "srformer"), ("bart", "xl")]
+# Every kind on T5; on BART (scaled queries, K^T V clamp, no bias) the two that differ most. The
+# default suite runs the first four (each code path: segment softmax, RAF, xl's previous segment,
+# BART); the rest run with `pytest -m slow`.
+DEFAULT_ARCH_KINDS = [("t5", "srformer"), ("t5", "segmented"), ("t5", "xl"), ("bart", "srformer")]
+ARCH_KINDS = [pytest.param(a, k, marks=() if (a, k) in DEFAULT_ARCH_KINDS else pytest.mark.slow)
+              for a, k in [("t5", k) for k in SEGMENTED_KINDS] + [("bart", "srformer"), ("bart", "xl")]]
 
 
 @pytest.mark.parametrize("arch,kind", ARCH_KINDS)
@@ -63,7 +67,7 @@ def test_length_schedule_equals_padded_schedule_on_each_example_cut_to_its_lengt
     chex.assert_trees_all_close(got[row], alone[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["srformer", "xl"])
+@pytest.mark.parametrize("kind", ["srformer", pytest.param("xl", marks=pytest.mark.slow)])
 def test_length_schedule_does_not_depend_on_padding(kind):
   """The same documents padded to 256 and to 512 tokens give the same logits (1e-5); under the
   paper's schedule they do not (the check is sensitive)."""
