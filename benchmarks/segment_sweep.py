@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +32,8 @@ from benchmarks import common  # noqa: E402
 
 from srformer_jax.config import RAF_KINDS  # noqa: E402
 
+_STATS_LOCK = threading.Lock()
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
 # Paper (T5-small on CNN/DailyMail, ROUGE-1): Table 3 and Table 4 (s = 64).
 PAPER = {
@@ -40,13 +44,14 @@ PAPER = {
                       "kv_segment": 29.72},
 }
 
-# Model / schedule per preset. "cpu" finishes in about two hours on a quiet 2-core machine;
+# Model / schedule per preset. "cpu" (the issue's minimum grid, 9 cells, plus the ablations if let
+# run on) takes about two hours for its 9 cells on a quiet 2-core machine, two cells at a time;
 # "gpu" is a T5-small-shaped model with every cell and many more steps.
 PRESETS = {
     "cpu": dict(
-        sizes=(8, 64), length_sizes=(8,), ablation_size=8,
-        overrides={"train.num_steps": 500, "train.batch_size": 16, "train.save_every": 100,
-                   "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 60,
+        sizes=(8, 64), length_sizes=(8,), ablation_size=8, workers=2,
+        overrides={"train.num_steps": 600, "train.batch_size": 16, "train.save_every": 100,
+                   "train.log_every": 25, "train.learning_rate": 2e-3, "train.warmup_steps": 60,
                    "decode.num_beams": 2}),
     "gpu": dict(
         sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64,
@@ -98,6 +103,10 @@ def parse_args():
   p.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
   p.add_argument("--set", action="append", default=[],
                  help="extra config override for every cell, e.g. --set train.num_steps=300")
+  p.add_argument("--workers", type=int, default=None,
+                 help="cells trained at once, each single-threaded (on a 2-core CPU, 2 workers give "
+                      "~1.6x the cells per hour of one 2-thread cell; keep 1 on a GPU; default: "
+                      "the preset's)")
   p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the cells (default: jax's choice)")
   p.add_argument("--table", action="store_true",
                  help="print the README's markdown table from the JSON of this preset and exit")
@@ -130,6 +139,8 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
            os.path.join(REPO, "configs", "dialogsum_sweep.py"), f"--workdir={workdir}"]
     cmd += [f"--config.{k}={v}" for k, v in flags.items()]
     env = dict(os.environ)
+    if args.workers > 1:
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
     if args.platform:
       env["JAX_PLATFORMS"] = args.platform
     print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
@@ -141,7 +152,8 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
       timing["invocations"] += 1
       with open(timing_file, "w") as f:
         json.dump(timing, f)
-  return collect(cell, workdir, timing, run_config(overrides, cell))
+  with _STATS_LOCK:  # one cell's statistics at a time in this process
+    return collect(cell, workdir, timing, run_config(overrides, cell))
 
 
 def run_config(overrides: dict, cell: dict):
@@ -161,26 +173,35 @@ def run_config(overrides: dict, cell: dict):
   return cfg
 
 
-def raf_stats(cfg, workdir: str, examples: int = 64) -> dict:
-  """RAF firing per decoder layer of the trained cell on the first test examples (teacher forced
-  on the references): does the gate pass anything on? See srformer_jax.diagnostics."""
-  from srformer_jax import data, run_setup, train_lib
-  from srformer_jax.diagnostics import raf_statistics
+def cell_stats(cfg, workdir: str, kind: str, examples: int = 64) -> dict:
+  """Teacher-forced test loss with each example's own document and with documents swapped
+  (`diagnostics.source_reliance`: does the model read its input at all?) on the evaluated examples,
+  and, for RAF kinds, RAF firing per decoder layer on the first `examples` test examples: does the
+  gate pass anything on? See srformer_jax.diagnostics."""
+  from srformer_jax import data, run_setup
+  from srformer_jax.diagnostics import raf_statistics, source_reliance
   from srformer_jax.layers import shift_right
   model, tok, params = run_setup.load_trained_model(cfg, workdir)
-  src = train_lib.load_source(cfg, "eval_split", workdir)
-  batch, _, _ = next(data.eval_batches(src, tok, train_lib.batch_spec(cfg, examples), examples))
-  c = model.config
-  dec_in = shift_right(batch["labels"], c.decoder_start_token_id, c.pad_token_id)
-  return raf_statistics(model, params, batch["input_ids"], batch["attention_mask"], dec_in)
+  src = run_setup.load_source(cfg, "eval_split", workdir)
+  spec = run_setup.batch_spec(cfg, examples)
+  limit = cfg.data.get("max_eval_examples") or None
+  out = source_reliance(model, params,
+                        ((b, n) for b, _, n in data.eval_batches(src, tok, spec, limit)))
+  out["raf"] = None
+  if kind in RAF_KINDS:
+    batch, _, _ = next(data.eval_batches(src, tok, spec, examples))
+    c = model.config
+    dec_in = shift_right(batch["labels"], c.decoder_start_token_id, c.pad_token_id)
+    out["raf"] = raf_statistics(model, params, batch["input_ids"], batch["attention_mask"], dec_in)
+  return out
 
 
 def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
-  stats_file = os.path.join(workdir, "raf_stats.json")
-  if cfg is not None and cell["kind"] in RAF_KINDS and not os.path.exists(stats_file):
+  stats_file = os.path.join(workdir, "cell_stats.json")
+  if cfg is not None and not os.path.exists(stats_file):
     with open(stats_file, "w") as f:
-      json.dump(raf_stats(cfg, workdir), f, indent=2)
-  raf = json.load(open(stats_file)) if os.path.exists(stats_file) else None
+      json.dump(cell_stats(cfg, workdir, cell["kind"]), f, indent=2)
+  stats = json.load(open(stats_file)) if os.path.exists(stats_file) else {}
   rouge = json.load(open(os.path.join(workdir, "rouge.json")))
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   steps = rows[-1]["step"]
@@ -188,29 +209,33 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
-              invocations=timing["invocations"], workdir=workdir, raf=raf)
+              invocations=timing["invocations"], workdir=workdir, raf=stats.get("raf"),
+              test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"))
 
 
 def plot(results: list[dict], out_dir: str, name: str):
   plt = common.plt()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   full = [r for r in results if r["kind"] == "full"]
-  if full:
-    ax.axhline(full[0]["rouge1"], color="k", ls=":", label="full attention")
   styles = {"segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue"}
-  for kind, color in styles.items():
-    for schedule, ls in (("padded", "-"), ("length", "--")):
-      pts = sorted((r["s"], r["rouge1"]) for r in results
-                   if r["kind"] == kind and r["schedule"] == schedule)
-      if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=color,
-                label=f"{kind} ({schedule})")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("segment size s")
-  ax.set_ylabel("ROUGE-1 (test)")
-  ax.set_title("ROUGE-1 vs segment size (cf. paper Fig. 4)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  panels = (("rouge1", "ROUGE-1 (test)", "ROUGE-1 vs segment size (cf. paper Fig. 4)"),
+            ("test_loss", "test loss (teacher forced, nats/token)", "Test loss vs segment size"))
+  for ax, (metric, ylabel, title) in zip(axes, panels):
+    if full and full[0].get(metric) is not None:
+      ax.axhline(full[0][metric], color="k", ls=":", label="full attention")
+    for kind, color in styles.items():
+      for schedule, ls in (("padded", "-"), ("length", "--")):
+        pts = sorted((r["s"], r[metric]) for r in results
+                     if r["kind"] == kind and r["schedule"] == schedule and r.get(metric) is not None)
+        if pts:
+          ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=color,
+                  label=f"{kind} ({schedule})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("segment size s")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, f"{name}_fig4.png"), dpi=110)
   plt.close(fig)
@@ -245,12 +270,15 @@ def markdown_table(payload: dict) -> str:
     if not r.get("raf"):
       return "–"
     return " / ".join(f"{v['raf_fired']:.2f}" for v in r["raf"].values())
-  lines = ["| kind | s | schedule | R-1 | R-2 | R-L | R-Lsum | final train loss | RAF fired (per layer) "
-           "| steps | wall | paper R-1 |", "|" + " --- |" * 12]
+  def num(v, fmt):
+    return "–" if v is None else format(v, fmt)
+  lines = ["| kind | s | schedule | R-1 | R-2 | R-L | R-Lsum | final train loss | test loss "
+           "| source gain | RAF fired (per layer) | steps | wall | paper R-1 |", "|" + " --- |" * 14]
   for r in payload["cells"]:
     lines.append(f"| {r['kind']} | {r['s'] or '–'} | {r['schedule'] if r['s'] else '–'} | "
                  f"{r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} | {r['rougeLsum']:.2f} | "
-                 f"{r['final_train_loss']:.3f} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
+                 f"{r['final_train_loss']:.3f} | {num(r.get('test_loss'), '.3f')} | "
+                 f"{num(r.get('source_gain'), '.3f')} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
                  f"{paper(r)} |")
   missing = [n for n in payload["cells_planned"] if n not in {r["name"] for r in payload["cells"]}]
   if missing:
@@ -262,6 +290,8 @@ def main():
   args = parse_args()
   preset_name = "quick" if args.quick else args.preset
   preset = PRESETS[preset_name]
+  if args.workers is None:
+    args.workers = preset.get("workers", 1)
   if args.table:
     print(markdown_table(json.load(open(os.path.join(args.out, f"segment_sweep_{preset_name}.json")))))
     return
@@ -288,14 +318,19 @@ def main():
   only = set(filter(None, args.only.split(",")))
   grid = [c for c in cells(preset) if not only or c["name"] in only]
   name = f"segment_sweep_{preset_name}"
-  results = []
-  for cell in grid:
-    results.append(run_cell(cell, args, runs, overrides))
-    payload = {"preset": preset_name, "overrides": overrides, "git_commit": _git_commit(),
-               "machine": _machine(), "paper_t5_small_cnndm": PAPER, "cells": results,
-               "cells_planned": [c["name"] for c in grid]}
-    common.write(args.out, name, payload)
-    plot(results, args.out, name)
+  if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+  done: dict[str, dict] = {}
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
+    futures = {pool.submit(run_cell, cell, args, runs, overrides): cell for cell in grid}
+    for future in concurrent.futures.as_completed(futures):
+      done[futures[future]["name"]] = future.result()
+      results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
+      payload = {"preset": preset_name, "overrides": overrides, "git_commit": _git_commit(),
+                 "machine": _machine(), "paper_t5_small_cnndm": PAPER, "cells": results,
+                 "cells_planned": [c["name"] for c in grid], "workers": args.workers}
+      common.write(args.out, name, payload)
+      plot(results, args.out, name)
 
 
 def _git_commit() -> str:

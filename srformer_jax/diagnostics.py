@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -24,3 +25,39 @@ def raf_statistics(model, params, input_ids, attention_mask, decoder_input_ids) 
     for scalar in ("threshold", "leak"):
       stats[scalar] = float(np.asarray(flat_params[f"{layer}/{scalar}"]).reshape(()))
   return out
+
+
+def source_reliance(model, params, batches) -> dict:
+  """How much a trained model reads its input: mean teacher-forced cross-entropy per summary token
+  with each example's own document, and with the documents rotated by one inside each batch (every
+  summary then sees another example's document). `batches`: (batch, n_real) pairs with
+  input_ids / attention_mask / labels / label_mask, as `data.eval_batches` yields them (padded rows
+  past n_real are ignored). A gap near 0 means the decoder has not learnt to use the source yet, so
+  no cross-attention variant can differ from another; the gap bounds what cross-attention buys."""
+  from srformer_jax.layers import shift_right
+  c = model.config
+
+  @jax.jit
+  def summed(params, input_ids, attention_mask, labels, weights):
+    dec_in = shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
+    logits = model.apply({"params": params}, input_ids, attention_mask, dec_in)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    nll = -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]  # [batch, q]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+  totals = {"own": [0.0, 0.0], "rotated": [0.0, 0.0]}
+  for batch, n_real in batches:
+    if n_real < 2:
+      continue  # a lone example has no other document to swap in
+    rows = slice(0, n_real)
+    ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]
+    labels, weights = batch["labels"][rows], batch["label_mask"][rows].astype(np.float32)
+    for name, (i, m) in (("own", (ids, mask)),
+                         ("rotated", (np.roll(ids, 1, 0), np.roll(mask, 1, 0)))):
+      s, n = summed(params, i, m, labels, weights)
+      totals[name][0] += float(s)
+      totals[name][1] += float(n)
+  own = totals["own"][0] / max(totals["own"][1], 1.0)
+  rotated = totals["rotated"][0] / max(totals["rotated"][1], 1.0)
+  return {"test_loss": own, "test_loss_rotated_source": rotated, "source_gain": rotated - own,
+          "tokens": totals["own"][1]}

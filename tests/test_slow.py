@@ -1,6 +1,7 @@
 """Heavier end-to-end checks, run with `python -m pytest -m slow` (not in the default suite)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
   data_dir = os.path.join(shared_dir, "data", "dialogsum")
   cmd = [sys.executable, "benchmarks/segment_sweep.py", "--quick", f"--data_dir={data_dir}",
          f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}",
-         "--only=full,srformer_s8_length,recurrent_only_s8_padded"]
+         "--only=full,srformer_s8_length,recurrent_only_s8_padded", "--workers=2"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=1200)
@@ -45,6 +46,8 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
   assert [c["name"] for c in result["cells"]] == ["full", "srformer_s8_length", "recurrent_only_s8_padded"]
   assert all(c["steps"] == 6 and c["eval_examples"] == 8 for c in result["cells"])
   assert result["cells"][1]["raf"] and result["cells"][0]["raf"] is None
+  for c in result["cells"]:  # teacher-forced test loss, own vs swapped documents
+    assert math.isfinite(c["test_loss"]) and math.isfinite(c["source_gain"])
   assert (tmp_path / "out" / "segment_sweep_quick_fig4.png").exists()
   assert (tmp_path / "out" / "segment_sweep_quick_ablations.png").exists()
   before = os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json")
