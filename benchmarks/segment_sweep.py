@@ -269,11 +269,12 @@ def markdown_table(payload: dict) -> str:
   def fired(r):
     if not r.get("raf"):
       return "–"
-    return " / ".join(f"{v['raf_fired']:.2f}" for v in r["raf"].values())
+    return " / ".join(f"{v['raf_fired']:.2f}" + (f" ({v['recurrent_share']:.2f})" if "recurrent_share" in v else "")
+                      for v in r["raf"].values())
   def num(v, fmt):
     return "–" if v is None else format(v, fmt)
   lines = ["| kind | s | schedule | R-1 | R-2 | R-L | R-Lsum | final train loss | test loss "
-           "| source gain | RAF fired (per layer) | steps | wall | paper R-1 |", "|" + " --- |" * 14]
+           "| source gain | RAF fired (recurrent share), per layer | steps | wall | paper R-1 |", "|" + " --- |" * 14]
   for r in payload["cells"]:
     lines.append(f"| {r['kind']} | {r['s'] or '–'} | {r['schedule'] if r['s'] else '–'} | "
                  f"{r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} | {r['rougeLsum']:.2f} | "

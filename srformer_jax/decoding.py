@@ -245,6 +245,17 @@ def generate_jit(model, params, input_ids, attention_mask=None, dc: DecodeConfig
   return _generate_jitted(model, params, input_ids, attention_mask, dc, return_scores)
 
 
+def compile_generate(model, params, input_ids, attention_mask, dc: DecodeConfig = DecodeConfig(),
+                     return_scores: bool = False):
+  """`generate` compiled ahead of time for these argument shapes and shardings: a callable
+  (params, input_ids, attention_mask) -> output. Multi-process callers compile, wait at a barrier,
+  then call, so that no process enters the decode's collectives while a peer still compiles."""
+  if not isinstance(dc, DecodeConfig):
+    raise TypeError(f"dc must be a DecodeConfig, got {type(dc).__name__}")
+  compiled = _generate_jitted.lower(model, params, input_ids, attention_mask, dc, return_scores).compile()
+  return lambda p, ids, mask: compiled(p, ids, mask)
+
+
 def stepwise_logits(model: nn.Module, params, input_ids, attention_mask, decoder_input_ids,
                     max_len: int | None = None):
   """Teacher-forced logits [b, q, V] computed token by token through the decoding cache

@@ -11,8 +11,9 @@ from flax import traverse_util
 def raf_statistics(model, params, input_ids, attention_mask, decoder_input_ids) -> dict:
   """Per decoder layer, on one teacher-forced batch: RAF's threshold and leak, the fraction of
   RAF output entries that fired (> 0) and their mean |value|, over the segments RAF stepped
-  through. A gate that never fires passes nothing of the other segments on (SRformer then
-  degenerates to segmented attention); {} for kinds without RAF."""
+  through, and `recurrent_share`, the recurrent term's share of the attention output's magnitude.
+  A gate that never fires passes nothing of the other segments on (SRformer then degenerates to
+  segmented attention); {} for kinds without RAF."""
   _, state = model.apply({"params": params}, input_ids, attention_mask, decoder_input_ids,
                          mutable=["intermediates"])
   flat = traverse_util.flatten_dict(state.get("intermediates", {}), sep="/")

@@ -15,8 +15,8 @@ import re
 import jax
 import numpy as np
 
-from srformer_jax import data, run_setup, sharding
-from srformer_jax.decoding import DecodeConfig, generate_jit
+from srformer_jax import data, run_setup, sharding, validation
+from srformer_jax.decoding import DecodeConfig, compile_generate
 
 log = logging.getLogger(__name__)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -71,11 +71,16 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   dc = decode_config(cfg)
   preds, refs = [], []
   bar = tqdm(desc="eval", dynamic_ncols=True, disable=not run_setup.is_main())
+  gen = None
   for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.get("max_eval_examples"), rows):
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    validation.id_range(ids, model.config.vocab_size, "input_ids")
     if put is not None:
       ids, mask = put(ids), put(mask)
-    out = generate_jit(model, params, ids, mask, dc)
+    if gen is None:  # every batch has this shape (the last one is padded): one compilation
+      gen = compile_generate(model, params, ids, mask, dc)
+      run_setup.barrier("eval_generate_compiled")  # see compile_generate
+    out = gen(params, ids, mask)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       out = multihost_utils.process_allgather(out, tiled=True)

@@ -7,6 +7,7 @@ never the model.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import jax
@@ -57,6 +58,14 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
   if n > devices.size:
     raise ValueError(f"mesh {tuple(shape)} needs {n} devices, {devices.size} available")
   return Mesh(devices.reshape(-1)[:n].reshape(shape), MESH_AXES)  # a smaller mesh uses the first n
+
+
+def mesh_context(mesh: Mesh, rules=DEFAULT_RULES) -> contextlib.ExitStack:
+  """The mesh and logical axis rules in force while tracing (activation sharding constraints)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh)
+  stack.enter_context(nn.logical_axis_rules(rules))
+  return stack
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):

@@ -173,12 +173,7 @@ class Trainer:
 
   def context(self):
     """Mesh + logical axis rules, needed while tracing (activation sharding constraints)."""
-    import contextlib
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.sharding.use_mesh(self.mesh) if hasattr(jax.sharding, "use_mesh")
-                        else self.mesh)
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
+    return sharding.mesh_context(self.mesh, self.rules)
 
   def init_state(self, rng, params=None) -> TrainState:
     """A sharded fresh state; with `params` (e.g. converted from HF) those replace the random init."""
@@ -208,11 +203,19 @@ class Trainer:
       return jax.make_array_from_process_local_data(self.batch_sharding, v, shape)
     return {k: put(v) for k, v in batch.items()}
 
-  def compile(self, state, batch, rng):
-    """Compiles the step ahead of its first call (for these argument shapes/shardings only)."""
-    first_bad = jax.device_put(np.int32(-1), self.replicated)
+  def lower(self, state, batch, rng):
+    """The step lowered for these arguments (arrays or jax.ShapeDtypeStruct; `batch` global, e.g.
+    from shard_batch): `.compile()`, then `.cost_analysis()` / `.memory_analysis()`. The compiled
+    step takes (state, batch, rng, first_bad) and returns (state, metrics), as `step` does."""
+    first_bad = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
     with self.context():
-      self._compiled = self._step.lower(state, self.shard_batch(batch), rng, first_bad).compile()
+      return self._step.lower(state, batch, rng, first_bad)
+
+  def compile(self, state, batch, rng):
+    """Compiles the step ahead of its first call (for these argument shapes/shardings only);
+    `step` then runs the compiled executable."""
+    self._compiled = self.lower(state, self.shard_batch(batch), rng).compile()
+    return self._compiled
 
   def step(self, state, batch, rng, first_bad=None):
     """(state, metrics); `batch`: numpy (this process's rows) or global arrays; `first_bad`: the

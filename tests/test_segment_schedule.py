@@ -155,12 +155,16 @@ def test_raf_statistics_report_firing_per_layer():
   assert len(stats) == config.num_decoder_layers
   for layer in stats.values():
     assert 0.0 < layer["raf_fired"] < 1.0 and layer["raf_mean_abs_out"] > 0.0
+    assert 0.0 < layer["recurrent_share"] < 1.0
     assert layer["threshold"] == pytest.approx(config.raf_threshold_init)
+  padded = dataclasses.replace(config, segment_schedule="padded")
+  for layer in raf_statistics(build_model(padded), params, ids, mask, dec).values():
+    assert 0.0 < layer["raf_fired"] < 1.0 and 0.0 < layer["recurrent_share"] < 1.0
   # an enormous threshold: nothing fires, nothing is passed on
   high = jax.tree_util.tree_map_with_path(
       lambda p, x: x * 1e6 if "threshold" in jax.tree_util.keystr(p) else x, params)
   for layer in raf_statistics(build_model(config), high, ids, mask, dec).values():
-    assert layer["raf_fired"] == 0.0
+    assert layer["raf_fired"] == 0.0 and layer["recurrent_share"] == 0.0
   assert raf_statistics(build_model(dataclasses.replace(config, cross_attention="segmented")),
                         params, ids, mask, dec) == {}
 

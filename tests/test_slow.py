@@ -53,3 +53,20 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
   before = os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json")
   subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600)
   assert os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json") == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["cross_attention_cost", "decode_scaling", "input_pipeline", "long_inputs",
+                                    "train_throughput", "vs_hf_torch"])
+def test_benchmark_quick(tmp_path, script):
+  """Each benchmark's --quick mode runs against the current library and writes its JSON (the
+  numbers are not checked: they are measurements, not assertions)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--repeats=1", f"--out={tmp_path}"],
+                 cwd=REPO, env=env, check=True, timeout=1800)
+  outputs = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+  assert outputs, f"{script} wrote no JSON"
+  for f in outputs:
+    with open(tmp_path / f) as fh:
+      assert json.load(fh)

@@ -161,6 +161,7 @@ def _workdir(tmp_path, corpus_dir, name):
   return str(w)
 
 
+@pytest.mark.slow  # the default suite checks exact resume in test_train_system (resume after a crash)
 def test_kill_and_resume_is_exact(tmp_path, corpus_dir):
   cfg = docstring_cfg(num_steps=6, save_every=3)
   straight = _workdir(tmp_path, corpus_dir, "straight")
@@ -179,6 +180,7 @@ def test_kill_and_resume_is_exact(tmp_path, corpus_dir):
   assert os.path.exists(os.path.join(straight, "loss.png"))
 
 
+@pytest.mark.slow  # evaluate() runs in the default suite through the tfds end-to-end test
 def test_offline_default_loss_falls_and_evaluates(tmp_path, corpus_dir):
   """The default config's pipeline, shortened (the full run is the README's main command)."""
   spec = importlib.util.spec_from_file_location("default_cfg", os.path.join(REPO, "configs", "default.py"))

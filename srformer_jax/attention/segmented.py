@@ -269,6 +269,16 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     self.sow("intermediates", "raf_fired", jnp.sum((outs > 0) & on) / count)
     self.sow("intermediates", "raf_mean_abs_out", jnp.sum(jnp.where(on, jnp.abs(outs), 0)) / count)
 
+  def _sow_recurrent_share(self, segment_read, recurrent_read):
+    """Records (like `_sow_raf_statistics`) the recurrent term's share of the attention output's
+    magnitude, mean|rec| / (mean|segment softmax| + mean|rec|): 0 when the other segments add
+    nothing (SRformer then is segmented attention), 1 for recurrent_only."""
+    if not self.is_mutable_collection("intermediates"):
+      return
+    seg = jnp.mean(jnp.abs(segment_read.astype(jnp.float32)))
+    rec = jnp.mean(jnp.abs(recurrent_read.astype(jnp.float32)))
+    self.sow("intermediates", "recurrent_share", rec / jnp.maximum(seg + rec, 1e-30))
+
   def _scale_by_key_norm(self, out, ks):
     """out / ||K|| (per head and value feature): out [b, n, h, d, e], ks [b, m, s, h, e]."""
     if self.config.cross_attention == "no_norm":
@@ -316,7 +326,9 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, plan.active), ks)
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
         rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
-      ctx = ctx + self._recurrent_read(qg, rec)
+      read = self._recurrent_read(qg, rec)
+      self._sow_recurrent_share(ctx, read)
+      ctx = ctx + read
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
     return ctx.astype(q.dtype)
 
@@ -336,7 +348,9 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                                         deterministic)  # [b, q, s', h, d] per position
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, visited), ks)  # [b,m,h,d,e]
-      ctx = ctx + self._recurrent_read(qg, rec[rows, seg])
+      read = self._recurrent_read(qg, rec[rows, seg])
+      self._sow_recurrent_share(ctx, read)
+      ctx = ctx + read
     return ctx[:, :, 0].astype(q.dtype)
 
   # ---------------------------------------------------------------------------------------------

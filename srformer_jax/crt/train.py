@@ -9,7 +9,6 @@ exactly where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -113,11 +112,7 @@ class LMTrainer:
                            out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
 
   def context(self):
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.sharding.use_mesh(self.mesh) if hasattr(jax.sharding, "use_mesh")
-                        else self.mesh)
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
+    return sharding.mesh_context(self.mesh, self.rules)
 
   def init_state(self, rng) -> LMTrainState:
     with self.context():
