@@ -169,6 +169,31 @@ def test_raf_statistics_report_firing_per_layer():
                         params, ids, mask, dec) == {}
 
 
+def test_source_reliance_is_the_loss_with_own_and_rotated_documents():
+  from srformer_jax.diagnostics import source_reliance
+  from srformer_jax.layers import shift_right
+  config = tiny(cross_attention="srformer", segment_size=8, gen_len=10)
+  params = init_params(config, jax.random.key(2))
+  ids, mask, labels = ragged_batch()
+  weights = (np.arange(10)[None] < np.array([[10], [7], [4]])).astype(np.int32)
+
+  def mean_loss(ids, mask):  # independent of source_reliance: the model's log-probs directly
+    dec = shift_right(jnp.asarray(labels), config.decoder_start_token_id, config.pad_token_id)
+    logp = jax.nn.log_softmax(_logits(config, params, ids, mask, dec), -1)
+    nll = -np.take_along_axis(np.asarray(logp), labels[..., None], -1)[..., 0]
+    return float((nll * weights).sum() / weights.sum())
+
+  batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "label_mask": weights}
+  padded = {k: np.concatenate([v, v[:1] * 0 + 5]) for k, v in batch.items()}  # a 4th, padding row
+  lone = {k: v[:1] for k, v in batch.items()}
+  out = source_reliance(build_model(config), params, [(padded, 3), (lone, 1)])
+  own, rotated = mean_loss(ids, mask), mean_loss(np.roll(ids, 1, 0), np.roll(mask, 1, 0))
+  assert out["test_loss"] == pytest.approx(own, abs=1e-5)
+  assert out["test_loss_rotated_source"] == pytest.approx(rotated, abs=1e-5)
+  assert out["source_gain"] == pytest.approx(rotated - own, abs=1e-5) and abs(rotated - own) > 1e-4
+  assert out["tokens"] == weights.sum()  # the padding row and the lone example are not counted
+
+
 def test_length_schedule_with_raf_remat_same_loss_and_gradients():
   config = tiny(cross_attention="srformer", segment_size=4, gen_len=10, segment_schedule="length")
   params = init_params(config, jax.random.key(5))
