@@ -196,8 +196,10 @@ def main():
   jax = common.setup_platform(args.platform)
   lengths = [int(x) for x in args.lengths.split(",")]
   variants = args.variants.split(",")
-  if args.quick:
-    lengths = lengths[:1]
+  block_sizes = [int(b) for b in args.block_sizes.split(",")]
+  if args.quick:  # smoke test: the smallest length, two variants, one block size, batch 1
+    lengths, block_sizes, args.batch = lengths[:1], block_sizes[:1], 1
+    variants = [v for v in variants if v in ("dense", "blockwise")] or variants[:2]
   payload = {"machine": common.machine(jax), "model": dataclasses.asdict(model_config("dense", args.dtype)),
              "q": Q, "memory": [], "timing": []}
   name = f"long_inputs_{args.platform}{args.tag}"
@@ -213,7 +215,6 @@ def main():
         if (variant, k, args.batch) not in done:
           payload["memory"].append(memory_row(jax, variant, k, args.batch, args.dtype))
           common.write(args.out, name, payload)
-  block_sizes = [int(b) for b in args.block_sizes.split(",")]
   if args.residuals:
     payload["residuals"] = [residual_row(jax, v, k, args.batch, args.dtype) for k in lengths
                             for v in variants]

@@ -36,8 +36,8 @@ def main():
   from srformer_jax.train_lib import Trainer
 
   lengths = [int(x) for x in args.lengths.split(",")]
-  if args.quick:
-    lengths = lengths[:1]
+  if args.quick:  # smoke test: one length, batch 1
+    lengths, args.batch = lengths[:1], 1
   q = 128
   info = common.machine(jax)
   peak = peak_flops(info["device"]) if info["platform"] == "gpu" else None
