@@ -204,13 +204,16 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   stats = json.load(open(stats_file)) if os.path.exists(stats_file) else {}
   rouge = json.load(open(os.path.join(workdir, "rouge.json")))
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  with open(os.path.join(workdir, "predictions.jsonl")) as f:  # 1 = the same summary for every input
+    distinct = len({json.loads(line)["prediction"] for line in f})
   steps = rows[-1]["step"]
   tail = [r["loss"] for r in rows if r["step"] > 0.9 * steps] or [rows[-1]["loss"]]
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
               invocations=timing["invocations"], workdir=workdir, raf=stats.get("raf"),
-              test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"))
+              test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
+              distinct_predictions=distinct)
 
 
 def plot(results: list[dict], out_dir: str, name: str):
@@ -274,12 +277,13 @@ def markdown_table(payload: dict) -> str:
   def num(v, fmt):
     return "–" if v is None else format(v, fmt)
   lines = ["| kind | s | schedule | R-1 | R-2 | R-L | R-Lsum | final train loss | test loss "
-           "| source gain | RAF fired (recurrent share), per layer | steps | wall | paper R-1 |", "|" + " --- |" * 14]
+           "| source gain | distinct predictions | RAF fired (recurrent share), per layer | steps | wall "
+           "| paper R-1 |", "|" + " --- |" * 15]
   for r in payload["cells"]:
     lines.append(f"| {r['kind']} | {r['s'] or '–'} | {r['schedule'] if r['s'] else '–'} | "
                  f"{r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} | {r['rougeLsum']:.2f} | "
                  f"{r['final_train_loss']:.3f} | {num(r.get('test_loss'), '.3f')} | "
-                 f"{num(r.get('source_gain'), '.3f')} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
+                 f"{num(r.get('source_gain'), '.4f')} | {num(r.get('distinct_predictions'), 'd')} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
                  f"{paper(r)} |")
   missing = [n for n in payload["cells_planned"] if n not in {r["name"] for r in payload["cells"]}]
   if missing:

@@ -48,6 +48,7 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
   assert result["cells"][1]["raf"] and result["cells"][0]["raf"] is None
   for c in result["cells"]:  # teacher-forced test loss, own vs swapped documents
     assert math.isfinite(c["test_loss"]) and math.isfinite(c["source_gain"])
+    assert 1 <= c["distinct_predictions"] <= c["eval_examples"]
   assert (tmp_path / "out" / "segment_sweep_quick_fig4.png").exists()
   assert (tmp_path / "out" / "segment_sweep_quick_ablations.png").exists()
   before = os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json")
