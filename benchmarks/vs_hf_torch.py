@@ -92,12 +92,11 @@ def main():
                                  "labels": labels.astype(np.int32),
                                  "label_mask": np.ones_like(labels, np.int32)})
 
-    def step():
-      holder["state"], m = trainer._step(holder["state"], batch, jax.random.key(1))
+    def step():  # Trainer.step: the jitted step with its divergence flag (default: no bad step yet)
+      holder["state"], m = trainer.step(holder["state"], batch, jax.random.key(1))
       return m["loss"]
 
-    with trainer.context():
-      tr = common.time_fn(step, args.repeats)
+    tr = common.time_fn(step, args.repeats)
     rows.append(dict(impl="srformer_jax", kind=kind, generate_s=gen["median_s"], train_step_s=tr["median_s"],
                      generate_compile_s=gen["first_call_s"], train_compile_s=tr["first_call_s"]))
     print(f"ours {kind:<9} generate {gen['median_s']:.3f} s   train step {tr['median_s']:.3f} s  "
