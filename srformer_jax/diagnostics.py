@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -35,16 +34,14 @@ def source_reliance(model, params, batches) -> dict:
   input_ids / attention_mask / labels / label_mask, as `data.eval_batches` yields them (padded rows
   past n_real are ignored). A gap near 0 means the decoder has not learnt to use the source yet, so
   no cross-attention variant can differ from another; the gap bounds what cross-attention buys."""
-  from srformer_jax.layers import shift_right
-  c = model.config
+  from srformer_jax.train_lib import loss_and_metrics  # the training loss, summed over tokens
 
   @jax.jit
   def summed(params, input_ids, attention_mask, labels, weights):
-    dec_in = shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
-    logits = model.apply({"params": params}, input_ids, attention_mask, dec_in)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]  # [batch, q]
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "label_mask": weights}
+    _, m = loss_and_metrics(model, params, batch, None, deterministic=True)
+    return m["loss_sum"], m["tokens"]
 
   totals = {"own": [0.0, 0.0], "rotated": [0.0, 0.0]}
   for batch, n_real in batches:
