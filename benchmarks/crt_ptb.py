@@ -1,17 +1,25 @@
-"""CRT vs baselines on WordPTB: test perplexity and forward FLOPs per token (XLA cost analysis).
+"""CRT vs baselines on WordPTB: perplexity with seeds and 95% intervals, and forward FLOPs per token.
 
-Runs, all with the same shallow Transformer, optimiser, steps and tokens per step (windows of L tokens
-per stream): the full-context Transformer (segments of L), the same on independent segments of L/2 and
-L/4, Transformer-XL on L/2 (cache of the previous segment), and CRT on L/2 and L/4 (GRU memory).
-Ablations of CRT's design choices follow when the budget allows (memory added at every layer instead
-of one token; memory updated from the pooled segment output instead of a GRU over the outputs; the
-orthogonal GRU cell).
+The protocol (CRT, arXiv 2505.00929: a shallow Transformer on short segments plus a persistent
+recurrent memory matches a full-length Transformer on WordPTB at lower cost). Every run has the same
+shallow Transformer, optimiser, schedule, data order and tokens per step (windows of L tokens per
+stream), and is trained until its validation perplexity stops improving: validation every
+`eval_every` steps, the best state kept, stop after `patience` validations without a new best, test
+perplexity of the best-validation state. Models: the full-context Transformer (segments of L), the
+same on independent segments of L/2 and L/4 (no memory), Transformer-XL on L/2, CRT on L/2 and L/4,
+then CRT's design alternatives (memory at every layer, pooled update, orthogonal cell); then full,
+segmented L/4 and CRT L/4 at a longer L where CRT's forward FLOPs are below full's.
 
-Each run is a workdir under --workdir (train_lm's checkpoints, metrics.jsonl, loss.png); a killed
-benchmark started again resumes the unfinished run and skips finished ones. Results are rewritten
-after every run: results/crt_ptb_<preset>.json and .png.
+Gate (before any claim): the memory-less model on L/4 must be >= 1.05x the full-context test
+perplexity with separated 95% intervals, i.e. the models use their context. Claim: CRT on L/4 within
+2% of full L (or better) and below segmented L/4 with separated intervals.
 
-  python benchmarks/crt_ptb.py --preset cpu --data_dir ../shared/data/ptb      # ~90 min, 2-core CPU
+The plan runs in the order that answers most first (seed 0 of the gate/claim models, then seeds 1, 2,
+...). Each finished run writes results/crt_ptb_<preset>/<run>.json (commit it); the benchmark
+started again skips finished runs and resumes the unfinished one from its checkpoint. After every run
+results/crt_ptb_<preset>.json (runs, per-model mean and interval, gate, claim) and .png are rewritten.
+
+  python benchmarks/crt_ptb.py --preset cpu --data_dir ../shared/data/ptb      # ~3-4 h, 2-core CPU
   python benchmarks/crt_ptb.py --preset gpu --platform gpu --data_dir ...      # bigger, for a GPU
   python benchmarks/crt_ptb.py --quick                                          # smoke, synthetic text
 """
@@ -25,34 +33,69 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, stats  # noqa: E402
 
+# Per preset: the model and schedule shared by every run, the seeds, and the longer-context repeat.
+# cpu: d 128, 2 layers, L = 64; one epoch of PTB (~930k tokens) is ~450 steps of 32 x 64 tokens, so
+# 2000 steps is ~4.4 epochs, validated every 250 steps (~0.55 epoch). The L = 512 repeat keeps the
+# tokens per step of the same order (8 streams x 512) and the same number of epochs.
 PRESETS = {
-    # context L, model sizes, training budget. CPU: sized for a shared 2-core machine (one epoch of
-    # PTB is ~0.93M tokens; this budget is ~0.5 epoch per run, so perplexities are far from converged).
-    "cpu": dict(context_len=64, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.0,
-                batch_size=16, num_steps=480, learning_rate=2e-3, warmup_steps=30, eval_batch_size=10),
+    "cpu": dict(context_len=64, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.1,
+                batch_size=32, num_steps=2000, learning_rate=2e-3, warmup_steps=100, eval_every=250,
+                patience=2, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
+                long=dict(context_len=512, batch_size=8, num_steps=1000, eval_every=125, seeds=(0, 1))),
     "gpu": dict(context_len=256, d_model=512, num_heads=8, d_ff=2048, num_layers=3, dropout_rate=0.3,
-                batch_size=32, num_steps=6000, learning_rate=5e-4, warmup_steps=400, eval_batch_size=10),
+                batch_size=32, num_steps=6000, learning_rate=5e-4, warmup_steps=400, eval_every=500,
+                patience=3, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
+                long=dict(context_len=1024, batch_size=8, num_steps=6000, eval_every=500, seeds=(0, 1))),
     "quick": dict(context_len=16, d_model=32, num_heads=2, d_ff=64, num_layers=2, dropout_rate=0.0,
-                  batch_size=4, num_steps=6, learning_rate=3e-3, warmup_steps=2, eval_batch_size=2),
+                  batch_size=4, num_steps=6, learning_rate=3e-3, warmup_steps=2, eval_every=3,
+                  patience=1, eval_batch_size=2, seeds=(0, 1), extra_seeds=(0,),
+                  long=dict(context_len=32, batch_size=2, num_steps=4, eval_every=2, seeds=(0,))),
 }
 
 # name: (memory kind, segment fraction of L, CRT overrides)
-RUNS = [
-    ("full_L", "none", "full", {}),
-    ("crt_L/2", "crt", "half", {}),
-    ("crt_L/4", "crt", "quarter", {}),
-    ("segmented_L/2", "none", "half", {}),
-    ("segmented_L/4", "none", "quarter", {}),
-    ("xl_L/2", "xl", "half", {}),
-    ("crt_L/2_layer", "crt", "half", {"memory_input": "layer"}),
-    ("crt_L/2_pooled", "crt", "half", {"memory_update": "pooled"}),
-    ("crt_L/2_ortho", "crt", "half", {"cell": "ortho_gru"}),
-]
+MODELS = {
+    "full_L": ("none", "full", {}),
+    "segmented_L/4": ("none", "quarter", {}),
+    "crt_L/4": ("crt", "quarter", {}),
+    "segmented_L/2": ("none", "half", {}),
+    "crt_L/2": ("crt", "half", {}),
+    "xl_L/2": ("xl", "half", {}),
+    "crt_L/2_layer": ("crt", "half", {"memory_input": "layer"}),
+    "crt_L/2_pooled": ("crt", "half", {"memory_update": "pooled"}),
+    "crt_L/2_ortho": ("crt", "half", {"cell": "ortho_gru"}),
+}
+GATE_CLAIM = ("full_L", "segmented_L/4", "crt_L/4")
+MAIN = GATE_CLAIM + ("segmented_L/2", "crt_L/2", "xl_L/2")
+ALTERNATIVES = ("crt_L/2_layer", "crt_L/2_pooled", "crt_L/2_ortho")
 
 
-def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_dir: str):
+def plan(preset: dict) -> list[dict]:
+  """Every run of the protocol, in the order it runs: seed by seed for the gate/claim models, then
+  the other main models seed by seed, the alternatives, and the longer-context repeat."""
+  base = preset["context_len"]
+  runs = [dict(name=n, seed=k, context_len=base) for k in preset["seeds"] for n in GATE_CLAIM]
+  runs += [dict(name=n, seed=k, context_len=base) for k in preset["seeds"] for n in MAIN[3:]]
+  runs += [dict(name=n, seed=k, context_len=base) for k in preset["extra_seeds"] for n in ALTERNATIVES]
+  long = preset["long"]
+  runs += [dict(name=n, seed=k, context_len=long["context_len"]) for k in long["seeds"] for n in GATE_CLAIM]
+  return runs
+
+
+def run_id(run: dict) -> str:
+  return f"L{run['context_len']}_{run['name'].replace('/', '_')}_seed{run['seed']}"
+
+
+def settings_for(preset: dict, context_len: int) -> dict:
+  """The preset's settings at this context length (the longer-context repeat overrides a few)."""
+  p = {k: v for k, v in preset.items() if k not in ("long", "seeds", "extra_seeds")}
+  if context_len != preset["context_len"]:
+    p.update({k: v for k, v in preset["long"].items() if k != "seeds"})
+  return p
+
+
+def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_dir: str, seed: int):
   from configs import lm_ptb
   p = preset
   cfg = lm_ptb.lm_config(memory, fraction, context_len=p["context_len"])
@@ -60,8 +103,8 @@ def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_d
                    num_layers=p["num_layers"], dropout_rate=p["dropout_rate"], **overrides)
   cfg.data.update(data_dir=data_dir, eval_batch_size=p["eval_batch_size"])
   cfg.train.update(batch_size=p["batch_size"], num_steps=p["num_steps"], learning_rate=p["learning_rate"],
-                   warmup_steps=p["warmup_steps"], eval_every=0, log_every=20,
-                   save_every=max(p["num_steps"] // 6, 1))
+                   warmup_steps=p["warmup_steps"], eval_every=p["eval_every"], patience=p["patience"],
+                   log_every=25, save_every=p["eval_every"], seed=seed)
   return cfg
 
 
@@ -95,18 +138,78 @@ def synthetic_corpus(root: str) -> str:
   return root
 
 
-def plot(rows: list[dict], path: str, title: str):
+def training_summary(rundir: str) -> dict:
+  """Epochs, steps and median training tokens/s (log intervals after the first, which holds the
+  compilation) from a run's metrics.jsonl."""
+  rows = []
+  with open(os.path.join(rundir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  speeds = sorted(r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s") and "valid_nll" not in r)
+  last = rows[-1] if rows else {}
+  return {"steps": last.get("step"), "epochs": last.get("epoch"),
+          "train_tokens_per_s": speeds[len(speeds) // 2] if speeds else None}
+
+
+def aggregate(runs: list[dict]) -> dict:
+  """Per model (name, context_len): mean and 95% interval over seeds of test and valid perplexity;
+  the gate and the claim at every context length that has their models."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in runs:
+    groups.setdefault((r["name"], r["context_len"]), []).append(r)
+  models = []
+  for (name, context), rs in groups.items():
+    first = rs[0]
+    models.append({"name": name, "context_len": context, "segment_len": first["segment_len"],
+                   "seeds": sorted(r["seed"] for r in rs),
+                   "test_ppl": stats.mean_ci([r["test_ppl"] for r in rs]),
+                   "valid_ppl": stats.mean_ci([r["valid_ppl"] for r in rs]),
+                   "epochs": stats.mean_ci([r["epochs"] for r in rs]),
+                   "flops_per_token": first["flops_per_token"],
+                   "flops_per_token_without_output_layer": first["flops_per_token_without_output_layer"],
+                   "train_tokens_per_s": stats.mean_ci([r["train_tokens_per_s"] for r in rs
+                                                        if r.get("train_tokens_per_s")] or [0.0])})
+  out = {"models": models, "gate": {}, "claim": {}}
+  by = {(m["name"], m["context_len"]): m for m in models}
+  for context in sorted({m["context_len"] for m in models}):
+    full, seg, crt = (by.get((n, context)) for n in GATE_CLAIM)
+    if full and seg:
+      ratio = seg["test_ppl"]["mean"] / full["test_ppl"]["mean"]
+      sep = stats.separated(seg["test_ppl"], full["test_ppl"])
+      out["gate"][str(context)] = {
+          "segmented_L/4_over_full": ratio, "intervals_separated": sep,
+          "seeds": min(len(full["seeds"]), len(seg["seeds"])),
+          "holds": bool(ratio >= 1.05 and sep),
+          "rule": "segmented_L/4 test ppl >= 1.05x full_L's, 95% intervals separated"}
+    if full and seg and crt:
+      ratio = crt["test_ppl"]["mean"] / full["test_ppl"]["mean"]
+      below = crt["test_ppl"]["mean"] < seg["test_ppl"]["mean"] and stats.separated(crt["test_ppl"], seg["test_ppl"])
+      flops = crt["flops_per_token_without_output_layer"] / full["flops_per_token_without_output_layer"]
+      out["claim"][str(context)] = {
+          "crt_L/4_over_full": ratio, "crt_L/4_below_segmented_L/4_separated": bool(below),
+          "crt_L/4_flops_over_full": flops, "holds": bool(ratio <= 1.02 and below),
+          "rule": "crt_L/4 test ppl <= 1.02x full_L's, and below segmented_L/4 with separated 95% intervals"}
+  return out
+
+
+def plot(models: list[dict], path: str, title: str):
+  """Test perplexity (mean, 95% interval over seeds) against forward FLOPs per token, one panel per L."""
   plt = common.plt()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for r in rows:
-    ax.scatter(r["flops_per_token_without_output_layer"] / 1e6, r["test_ppl"],
-               marker="*" if r["memory"] == "crt" else "o", s=80)
-    ax.annotate(r["name"], (r["flops_per_token_without_output_layer"] / 1e6, r["test_ppl"]),
-                textcoords="offset points", xytext=(4, 4), fontsize=8)
-  ax.set_xlabel("forward MFLOPs / token, without the (shared) output layer")
-  ax.set_ylabel("test perplexity")
-  ax.set_title(title, fontsize=9)
-  ax.grid(alpha=0.3)
+  contexts = sorted({m["context_len"] for m in models})
+  fig, axes = plt.subplots(1, len(contexts), figsize=(6.5 * len(contexts), 4.5), squeeze=False)
+  for ax, context in zip(axes[0], contexts):
+    for m in (m for m in models if m["context_len"] == context):
+      x = m["flops_per_token_without_output_layer"] / 1e6
+      t = m["test_ppl"]
+      err = None if t["lo"] is None else [[t["mean"] - t["lo"]], [t["hi"] - t["mean"]]]
+      marker = "*" if m["name"].startswith("crt") else ("s" if m["name"].startswith("xl") else "o")
+      ax.errorbar([x], [t["mean"]], yerr=err, fmt=marker, ms=9 if marker == "*" else 6, capsize=3)
+      ax.annotate(f"{m['name']} (n={t['n']})", (x, t["mean"]), textcoords="offset points", xytext=(5, 4),
+                  fontsize=8)
+    ax.set_xlabel("forward MFLOPs / token (XLA), without the shared output layer")
+    ax.set_ylabel("test perplexity (best-validation state)")
+    ax.set_title(f"L = {context}", fontsize=9)
+    ax.grid(alpha=0.3)
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -114,20 +217,22 @@ def plot(rows: list[dict], path: str, title: str):
 
 
 def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4096)):
-  """Forward FLOPs/token of every model of RUNS[:6] (+ pooled CRT) at longer contexts L, preset sizes,
+  """Forward FLOPs/token of every main model (+ pooled CRT) at longer contexts L, preset sizes,
   PTB vocabulary: where segmenting starts to pay for the memory's cost. Compile-only (no training)."""
   from srformer_jax.crt import train as lm_train
   rows = []
   for context in contexts:
-    for run_name, memory, fraction, overrides in RUNS[:6] + [RUNS[7]]:
-      cfg = run_config(dict(preset, context_len=context), memory, fraction, overrides, "")
+    for run_name, memory, fraction, overrides in [(n,) + MODELS[n] for n in MAIN + ('crt_L/2_pooled',)]:
+      cfg = run_config(dict(settings_for(preset, preset['context_len']), context_len=context), memory,
+                       fraction, overrides, "", seed=0)
       cfg.model.relative_attention_max_distance = 2 * context
       config = lm_train.model_config(cfg, 10000)
       rows.append({"name": run_name, "context_len": context, "segment_len": config.segment_len,
                    **forward_flops_per_token(config)})
       print(json.dumps(rows[-1]), flush=True)
   common.write(out_dir, f"crt_ptb_flops_{name}", {"machine": common.machine(jax), "preset": name,
-                                                  "settings": preset, "vocab_size": 10000, "rows": rows})
+                                                  "settings": settings_for(preset, preset["context_len"]),
+                                                  "vocab_size": 10000, "rows": rows})
   plt = common.plt()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for run_name in dict.fromkeys(r["name"] for r in rows):
@@ -148,18 +253,26 @@ def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4
   print(f"wrote {path}")
 
 
+def _fmt_ci(c: dict, digits: int = 1) -> str:
+  if c["lo"] is None:
+    return f"{c['mean']:.{digits}f}"
+  return f"{c['mean']:.{digits}f} [{c['lo']:.{digits}f}, {c['hi']:.{digits}f}]"
+
+
 def markdown(path: str) -> str:
-  """The README table of a results JSON."""
+  """The README table of a results JSON: per model, mean and 95% interval over seeds."""
   with open(path) as f:
     payload = json.load(f)
-  full = next((r for r in payload["runs"] if r["name"] == "full_L"), None)
-  lines = ["| model | segment | test ppl | fwd FLOPs/token (total) | without output layer | vs full_L |",
-           "|---|---|---|---|---|---|"]
-  for r in payload["runs"]:
-    rel = (f"{r['flops_per_token_without_output_layer'] / full['flops_per_token_without_output_layer']:.2f}x"
-           if full else "")
-    lines.append(f"| {r['name']} | {r['segment_len']} | {r['test_ppl']:.1f} | {r['flops_per_token'] / 1e6:.2f} M"
-                 f" | {r['flops_per_token_without_output_layer'] / 1e6:.3f} M | {rel} |")
+  lines = ["| L | model | segment | seeds | test ppl (95% CI) | valid ppl | epochs | fwd FLOPs/token vs full |",
+           "|---|---|---|---|---|---|---|---|"]
+  models = payload["aggregate"]["models"]
+  full = {m["context_len"]: m for m in models if m["name"] == "full_L"}
+  for m in models:
+    f = full.get(m["context_len"])
+    rel = (f"{m['flops_per_token_without_output_layer'] / f['flops_per_token_without_output_layer']:.2f}x"
+           if f else "")
+    lines.append(f"| {m['context_len']} | {m['name']} | {m['segment_len']} | {m['test_ppl']['n']} | "
+                 f"{_fmt_ci(m['test_ppl'])} | {_fmt_ci(m['valid_ppl'])} | {m['epochs']['mean']:.1f} | {rel} |")
   return "\n".join(lines)
 
 
@@ -168,13 +281,18 @@ def main():
   p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
   p.add_argument("--data_dir", default="../shared/data/ptb", help="WordPTB directory (ptb.{split}.txt)")
   p.add_argument("--workdir", default="runs/crt_ptb", help="one sub-directory per run (resumable)")
-  p.add_argument("--only", default="", help="comma-separated run names (default: all)")
-  p.add_argument("--first", default="",
-                 help="comma-separated run names to run before the others (finished runs are reused)")
+  p.add_argument("--only", default="", help="comma-separated run ids or model names (default: the whole plan)")
+  p.add_argument("--max_runs", type=int, default=0, help="stop after this many new runs (0: all)")
   p.add_argument("--markdown", action="store_true", help="print the README table of the results JSON")
+  p.add_argument("--plan", action="store_true", help="print the plan (run ids, finished or not) and exit")
   p.add_argument("--flops_sweep", action="store_true",
                  help="only the FLOPs/token of the models at longer contexts (compile-only)")
   args = p.parse_args()
+  name = "quick" if args.quick else args.preset
+  preset = PRESETS[name]
+  if args.markdown:
+    print(markdown(os.path.join(args.out, f"crt_ptb_{name}.json")))
+    return
   jax = common.setup_platform(args.platform)
   import logging
   from absl import logging as absl_logging
@@ -182,65 +300,79 @@ def main():
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   from srformer_jax.crt import train as lm_train
 
-  name = "quick" if args.quick else args.preset
-  preset = PRESETS[name]
-  if args.markdown:
-    print(markdown(os.path.join(args.out, f"crt_ptb_{name}.json")))
-    return
   if args.flops_sweep:
     flops_sweep(preset, args.out, name, jax, contexts=(16, 64) if args.quick else (64, 512, 4096))
     return
   workdir = os.path.join(args.workdir, name)
+  rows_dir = os.path.join(args.out, f"crt_ptb_{name}")
   data_dir = synthetic_corpus(os.path.join(workdir, "corpus")) if args.quick else args.data_dir
-  runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
-  if args.quick:
-    runs = runs[:6]
-  first = [n for n in args.first.split(",") if n]
-  runs.sort(key=lambda r: first.index(r[0]) if r[0] in first else len(first))  # stable: RUNS order
-  rows: dict[str, dict] = {}
-  done = lambda run_name: os.path.join(workdir, run_name.replace("/", "_"), "benchmark_row.json")
-  for run_name, *_ in RUNS:
-    if os.path.exists(done(run_name)):
-      with open(done(run_name)) as f:
-        rows[run_name] = json.load(f)
+  runs = plan(preset)
+  if args.only:
+    keep = set(args.only.split(","))
+    runs = [r for r in runs if run_id(r) in keep or r["name"] in keep]
+  done = lambda run: os.path.join(rows_dir, run_id(run) + ".json")
+  if args.plan:
+    for r in runs:
+      print(f"{'done' if os.path.exists(done(r)) else 'todo'}  {run_id(r)}")
+    return
 
   def publish():
-    """JSON + PNG of every finished run of this preset, in RUNS order."""
-    ordered = [rows[r[0]] for r in RUNS if r[0] in rows]
-    payload = {"machine": common.machine(jax), "preset": name, "settings": preset, "runs": ordered,
-               "note": "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
-                       "(memory read/update included); without_output_layer subtracts 2*d_model*vocab."}
+    """JSON + PNG of every finished run of this preset (plan order), with the aggregates."""
+    finished = []
+    for r in plan(preset):
+      if os.path.exists(done(r)):
+        with open(done(r)) as f:
+          finished.append(json.load(f))
+    if not finished:
+      return
+    agg = aggregate(finished)
+    payload = {"machine": common.machine(jax), "preset": name, "settings": preset, "runs": finished,
+               "aggregate": agg,
+               "note": "test ppl of each run's best-validation state; intervals: Student-t 95% over seeds. "
+                       "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
+                       "(memory read/update included); without_output_layer subtracts 2*d_model*vocab. "
+                       "Seeds change the initialisation and dropout; the data order is the corpus order."}
     common.write(args.out, f"crt_ptb_{name}", payload)
-    plot(ordered, os.path.join(args.out, f"crt_ptb_{name}.png"),
-         f"WordPTB, {name} preset: {preset['num_steps']} steps x {preset['batch_size']} streams x "
-         f"{preset['context_len']} tokens, d={preset['d_model']}, {preset['num_layers']} layers")
+    plot(agg["models"], os.path.join(args.out, f"crt_ptb_{name}.png"),
+         f"WordPTB, {name} preset: d={preset['d_model']}, {preset['num_layers']} layers, dropout "
+         f"{preset['dropout_rate']}, best validation of <= {preset['num_steps']} steps (L={preset['context_len']})")
 
-  for run_name, memory, fraction, overrides in runs:
-    if run_name in rows:
+  new = 0
+  for run in runs:
+    if os.path.exists(done(run)):
       continue
-    cfg = run_config(preset, memory, fraction, overrides, data_dir)
-    rundir = os.path.dirname(done(run_name))
-    print(f"== {run_name}", flush=True)
+    if args.max_runs and new >= args.max_runs:
+      break
+    memory, fraction, overrides = MODELS[run["name"]]
+    settings = settings_for(preset, run["context_len"])
+    cfg = run_config(settings, memory, fraction, overrides, data_dir, run["seed"])
+    rundir = os.path.join(workdir, run_id(run))
+    print(f"== {run_id(run)}", flush=True)
     t0 = time.perf_counter()
-    last = lm_train.train(cfg, rundir)
+    lm_train.train(cfg, rundir)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = lm_train.evaluate(cfg, rundir, splits=("test",))
+    res = lm_train.evaluate(cfg, rundir, splits=("valid", "test"), which="best")
     eval_s = time.perf_counter() - t0
     model_config = lm_train.model_config(cfg, res["model"]["vocab_size"])
-    row = {"name": run_name, "memory": memory, "segment_len": model_config.segment_len,
-           "context_len": preset["context_len"], **overrides,
+    row = {"name": run["name"], "seed": run["seed"], "context_len": run["context_len"],
+           "memory": memory, "segment_len": model_config.segment_len, **overrides,
            "test_ppl": res["test"]["ppl"], "test_nll": res["test"]["nll"], "test_tokens": res["test"]["tokens"],
-           "final_train_loss": last.get("loss"), "steps": res["step"],
+           "valid_ppl": res["valid"]["ppl"], "valid_nll": res["valid"]["nll"], "best_step": res["step"],
+           "checkpoint": res["checkpoint"], **training_summary(rundir),
            "train_s_this_invocation": train_s, "eval_s": eval_s,
-           **forward_flops_per_token(model_config)}
-    with open(done(run_name), "w") as f:
+           # the machine's load over the last 15 minutes: ~2 when this run had the 2 cores alone;
+           # wall-clock figures of a run that shared them are not speeds of the model
+           "load_avg_15min_at_end": os.getloadavg()[2], **forward_flops_per_token(model_config)}
+    os.makedirs(rows_dir, exist_ok=True)
+    tmp = done(run) + ".tmp"
+    with open(tmp, "w") as f:
       json.dump(row, f, indent=2)
-    rows[run_name] = row
+    os.replace(tmp, done(run))
+    new += 1
     print(json.dumps(row), flush=True)
     publish()
-  if rows:
-    publish()
+  publish()
 
 
 if __name__ == "__main__":

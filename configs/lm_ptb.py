@@ -30,5 +30,7 @@ def lm_config(memory: str, fraction: str = "full", context_len: int = CONTEXT_LE
       truncate_every=0,          # stop the memory's gradient every N segments; 0: only between windows
       num_steps=4000, learning_rate=1e-3, warmup_steps=200, weight_decay=0.01, grad_clip=0.25,
       seed=0, log_every=50, save_every=500, eval_every=1000, keep_checkpoints=2,
+      patience=0,                # stop after this many validations without a new best (0: never)
+      keep_best=True,            # keep the best-validation state in <workdir>/best (evaluated)
       mesh_shape=(-1, 1, 1)))
   return c

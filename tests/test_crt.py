@@ -229,14 +229,91 @@ def test_config_files_load(name, arg):
 def test_benchmark_quick(tmp_path):
   import subprocess
   import sys
-  out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--out", str(tmp_path),
-                        "--workdir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True)
+  run = lambda *a: subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--out", str(tmp_path),
+                                   "--workdir", str(tmp_path / "runs"), *a], cwd=REPO, capture_output=True,
+                                  text=True)
+  out = run("--only", "full_L,segmented_L/4,crt_L/4")
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "crt_ptb_quick.json") as f:
-    rows = json.load(f)["runs"]
-  assert {r["name"] for r in rows} >= {"full_L", "crt_L/2", "crt_L/4", "segmented_L/2", "xl_L/2"}
-  assert all(np.isfinite(r["test_ppl"]) and r["flops_per_token"] > 0 for r in rows)
+    payload = json.load(f)
+  rows = payload["runs"]
+  assert {(r["name"], r["seed"]) for r in rows if r["context_len"] == 16} == {
+      (n, k) for n in ("full_L", "segmented_L/4", "crt_L/4") for k in (0, 1)}
+  assert all(np.isfinite(r["test_ppl"]) and r["flops_per_token"] > 0 and r["checkpoint"] == "best" for r in rows)
+  assert set(payload["aggregate"]["gate"]) == {"16", "32"}
+  assert all(m["test_ppl"]["n"] == (2 if m["context_len"] == 16 else 1) for m in payload["aggregate"]["models"])
+  assert os.path.exists(tmp_path / "crt_ptb_quick.png")
+  listed = run("--plan").stdout.split("\n")
+  assert "done  L16_crt_L_4_seed1" in listed and "todo  L16_xl_L_2_seed0" in listed
   out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--flops_sweep", "--out",
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.path.exists(tmp_path / "crt_ptb_flops_quick.png")
+
+
+def test_early_stop_keeps_best_validation_state(tmp_path, monkeypatch):
+  """Validation improves, then not: training stops after `patience` evaluations without a new best,
+  the best state is kept and evaluated, and a rerun trains no further."""
+  from srformer_jax.crt import train as lm_train
+  cfg = lm_cfg(tmp_path)
+  cfg.train.update(num_steps=10, eval_every=1, save_every=5, patience=2)
+  script = iter([3.0, 2.5, 2.7, 2.6, 2.9, 2.2, 2.0])  # best at the 2nd evaluation; 2 worse ones follow
+  real = lm_train.perplexity
+
+  def scripted(model, params, ids, batch):
+    out = real(model, params, ids, batch)
+    return dict(out, nll=next(script), ppl=0.0)
+
+  monkeypatch.setattr(lm_train, "perplexity", scripted)
+  workdir = str(tmp_path / "run")
+  last = lm_train.train(cfg, workdir)
+  assert last["step"] == 4
+  with open(os.path.join(workdir, "best.json")) as f:
+    assert json.load(f)["step"] == 2
+  with open(os.path.join(workdir, "stopped.json")) as f:
+    assert json.load(f)["step"] == 4
+  assert lm_train.train(cfg, workdir)["step"] == 4  # a rerun trains no further
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+  monkeypatch.setattr(lm_train, "perplexity", real)
+  best = lm_train.evaluate(cfg, workdir, splits=("valid",))
+  latest = lm_train.evaluate(cfg, workdir, splits=("valid",), which="latest")
+  assert (best["step"], best["checkpoint"]) == (2, "best")
+  assert (latest["step"], latest["checkpoint"]) == (4, "latest")
+  assert best["valid"]["nll"] != latest["valid"]["nll"]
+
+
+def test_benchmark_aggregate_gate_and_claim():
+  """Per-model intervals over seeds, and the gate / claim verdicts of benchmarks/crt_ptb.py."""
+  from benchmarks import crt_ptb, stats
+  flops = {"flops_per_token": 2.0, "flops_per_token_without_output_layer": 1.0}
+  runs = []
+  for name, ppls in (("full_L", (100.0, 101.0, 99.0)), ("segmented_L/4", (110.0, 111.0, 109.5)),
+                     ("crt_L/4", (100.5, 101.5, 100.0))):
+    runs += [dict(name=name, seed=k, context_len=64, segment_len=16, test_ppl=p, valid_ppl=p + 5, epochs=4.0,
+                  train_tokens_per_s=1000.0, **flops) for k, p in enumerate(ppls)]
+  agg = crt_ptb.aggregate(runs)
+  full = next(m for m in agg["models"] if m["name"] == "full_L")
+  assert full["test_ppl"]["mean"] == pytest.approx(100.0)
+  assert full["test_ppl"]["hi"] - 100.0 == pytest.approx(stats.t975(2) * 1.0 / np.sqrt(3))
+  assert agg["gate"]["64"]["holds"] and agg["gate"]["64"]["intervals_separated"]
+  assert agg["claim"]["64"]["holds"]
+  # the memory-less model only 2% worse: the gate fails, and the claim says nothing then
+  for r in runs:
+    if r["name"] == "segmented_L/4":
+      r["test_ppl"] = r["test_ppl"] / 110.0 * 102.0
+  agg = crt_ptb.aggregate(runs)
+  assert not agg["gate"]["64"]["holds"]
+  assert not agg["claim"]["64"]["holds"]
+
+
+def test_stats_intervals():
+  from benchmarks import stats
+  ci = stats.mean_ci([1.0, 2.0, 3.0])
+  assert ci["mean"] == 2.0 and ci["hi"] - 2.0 == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+  assert stats.mean_ci([5.0])["lo"] is None
+  assert stats.separated({"lo": 0, "hi": 1}, {"lo": 1.5, "hi": 2})
+  assert not stats.separated({"lo": 0, "hi": 1}, {"lo": 0.5, "hi": 2})
+  assert not stats.separated({"lo": None, "hi": None}, {"lo": 1.5, "hi": 2})
+  boot = stats.bootstrap_ci(np.arange(100.0))
+  assert boot["lo"] < 49.5 < boot["hi"] and boot["hi"] - boot["lo"] < 20

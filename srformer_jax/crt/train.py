@@ -5,6 +5,11 @@ the data position (`checkpoint.Checkpointer`), metrics.jsonl (strict JSON), Tens
 loss.png, and automatic resumption from the latest checkpoint in the workdir. The train state also
 holds the memory carried from one window of the streams to the next, so a resumed run continues
 exactly where it stopped.
+
+Model selection: every `eval_every` steps the validation perplexity is measured; the state with the
+best one so far is kept in `<workdir>/best/` (with `best.json`), and with `train.patience = P > 0`
+training stops once P evaluations in a row have not improved on it (`stopped.json`; a rerun of a
+stopped run trains no further). `evaluate` scores the best-validation checkpoint when there is one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -175,19 +181,51 @@ def setup(cfg, workdir: str):
   return stream.build_model(model_config(cfg, len(vocab))), vocab, ids
 
 
+BEST_DIR, BEST_FILE, STOPPED_FILE = "best", "best.json", "stopped.json"
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, payload: dict):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, allow_nan=False)
+  os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one
+
+
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   """Trains (resuming from the latest checkpoint in workdir); returns the last logged metrics.
 
   `stop_after` ends this invocation after that many steps (used to test resumption).
   """
-  model, vocab, ids = setup(cfg, workdir)
   t = cfg.train
+  stopped = _read_json(os.path.join(workdir, STOPPED_FILE))
+  if stopped is not None:
+    log.info("%s: training stopped at step %d (no validation gain for %d evaluations); nothing to do",
+             workdir, stopped["step"], stopped["patience"])
+    return stopped.get("last", {})
+  model, vocab, ids = setup(cfg, workdir)
   c = model.config
   tx, schedule = make_optimizer(cfg)
   mesh = sharding.make_mesh(tuple(t.mesh_shape))
   trainer = LMTrainer(model, tx, schedule, mesh, t.batch_size, t.truncate_every)
   it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * c.segment_len)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
+  patience = t.get("patience", 0)
+  keep_best = bool(t.eval_every) and "valid" in ids and t.get("keep_best", True)
+  best_file = os.path.join(workdir, BEST_FILE)
+  best = _read_json(best_file)
+  # best.json is written after its checkpoint: a best/ without it is a save that a kill cut short.
+  # (A best.json from further on than the checkpoint we resume from is kept: resumption is exact,
+  # so this run reaches that same state again.)
+  if best is None and os.path.isdir(os.path.join(workdir, BEST_DIR)) and jax.process_index() == 0:
+    shutil.rmtree(os.path.join(workdir, BEST_DIR))
+  best_ckpt = checkpoint.Checkpointer(os.path.join(workdir, BEST_DIR), 1) if keep_best else None
   rng = jax.random.key(t.seed)
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(trainer.abstract_state())
@@ -209,6 +247,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   last: dict = {}
   tokens_per_step = t.batch_size * it.window
   t0, logged_at = time.perf_counter(), start
+  stop = False
   for step in range(start, end):
     inputs, targets, reset = next(it)
     state, metrics = trainer.step(state, inputs, targets, reset, rng)
@@ -224,6 +263,15 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
     if t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == end) and "valid" in ids:
       v = perplexity(model, state.params, ids["valid"], cfg.data.eval_batch_size)
       record = dict(record or {"step": step + 1}, valid_nll=v["nll"], valid_ppl=v["ppl"])
+      if best_ckpt is not None and (best is None or v["nll"] < best["valid_nll"]):
+        best = {"step": step + 1, "valid_nll": v["nll"], "valid_ppl": v["ppl"],
+                "epoch": it.epoch + it.offset / (it.windows_per_epoch * it.window)}
+        best_ckpt.save(step + 1, state, it.state(), wait=True)
+        if main:
+          _write_json(best_file, best)
+      record["best_valid_ppl"] = best["valid_ppl"] if best else v["ppl"]
+      # patience counts evaluations since the best one (the best step is itself an evaluation)
+      stop = bool(patience) and best is not None and (step + 1 - best["step"]) >= patience * t.eval_every
       t0 = time.perf_counter()
     if record is not None:
       last = record
@@ -233,11 +281,21 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
             writer.add_scalar(f"train/{k}" if not k.startswith("valid") else f"valid/{k[6:]}", val, step + 1)
         with open(metrics_file, "a") as f:
           f.write(json.dumps(record, allow_nan=False) + "\n")
-    if (step + 1) % t.save_every == 0 or step + 1 == end:
+    if (step + 1) % t.save_every == 0 or step + 1 == end or stop:
       ckpt.save(step + 1, state, it.state())
     bar.update(1)
+    if stop:
+      log.info("%s: no validation gain for %d evaluations since step %d (valid ppl %.2f): stopping at "
+               "step %d", workdir, patience, best["step"], best["valid_ppl"], step + 1)
+      ckpt.wait()
+      if main:
+        _write_json(os.path.join(workdir, STOPPED_FILE),
+                    {"step": step + 1, "patience": patience, "best": best, "last": last})
+      break
   bar.close()
   ckpt.close()
+  if best_ckpt is not None:
+    best_ckpt.close()
   if writer is not None:
     writer.close()
     if os.path.exists(metrics_file):
@@ -245,16 +303,22 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   return last
 
 
-def evaluate(cfg, workdir: str, splits=("valid", "test")) -> dict:
-  """Perplexity of the latest checkpoint on `splits`; written to workdir/eval_results.json."""
+def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best") -> dict:
+  """Perplexity on `splits` of the best-validation checkpoint (`which="best"`, when training kept
+  one; else the latest) or of the latest (`which="latest"`); written to workdir/eval_results.json."""
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   model, vocab, ids = setup(cfg, workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  best_dir = os.path.join(workdir, BEST_DIR)
+  use_best = which == "best" and os.path.isdir(best_dir) and os.path.exists(os.path.join(workdir, BEST_FILE))
+  ckpt = checkpoint.Checkpointer(best_dir if use_best else os.path.join(workdir, "checkpoints"))
   abstract = jax.eval_shape(lambda r: init_params(model.config, r), jax.random.key(0))
   replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
   params, step = ckpt.restore_params(abstract)
   ckpt.close()
-  results = {"step": int(step), "model": dataclasses.asdict(model.config)}
+  results = {"step": int(step), "checkpoint": "best" if use_best else "latest",
+             "model": dataclasses.asdict(model.config)}
   for split in splits:
     if split in ids:
       results[split] = perplexity(model, params, ids[split], cfg.data.eval_batch_size)
