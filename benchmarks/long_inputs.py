@@ -119,6 +119,11 @@ def time_row(jax, variant: str, k: int, batch: int, dtype: str, repeats: int, **
   t = common.time_fn(step, repeats)
   row = dict(variant=variant, k=k, batch=batch, dtype=dtype, step_s=t["median_s"], min_s=t["min_s"],
              compile_s=compile_s, tokens_per_s=batch * (k + Q) / t["median_s"], **kw)
+  # measured memory (GPU): the allocator's peak so far in this process; rows run in increasing k,
+  # so it is this row's peak whenever it is the largest yet
+  mem = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in mem:
+    row["device_peak_bytes_in_use"] = int(mem["peak_bytes_in_use"])
   print(f"time   {variant:<16} k={k:>6}  batch {batch}  step {t['median_s'] * 1e3:9.1f} ms "
         f"(min {t['min_s'] * 1e3:.1f})  {kw or ''}", flush=True)
   return row

@@ -1,0 +1,311 @@
+"""CPU efficiency of every experiment's train step, against the machine's matmul peak, in one process.
+
+Every result this project trains on a CPU is bought with step time, so this is the budget of every
+experiment. Rows (the experiments' own shapes, dropout as they use it):
+
+  sweep/<kind>      the segment sweep's small T5 (d 128, 2+2 layers, vocab 4000, batch 16, k 256,
+                    q 64, dropout 0.1): full, segmented, xl and srformer at s = 8, and srformer with
+                    the length schedule (ragged DialogSum-like lengths)
+  crt/<model>       the WordPTB protocol's LM (d 128, 2 layers, L 64, batch 32, dropout 0.1): full
+                    context, segmented L/4, CRT L/4, XL L/2
+  t5_small          T5-small, full attention, batch 4, k 512, q 128, dropout 0.1
+
+Per row: median step time, tokens/s, XLA-counted flops of the compiled step, their share of the
+1024x1024 float32 matmul's FLOP/s measured first in the same process, and where the time goes,
+measured by ablation: forward alone, forward + backward, the whole step, and the step without
+dropout (so backward = fwd_bwd - fwd, optimizer and guard = step - fwd_bwd, dropout = step -
+step_without_dropout). The share uses the flops of the reference step (the first recorded run for
+these shapes, `cpu_efficiency_reference_flops.json`), so a faster step raises it and a rewrite that
+computes less cannot lower it. Also the sweep model's beam search (beam 2 and 4, batch 50, k 256,
+64 new tokens): seconds for the sweep's 500 test dialogues.
+
+Measure on an idle machine (nothing else running): the JSON records the load average.
+
+  python benchmarks/cpu_efficiency.py                 # ~10 min on a 2-core CPU
+  python benchmarks/cpu_efficiency.py --quick         # smoke test (tiny shapes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
+
+SWEEP = dict(d_model=128, num_heads=4, d_kv=32, d_ff=512, layers=2, vocab=4000, batch=16, k=256, q=64)
+CRT = dict(d_model=128, num_heads=4, d_ff=512, layers=2, vocab=10000, batch=32, context=64)
+T5S = dict(batch=4, k=512, q=128)
+QUICK = dict(sweep=dict(SWEEP, d_model=32, num_heads=2, d_kv=16, d_ff=64, layers=1, vocab=300, batch=2, k=32,
+                        q=8),
+             crt=dict(CRT, d_model=32, num_heads=2, d_ff=64, layers=1, vocab=300, batch=2, context=16),
+             t5=dict(batch=1, k=32, q=8))
+GOALS = {"sweep/full": 0.5, "sweep/srformer_s8": 0.5, "t5_small": 0.6}
+REFERENCE_FILE = "cpu_efficiency_reference_flops.json"
+
+
+def matmul_peak(jax, repeats: int, n: int = 1024) -> dict:
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  t = common.time_fn(lambda: f(a, a), max(repeats, 20))
+  return {"n": n, "median_s": t["median_s"], "flops_per_s": 2.0 * n ** 3 / t["median_s"]}
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  return float(ca.get("flops", 0.0))
+
+
+def _time_compiled(fn, args, repeats: int) -> dict:
+  import jax
+  compiled = jax.jit(fn).lower(*args).compile()
+  t = common.time_fn(lambda: compiled(*args), repeats)
+  return {"median_s": t["median_s"], "flops": _flops(compiled)}
+
+
+def _optimizer(lr: float = 1e-3):
+  """The experiments' optimizer (train_lib.make_optimizer: clipping + AdamW with a decay mask)."""
+  import ml_collections
+  from srformer_jax.train_lib import make_optimizer
+  cfg = ml_collections.ConfigDict({"train": dict(warmup_steps=10, num_steps=1000, learning_rate=lr,
+                                                 grad_clip=1.0, weight_decay=0.01)})
+  return make_optimizer(cfg)
+
+
+def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
+  """Step / fwd / fwd+bwd / no-dropout step of an encoder-decoder train step."""
+  import dataclasses
+
+  import numpy as np
+  from srformer_jax import sharding
+  from srformer_jax.model import build_model
+  from srformer_jax.train_lib import Trainer, loss_and_metrics
+
+  tx, schedule = _optimizer()
+  mesh = sharding.make_mesh((1, 1, 1))
+  out = {"name": name}
+  for label, config in (("step", mc), ("step_without_dropout", dataclasses.replace(mc, dropout_rate=0.0))):
+    model = build_model(config)
+    trainer = Trainer(model, tx, schedule, mesh)
+    state = trainer.init_state(jax.random.key(0))
+    key = jax.random.key(1)
+    compiled = trainer.compile(state, batch, key)
+    sharded = trainer.shard_batch(batch)
+    holder = {"state": state}
+
+    def step():
+      holder["state"], m = trainer.step(holder["state"], sharded, key)
+      return m["loss"]
+
+    out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
+    if label == "step":
+      out["xla_flops"] = _flops(compiled)
+      params = holder["state"].params
+      fwd = lambda p, b, r: loss_and_metrics(model, p, b, r, False)[0]  # noqa: E731
+      out["fwd_s"] = _time_compiled(fwd, (params, sharded, key), repeats)["median_s"]
+      out["fwd_bwd_s"] = _time_compiled(jax.grad(fwd), (params, sharded, key), repeats)["median_s"]
+  out["tokens"] = int(np.sum(batch["attention_mask"]) + np.sum(batch["label_mask"]))
+  return out
+
+
+def sweep_config(s: dict, **kw):
+  from srformer_jax import ModelConfig
+  return ModelConfig(arch="t5", vocab_size=s["vocab"], d_model=s["d_model"], num_heads=s["num_heads"],
+                     d_kv=s["d_kv"], d_ff=s["d_ff"], num_encoder_layers=s["layers"],
+                     num_decoder_layers=s["layers"], relative_attention_num_buckets=32,
+                     relative_attention_max_distance=128, gen_len=s["q"], dropout_rate=0.1, **kw)
+
+
+def seq2seq_batch(batch: int, k: int, q: int, vocab: int, ragged: bool, seed: int = 0) -> dict:
+  """Random ids; `ragged`: DialogSum-like source lengths (40% to 100% of k) with right padding."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(int(0.4 * k), k + 1, batch) if ragged else np.full(batch, k)
+  mask = (np.arange(k)[None] < lengths[:, None]).astype(np.int32)
+  return {"input_ids": (rng.integers(2, vocab, (batch, k)) * mask).astype(np.int32), "attention_mask": mask,
+          "labels": rng.integers(2, vocab, (batch, q)).astype(np.int32), "label_mask": np.ones((batch, q), np.int32)}
+
+
+def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict, repeats: int) -> dict:
+  """Step / fwd / fwd+bwd / no-dropout step of the WordPTB LM train step on one window."""
+  import numpy as np
+  from configs import lm_ptb
+  from srformer_jax import sharding
+  from srformer_jax.crt import stream
+  from srformer_jax.crt import train as lm_train
+  from srformer_jax.crt.model import init_carry
+
+  out = {"name": name}
+  for label, dropout in (("step", 0.1), ("step_without_dropout", 0.0)):
+    cfg = lm_ptb.lm_config(memory, fraction, context_len=s["context"])
+    cfg.model.update(d_model=s["d_model"], num_heads=s["num_heads"], d_ff=s["d_ff"], num_layers=s["layers"],
+                     dropout_rate=dropout, **overrides)
+    cfg.train.update(batch_size=s["batch"], num_steps=1000, learning_rate=2e-3, warmup_steps=100)
+    config = lm_train.model_config(cfg, s["vocab"])
+    model = stream.build_model(config)
+    tx, schedule = lm_train.make_optimizer(cfg)
+    trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), s["batch"], 0)
+    state = trainer.init_state(jax.random.key(0))
+    x = np.random.default_rng(0).integers(0, s["vocab"], (s["batch"], s["context"])).astype(np.int32)
+    key = jax.random.key(1)
+    holder = {"state": state}
+
+    def step():
+      holder["state"], m = trainer.step(holder["state"], x, x, False, key)
+      return m["loss"]
+
+    out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
+    if label == "step":
+      put = lambda a: jax.make_array_from_process_local_data(trainer.batch_sharding, a)  # noqa: E731
+      import jax.numpy as jnp
+      with trainer.context():
+        lowered = trainer._step.lower(holder["state"], put(x), put(x), jnp.asarray(False), key)
+      out["xla_flops"] = _flops(lowered.compile())
+      carry = init_carry(config, s["batch"])
+      params = holder["state"].params
+
+      def fwd(p, xs, r):
+        ce, _ = stream.scan_segments(model, p, xs, carry, xs, deterministic=False, rng=r)
+        return ce.mean()
+
+      out["fwd_s"] = _time_compiled(fwd, (params, x, key), repeats)["median_s"]
+      out["fwd_bwd_s"] = _time_compiled(jax.grad(fwd), (params, x, key), repeats)["median_s"]
+  out["tokens"] = s["batch"] * s["context"]
+  return out
+
+
+def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 500) -> dict:
+  """The sweep model's beam search on a batch of 50 (random weights: every beam runs to max_len)."""
+  import numpy as np
+  from srformer_jax import DecodeConfig, build_model, generate_jit, init_params
+  mc = sweep_config(s, cross_attention="srformer", segment_size=8)
+  model = build_model(mc)
+  params = init_params(mc, jax.random.key(0))
+  batch = min(50, max(s["batch"], 2))
+  b = seq2seq_batch(batch, s["k"], s["q"], s["vocab"], ragged=True)
+  dc = DecodeConfig(max_len=s["q"], num_beams=num_beams, length_penalty=1.0, no_repeat_ngram_size=3)
+  t = common.time_fn(lambda: generate_jit(model, params, b["input_ids"], b["attention_mask"], dc), repeats)
+  return {"name": f"decode/beam{num_beams}", "batch": batch, "max_len": s["q"], "batch_s": t["median_s"],
+          "test_set_s": t["median_s"] * test_examples / batch, "examples_per_s": batch / t["median_s"]}
+
+
+def finish(row: dict, peak: float, reference: dict) -> dict:
+  ref = reference.setdefault(row["name"], row["xla_flops"])
+  row.update(reference_flops=ref, tokens_per_s=row["tokens"] / row["step_s"],
+             achieved_flops_per_s=ref / row["step_s"], share_of_peak=ref / row["step_s"] / peak,
+             time_split={"forward": row["fwd_s"] / row["step_s"],
+                         "backward": (row["fwd_bwd_s"] - row["fwd_s"]) / row["step_s"],
+                         "optimizer_and_guard": (row["step_s"] - row["fwd_bwd_s"]) / row["step_s"],
+                         "dropout": (row["step_s"] - row["step_without_dropout_s"]) / row["step_s"]})
+  if row["name"] in GOALS:
+    row["goal_share_of_peak"] = GOALS[row["name"]]
+  print(f"{row['name']:<26} step {row['step_s'] * 1e3:8.1f} ms  {row['tokens_per_s']:8.0f} tok/s  "
+        f"share {row['share_of_peak']:.2f}  fwd {row['time_split']['forward']:.2f} "
+        f"bwd {row['time_split']['backward']:.2f} opt {row['time_split']['optimizer_and_guard']:.2f} "
+        f"dropout {row['time_split']['dropout']:.2f}", flush=True)
+  return row
+
+
+def plot(rows: list[dict], peak: float, path: str, title: str):
+  import numpy as np
+  plt = common.plt()
+  train = [r for r in rows if "share_of_peak" in r]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(train) + 2.5))
+  y = np.arange(len(train))
+  ax1.barh(y, [r["share_of_peak"] for r in train], color="tab:blue")
+  for i, r in enumerate(train):
+    if "goal_share_of_peak" in r:
+      ax1.plot([r["goal_share_of_peak"]] * 2, [i - 0.4, i + 0.4], "r-", lw=2)
+  ax1.set_yticks(y, [r["name"] for r in train])
+  ax1.set_xlabel(f"share of the matmul peak ({peak / 1e9:.0f} GFLOP/s); red: goal")
+  ax1.invert_yaxis()
+  parts = ("forward", "backward", "optimizer_and_guard")
+  left = np.zeros(len(train))
+  for part in parts:
+    vals = np.array([max(r["time_split"][part], 0.0) for r in train])
+    ax2.barh(y, vals, left=left, label=part)
+    left += vals
+  ax2.scatter([r["time_split"]["dropout"] for r in train], y, color="k", marker="x", zorder=3,
+              label="dropout's cost (step - step without)")
+  ax2.set_yticks(y, [""] * len(train))
+  ax2.set_xlabel("share of the step time")
+  ax2.invert_yaxis()
+  ax2.legend(fontsize=7, loc="lower right")
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  print(f"wrote {path}")
+
+
+def main():
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--only", default="", help="comma-separated row-name prefixes (default: all)")
+  args = p.parse_args()
+  jax = common.setup_platform(args.platform)
+  name = "quick" if args.quick else args.platform
+  sweep = QUICK["sweep"] if args.quick else SWEEP
+  crt = QUICK["crt"] if args.quick else CRT
+  t5 = QUICK["t5"] if args.quick else T5S
+  repeats = 2 if args.quick else args.repeats
+  want = lambda n: not args.only or any(n.startswith(x) for x in args.only.split(","))  # noqa: E731
+  ref_path = os.path.join(args.out, REFERENCE_FILE)
+  reference = {}
+  if os.path.exists(ref_path):
+    with open(ref_path) as f:
+      reference = json.load(f).get(name, {})
+  load_before = os.getloadavg()
+  peak = matmul_peak(jax, repeats)
+  print(f"matmul 1024x1024 f32: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  rows = []
+  for label, kw, ragged in (("sweep/full", dict(cross_attention="full"), False),
+                            ("sweep/segmented_s8", dict(cross_attention="segmented", segment_size=8), False),
+                            ("sweep/xl_s8", dict(cross_attention="xl", segment_size=8), False),
+                            ("sweep/srformer_s8", dict(cross_attention="srformer", segment_size=8), False),
+                            ("sweep/srformer_s8_length", dict(cross_attention="srformer", segment_size=8,
+                                                              segment_schedule="length"), True)):
+    if want(label):
+      batch = seq2seq_batch(sweep["batch"], sweep["k"], sweep["q"], sweep["vocab"], ragged)
+      rows.append(finish(seq2seq_row(jax, label, sweep_config(sweep, **kw), batch, repeats),
+                         peak["flops_per_s"], reference))
+  for label, memory, fraction, overrides in (("crt/full_L", "none", "full", {}),
+                                             ("crt/segmented_L/4", "none", "quarter", {}),
+                                             ("crt/crt_L/4", "crt", "quarter", {}),
+                                             ("crt/xl_L/2", "xl", "half", {})):
+    if want(label):
+      rows.append(finish(crt_row(jax, label, memory, fraction, overrides, crt, repeats), peak["flops_per_s"],
+                         reference))
+  if want("t5_small"):
+    from benchmarks import models
+    mc = models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
+    if args.quick:
+      mc = sweep_config(QUICK["sweep"])
+    batch = seq2seq_batch(t5["batch"], t5["k"], t5["q"], mc.vocab_size, ragged=False)
+    rows.append(finish(seq2seq_row(jax, "t5_small", mc, batch, min(repeats, 3)), peak["flops_per_s"],
+                       reference))
+  for beams in (2, 4):
+    if want(f"decode/beam{beams}"):
+      rows.append(decode_row(jax, beams, sweep, min(repeats, 3)))
+      print(f"decode beam {beams}: {rows[-1]['test_set_s']:.0f} s for 500 test dialogues", flush=True)
+  all_refs = {}
+  if os.path.exists(ref_path):
+    with open(ref_path) as f:
+      all_refs = json.load(f)
+  all_refs[name] = reference  # the recorded flops, extended by rows measured for the first time
+  common.write(args.out, REFERENCE_FILE.removesuffix(".json"), all_refs)
+  payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+             "matmul_peak": peak, "shapes": {"sweep": sweep, "crt": crt, "t5_small": t5}, "goals": GOALS,
+             "rows": rows,
+             "note": "share_of_peak = reference_flops / step_s / matmul peak; time_split by ablation "
+                     "(forward alone, forward+backward, whole step, step without dropout)."}
+  common.write(args.out, f"cpu_efficiency_{name}", payload)
+  plot(rows, peak["flops_per_s"], os.path.join(args.out, f"cpu_efficiency_{name}.png"),
+       f"train steps on {payload['machine']['cpu']} x{payload['machine']['cpu_count']}: XLA flops / step time")
+
+
+if __name__ == "__main__":
+  main()
