@@ -291,6 +291,8 @@ def crt_ptb(r: Results) -> str:
     return "(no runs finished yet)"
   from benchmarks import crt_ptb as bench  # no jax at import
   payload = r.load("crt_ptb_cpu.json")
+  if "aggregate" not in payload:  # an older file, written before the protocol had seeds and verdicts
+    return "(no runs of the current protocol in crt_ptb_cpu.json yet)"
   lines = [bench.markdown(path), ""]
   agg = payload["aggregate"]
   for context in sorted(set(agg.get("gate", {})) | set(agg.get("claim", {})), key=int):
