@@ -331,11 +331,20 @@ def main():
     for future in concurrent.futures.as_completed(futures):
       done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
-      payload = {"preset": preset_name, "overrides": overrides, "git_commit": _git_commit(),
-                 "machine": _machine(), "paper_t5_small_cnndm": PAPER, "cells": results,
+      payload = {"preset": preset_name, "overrides": {k: _relative(v) for k, v in overrides.items()},
+                 "git_commit": _git_commit(), "machine": _machine(), "paper_t5_small_cnndm": PAPER,
+                 "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
       common.write(args.out, name, payload)
       plot(results, args.out, name)
+
+
+def _relative(value):
+  """A path (also after an `spm:` prefix) relative to the repository root; other values unchanged."""
+  prefix = "spm:" if isinstance(value, str) and value.startswith("spm:") else ""
+  if isinstance(value, str) and os.path.isabs(value[len(prefix):]):
+    return prefix + os.path.relpath(value[len(prefix):], REPO)
+  return value
 
 
 def _git_commit() -> str:

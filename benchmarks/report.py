@@ -1,0 +1,474 @@
+"""Tables of the results JSON (benchmarks/results/*.json), rendered into the docs.
+
+README.md and docs/*.md hold marked blocks,
+
+  <!-- report:NAME -->
+  ...generated lines...
+  <!-- /report:NAME -->
+
+whose content is what RENDERERS[NAME] makes of the results files, so no figure is typed by hand.
+
+  python -m benchmarks.report           # rewrite every block in place
+  python -m benchmarks.report --check   # exit 1 listing the stale blocks, change nothing
+
+Needs no jax: only json and the benchmarks' own table functions (benchmarks.crt_ptb.markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+BLOCK = re.compile(r"^<!-- report:([\w.-]+) -->\n(.*?)^<!-- /report:\1 -->$", re.M | re.S)
+OPEN = re.compile(r"^<!-- report:([\w.-]+) -->$", re.M)
+
+
+class Results:
+  """The results folder as seen from one document: loads JSON, makes links relative to the document."""
+
+  def __init__(self, results_dir: str = RESULTS, doc_dir: str = REPO):
+    self.dir = results_dir
+    self.doc_dir = doc_dir
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.dir, name)
+
+  def load(self, name: str):
+    """The parsed JSON file `name`, or None when it does not exist."""
+    path = self.path(name)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def href(self, name: str) -> str:
+    """Link text to a results file, relative to the document (README: benchmarks/results/...)."""
+    return os.path.relpath(os.path.join(self.dir, name), self.doc_dir).replace(os.sep, "/")
+
+  def files(self, *names: str) -> str:
+    """`[json](...) · [png](...)` links for a table's last column."""
+    out = []
+    for n in names:
+      out.append(f"[{n.rsplit('.', 1)[-1]}]({self.href(n)})")
+    return " · ".join(out)
+
+
+# ----- formatting -----------------------------------------------------------------------------------
+
+def _x(v: float) -> str:
+  return f"{v:.2f}×" if v < 10 else f"{v:.1f}×"
+
+
+def _gib(b: float) -> str:
+  g = b / 2**30
+  return f"{g:.0f}" if g >= 1000 else (f"{g:.1f}" if g >= 1 else f"{g:.2f}")
+
+
+def _mib(b: float) -> str:
+  return f"{b / 2**20:.0f} MiB" if b >= 2**20 else f"{b / 2**20:.2f} MiB"
+
+
+def _sig(v: float) -> str:
+  """Three significant figures, trailing zeros kept (0.300, 44.0, 188)."""
+  return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def _secs(s: float) -> str:
+  """Seconds as s or ms, three significant figures."""
+  return f"{_sig(s * 1e3)} ms" if s < 1 else f"{_sig(s)} s"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _machine(m) -> str:
+  if isinstance(m, str):
+    return m
+  if not isinstance(m, dict):
+    return "?"
+  if m.get("platform") == "gpu":
+    return f"{m.get('device', 'GPU')}, jax {m.get('jax', '?')}"
+  return f"{m.get('cpu_count', '?')}-core {m.get('cpu', 'CPU')} CPU" + (f", jax {m['jax']}" if m.get("jax") else "")
+
+
+def _rows(payload: dict, **match) -> list[dict]:
+  return [r for r in payload["rows"] if all(r.get(k) == v for k, v in match.items())]
+
+
+def _one(rows: list[dict]) -> dict:
+  if len(rows) != 1:
+    raise ValueError(f"expected one row, got {len(rows)}")
+  return rows[0]
+
+
+# ----- renderers: each takes a Results and returns the block's markdown ---------------------------------
+
+def default_job(r: Results) -> str:
+  """The offline default job (configs/default.py): loss, ROUGE, wall time."""
+  d = r.load("default_job_cpu.json")
+  if d is None:
+    return "(not measured yet)"
+  return (f"Measured on a {_machine(d.get('machine'))}: training loss {d['first_loss']:.2f} → "
+          f"{d['last_loss']:.2f} in {d['steps']} steps, test ROUGE-1 / 2 / L {d['rouge1']:.1f} / "
+          f"{d['rouge2']:.1f} / {d['rougeL']:.1f}, {d['wall_s'] / 60:.1f} min in all "
+          f"({r.files('default_job_cpu.json')}).")
+
+
+_PIPELINE_SIZES = {"small": "small (`configs/default.py` model, batch {b})", "tiny": "tiny (d_model 32, batch {b})"}
+
+
+def input_pipeline(r: Results) -> str:
+  """Training loop vs the step alone, and the divergence guard's cost."""
+  d = r.load("input_pipeline_cpu.json")
+  rows = []
+  for name, s in sorted(d["sizes"].items(), key=lambda kv: -kv[1]["batch_size"]):
+    label = _PIPELINE_SIZES.get(name, name + " (batch {b})").format(b=s["batch_size"])
+    rows.append([label, f"{s['loop_steps_per_s']:.4g}", f"{s['step_alone_steps_per_s']:.4g}",
+                 f"{s['loop_over_alone']:.3f}", f"{s['guard_cost']:.1%}"])
+  return _table(["size", "loop steps/s", "step alone steps/s", "loop / step alone", "guard cost"], rows)
+
+
+def cross_attention_cost(r: Results) -> str:
+  """Table 1: XLA flops and bytes of one head's cross-attention, and fwd+bwd temporaries."""
+  gpu, cpu = r.load("cross_attention_cost_gpu.json"), r.load("cross_attention_cost_cpu.json")
+  rows = []
+  for g in gpu["rows"]:
+    c = _one(_rows(cpu, kind=g["kind"], s=g["s"]))
+    rows.append([g["kind"], "–" if g["kind"] == "full" else g["s"], f"{g['flops'] / 1e6:.3g}",
+                 f"{g['ratio_to_full']:.3f}", f"{g['bytes_ratio_to_full']:.2f}",
+                 _mib(g["temp_bytes_fwd_bwd_b8_h8"]), _mib(c["temp_bytes_fwd_bwd_b8_h8"])])
+  return _table(["kind", "s", "XLA MFLOPs", "/ full", "bytes / full", "fwd+bwd temp (GPU)",
+                 "fwd+bwd temp (CPU)"], rows)
+
+
+def _decode(r: Results):
+  return r.load("decode_scaling_cpu.json"), r.load("decode_scaling_gpu.json")
+
+
+def decode_scaling(r: Results) -> str:
+  """Decoding time per token vs input length k, full vs srformer, CPU and GPU."""
+  cpu, gpu = _decode(r)
+  rows = []
+  for k in sorted({x["k"] for x in cpu["rows"]}):
+    row = [k]
+    for d, fmt in ((cpu, "{:.1f} ms"), (gpu, "{:.3f} ms")):
+      full = _one(_rows(d, kind="full", k=k))["per_token_ms"]
+      srf = _one(_rows(d, kind="srformer", k=k))["per_token_ms"]
+      row += [fmt.format(full), fmt.format(srf), _x(full / srf)]
+    rows.append(row)
+  return _table(["k", "CPU full", "CPU srformer", "speedup", "GPU full", "GPU srformer", "speedup"], rows)
+
+
+def decode_scaling_init(r: Results) -> str:
+  """Per-input work (init) and the whole decode of 128 tokens at the largest k."""
+  rows = []
+  for name, d in zip(("CPU", "GPU"), _decode(r)):
+    k = max(x["k"] for x in d["rows"])
+    for kind in ("full", "srformer"):
+      x = _one(_rows(d, kind=kind, k=k))
+      rows.append([name, kind, k, _secs(x["init_s"]), f"{_sig(x['per_token_ms'])} ms", _secs(x["total_s"])])
+  return _table(["machine", "kind", "k", "per-input init", "per token",
+                 f"{_decode(r)[0]['new_tokens']} tokens in all"], rows)
+
+
+def vs_hf_torch(r: Results) -> str:
+  """Generate and one train step against transformers (PyTorch), same weights."""
+  cpu, gpu = r.load("vs_hf_torch_cpu.json"), r.load("vs_hf_torch_gpu.json")
+  rows = []
+  for c in cpu["rows"]:
+    g = _one(_rows(gpu, impl=c["impl"], kind=c["kind"]))
+    label = "HF torch" if c["impl"] == "hf_torch" else f"ours, {c['kind']}"
+    cells = []
+    for x in (c, g):
+      for key in ("generate", "train"):
+        t = x[f"{key}_s" if key == "generate" else "train_step_s"]
+        sp = x[f"{key}_speedup_vs_hf"]
+        cells.append(_secs(t) + ("" if x["impl"] == "hf_torch" else f" ({_x(sp)})"))
+    rows.append([label] + cells)
+  return _table(["", "CPU generate", "CPU train step", "GPU generate", "GPU train step"], rows)
+
+
+def train_throughput(r: Results) -> str:
+  """Training step time, tokens/s, compile time and MFU."""
+  rows = []
+  for name in ("cpu", "gpu"):
+    d = r.load(f"train_throughput_{name}.json")
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(d["dtype"], d["dtype"])
+    for x in sorted(d["rows"], key=lambda x: (x["k"], x["kind"])):
+      tps = x["tokens_per_s"]
+      rows.append([f"{name.upper()} {dtype}, {x['kind']}", x["k"], x["batch"], _secs(x["step_s"]),
+                   f"{tps / 1e3:.0f}k" if tps >= 1e4 else f"{tps:.0f}",
+                   f"{x['compile_s']:.1f} s" if x["compile_s"] < 20 else f"{x['compile_s']:.0f} s",
+                   f"{x['mfu']:.1%}" if x.get("mfu") else "–"])
+  return _table(["", "k", "batch", "step", "tokens/s", "compile", "MFU"], rows)
+
+
+def long_inputs(r: Results) -> str:
+  """Train-step memory vs k: XLA's memory analysis and the backward's residuals."""
+  mem, res = r.load("long_inputs_cpu.json"), r.load("long_inputs_cpu_residuals.json")
+
+  def m(variant, k):
+    x = [y for y in mem["memory"] if y["variant"] == variant and y["k"] == k]
+    return f"{_gib(x[0]['temp_bytes'])} / {_gib(x[0]['total_bytes'])} GiB" if x else "–"
+
+  def rb(variant, k):
+    x = [y for y in res["residuals"] if y["variant"] == variant and y["k"] == k]
+    return f"{_gib(x[0]['residual_bytes'])} GiB" if x else "–"
+
+  rows = [[k, m("dense", k), m("blockwise", k), rb("dense", k), rb("dense+remat", k), rb("blockwise", k),
+           rb("blockwise+remat", k)] for k in sorted({y["k"] for y in mem["memory"]})]
+  out = _table(["k", "dense: XLA temp / total", "blockwise: XLA temp / total", "residuals: dense",
+                "dense + remat", "blockwise", "blockwise + remat"], rows)
+  args = max(y["argument_bytes"] for y in mem["memory"])
+  remat = [y for y in mem["memory"] if y["variant"] == "dense+remat"]
+  out += f"\n\nArguments (train state + batch): {_gib(args)} GiB."
+  for y in remat:
+    dense = [z for z in mem["memory"] if z["variant"] == "dense" and z["k"] == y["k"]][0]
+    out += (f" XLA temporaries with `remat_policy=\"full\"` (dense, k = {y['k']}): "
+            f"{dense['temp_bytes'] / 2**30:.2f} → {y['temp_bytes'] / 2**30:.2f} GiB.")
+  return out
+
+
+def long_inputs_timing(r: Results) -> str:
+  """k = 1024 train step time, dense vs blockwise (CPU, float32, batch 1)."""
+  d = r.load("long_inputs_cpu_timing.json")
+  rows = [[x["variant"], x.get("attention_block_size", "–"), x["k"], x["batch"], x["dtype"],
+           f"{x['step_s']:.1f} s", f"{x['min_s']:.1f} s"] for x in d["timing"]]
+  return _table(["variant", "block", "k", "batch", "dtype", "median step", "min step"], rows)
+
+
+def segment_sweep_history(r: Results) -> str:
+  """The from-scratch sweep's finding, in one line."""
+  d = r.load("segment_sweep_cpu.json")
+  full = [c for c in d["cells"] if c["kind"] == "full"][0]
+  o = d["overrides"]
+  return (f"From scratch ({len(d['cells'])} cells, {o['train.num_steps']} steps of batch "
+          f"{o['train.batch_size']} on DialogSum, [json]({r.href('segment_sweep_cpu.json')}), "
+          f"[png]({r.href('segment_sweep_cpu_fig4.png')})), no model read its input: full attention's "
+          f"source gain was {full['source_gain']:.4f} nats/token and its {full['eval_examples']} test "
+          f"predictions were {full['distinct_predictions']} distinct strings.")
+
+
+def crt_ptb_flops(r: Results) -> str:
+  """Forward FLOPs per token of every CRT-benchmark model at several context lengths L."""
+  d = r.load("crt_ptb_flops_cpu.json")
+  full = {x["context_len"]: x for x in d["rows"] if x["name"] == "full_L"}
+  rows = [[x["context_len"], x["name"], x["segment_len"], f"{x['flops_per_token'] / 1e6:.2f} M",
+           f"{x['flops_per_token_without_output_layer'] / 1e6:.3f} M",
+           f"{x['flops_per_token_without_output_layer'] / full[x['context_len']]['flops_per_token_without_output_layer']:.2f}×"]
+          for x in d["rows"]]
+  return _table(["L", "model", "segment", "fwd FLOPs/token (total)", "without output layer", "vs full_L"], rows)
+
+
+def crt_ptb_short(r: Results) -> str:
+  """The first, short CRT run: one seed, a fixed step budget, no dropout."""
+  d = r.load("crt_ptb_cpu_short.json")
+  s = d["settings"]
+  full = [x for x in d["runs"] if x["name"] == "full_L"][0]["flops_per_token_without_output_layer"]
+  rows = [[x["name"], x["segment_len"], f"{x['test_ppl']:.1f}", f"{x['flops_per_token'] / 1e6:.2f} M",
+           f"{x['flops_per_token_without_output_layer'] / 1e6:.3f} M",
+           f"{x['flops_per_token_without_output_layer'] / full:.2f}×"] for x in d["runs"]]
+  head = (f"{s['num_steps']} steps of {s['batch_size']} streams × {s['context_len']} tokens, "
+          f"d_model {s['d_model']}, {s['num_layers']} layers, dropout {s['dropout_rate']}, one seed each "
+          f"([json]({r.href('crt_ptb_cpu_short.json')}), [png]({r.href('crt_ptb_cpu_short.png')})):\n\n")
+  return head + _table(["model", "segment", "test ppl", "fwd FLOPs/token (total)", "without output layer",
+                        "vs full_L"], rows)
+
+
+def crt_ptb(r: Results) -> str:
+  """The CRT protocol (benchmarks/crt_ptb.py): per-model table, then gate and claim per context L."""
+  path = r.path("crt_ptb_cpu.json")
+  if not os.path.exists(path):
+    return "(no runs finished yet)"
+  from benchmarks import crt_ptb as bench  # no jax at import
+  payload = r.load("crt_ptb_cpu.json")
+  if "aggregate" not in payload:  # an older file, written before the protocol had seeds and verdicts
+    return "(no runs of the current protocol in crt_ptb_cpu.json yet)"
+  lines = [bench.markdown(path), ""]
+  agg = payload["aggregate"]
+  for context in sorted(set(agg.get("gate", {})) | set(agg.get("claim", {})), key=int):
+    parts = []
+    g = agg.get("gate", {}).get(context)
+    if g:
+      parts.append(f"gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
+                   f"{g['segmented_L/4_over_full']:.3f}, intervals "
+                   f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
+    c = agg.get("claim", {}).get(context)
+    if c:
+      parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
+                   f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "
+                   f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
+                   f"{c['crt_L/4_flops_over_full']:.2f}×)")
+    lines.append(f"- L = {context}: " + "; ".join(parts))
+  lines.append(f"\n[json]({r.href('crt_ptb_cpu.json')}) · [png]({r.href('crt_ptb_cpu.png')})")
+  return "\n".join(lines)
+
+
+# ----- results at a glance (README): one short table per claim, every row linking its files -----------
+
+def glance_decode(r: Results) -> str:
+  """Decoding time per token at the largest input length."""
+  rows = []
+  for name, d in zip(("CPU", "GPU"), _decode(r)):
+    k = max(x["k"] for x in d["rows"])
+    full = _one(_rows(d, kind="full", k=k))["per_token_ms"]
+    srf = _one(_rows(d, kind="srformer", k=k))["per_token_ms"]
+    p = name.lower()
+    rows.append([_machine(d["machine"]), k, f"{_sig(full)} ms", f"{_sig(srf)} ms", _x(full / srf),
+                 r.files(f"decode_scaling_{p}.json", f"decode_scaling_{p}.png")])
+  return _table(["machine", "k", "full", "srformer", "speedup", "files"], rows)
+
+
+def glance_vs_hf(r: Results) -> str:
+  """Our srformer T5-small against transformers (PyTorch)."""
+  rows = []
+  for p in ("cpu", "gpu"):
+    d = r.load(f"vs_hf_torch_{p}.json")
+    x = _one(_rows(d, impl="srformer_jax", kind="srformer"))
+    rows.append([_machine(d["machine"]), _x(x["generate_speedup_vs_hf"]), _x(x["train_speedup_vs_hf"]),
+                 r.files(f"vs_hf_torch_{p}.json", f"vs_hf_torch_{p}.png")])
+  return _table(["machine", "generate vs HF", "train step vs HF", "files"], rows)
+
+
+def glance_cost(r: Results) -> str:
+  """Cross-attention flops relative to full attention."""
+  rows = []
+  for p in ("cpu", "gpu"):
+    d = r.load(f"cross_attention_cost_{p}.json")
+    cells = [f"{_one(_rows(d, kind=k, s=s))['ratio_to_full']:.3f}" for k, s in
+             (("segmented", 64), ("srformer", 64), ("srformer", 8))]
+    rows.append([_machine(d["machine"]), f"q={d['q']}, k={d['k']}, d={d['d']}"] + cells
+                + [r.files(f"cross_attention_cost_{p}.json", f"cross_attention_cost_{p}.png")])
+  return _table(["machine", "shape", "segmented s=64", "srformer s=64", "srformer s=8", "files"], rows)
+
+
+def glance_long_inputs(r: Results) -> str:
+  """T5-small SRformer train step at batch 8: memory by XLA's analysis and the backward's residuals."""
+  mem, res = r.load("long_inputs_cpu.json"), r.load("long_inputs_cpu_residuals.json")
+  k = max(y["k"] for y in mem["memory"])
+  get = lambda rows, v, key: _gib([y for y in rows if y["variant"] == v and y["k"] == k][0][key]) + " GiB"
+  return _table(["k", "dense total", "blockwise total", "residuals, blockwise + remat", "files"],
+                [[k, get(mem["memory"], "dense", "total_bytes"), get(mem["memory"], "blockwise", "total_bytes"),
+                  get(res["residuals"], "blockwise+remat", "residual_bytes"),
+                  r.files("long_inputs_cpu.json", "long_inputs_cpu_residuals.json", "long_inputs_cpu.png")]])
+
+
+def glance_pipeline(r: Results) -> str:
+  """The training loop against the step alone."""
+  d = r.load("input_pipeline_cpu.json")
+  s = d["sizes"]["small"]
+  return _table(["model", "loop / step alone", "divergence guard cost", "files"],
+                [[_PIPELINE_SIZES["small"].format(b=s["batch_size"]), f"{s['loop_over_alone']:.3f}",
+                  f"{s['guard_cost']:.1%}", r.files("input_pipeline_cpu.json", "input_pipeline_cpu.png")]])
+
+
+RENDERERS = {
+    "default_job": default_job,
+    "input_pipeline": input_pipeline,
+    "cross_attention_cost": cross_attention_cost,
+    "decode_scaling": decode_scaling,
+    "decode_scaling_init": decode_scaling_init,
+    "vs_hf_torch": vs_hf_torch,
+    "train_throughput": train_throughput,
+    "long_inputs": long_inputs,
+    "long_inputs_timing": long_inputs_timing,
+    "segment_sweep_history": segment_sweep_history,
+    "crt_ptb_flops": crt_ptb_flops,
+    "crt_ptb_short": crt_ptb_short,
+    "crt_ptb": crt_ptb,
+    "glance_decode": glance_decode,
+    "glance_vs_hf": glance_vs_hf,
+    "glance_cost": glance_cost,
+    "glance_long_inputs": glance_long_inputs,
+    "glance_pipeline": glance_pipeline,
+}
+
+
+# ----- blocks in documents --------------------------------------------------------------------------------
+
+def documents(root: str = REPO) -> list[str]:
+  """README.md and docs/*.md under `root`."""
+  return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+
+
+def render(name: str, results_dir: str = RESULTS, doc_dir: str = REPO) -> str:
+  """The content of block `name` for a document in `doc_dir`."""
+  if name not in RENDERERS:
+    raise KeyError(f"no renderer for block {name!r}; known: {', '.join(RENDERERS)}")
+  return RENDERERS[name](Results(results_dir, doc_dir)).rstrip("\n")
+
+
+def update_text(text: str, results_dir: str = RESULTS, doc_dir: str = REPO) -> tuple[str, list[str]]:
+  """(text with every block re-rendered, names of the blocks that changed). An opening marker without
+  its closing one, or a block with no renderer, raises ValueError."""
+  opened = OPEN.findall(text)
+  closed = [m.group(1) for m in BLOCK.finditer(text)]
+  if sorted(opened) != sorted(closed):
+    missing = sorted(set(opened) - set(closed)) or opened
+    raise ValueError(f"block(s) without a matching '<!-- /report:NAME -->' line: {', '.join(missing)}")
+  stale = []
+
+  def sub(m):
+    name, old = m.group(1), m.group(2)
+    try:
+      new = render(name, results_dir, doc_dir)
+    except KeyError as e:
+      raise ValueError(str(e)) from None
+    if old.rstrip("\n") != new:
+      stale.append(name)
+    return f"<!-- report:{name} -->\n{new}\n<!-- /report:{name} -->"
+
+  return BLOCK.sub(sub, text), stale
+
+
+def stale_blocks(root: str = REPO, results_dir: str = RESULTS) -> list[str]:
+  """`path: NAME` for every block under `root` that differs from its rendering."""
+  out = []
+  for path in documents(root):
+    with open(path) as f:
+      _, stale = update_text(f.read(), results_dir, os.path.dirname(path))
+    out += [f"{os.path.relpath(path, root)}: {name}" for name in stale]
+  return out
+
+
+def rewrite(root: str = REPO, results_dir: str = RESULTS) -> list[str]:
+  """Re-render every block under `root` in place; returns `path: NAME` of the blocks that changed."""
+  out = []
+  for path in documents(root):
+    with open(path) as f:
+      text = f.read()
+    new, stale = update_text(text, results_dir, os.path.dirname(path))
+    if new != text:
+      with open(path, "w") as f:
+        f.write(new)
+    out += [f"{os.path.relpath(path, root)}: {name}" for name in stale]
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--check", action="store_true", help="list stale blocks and exit 1 if any; change nothing")
+  p.add_argument("--root", default=REPO, help="repository root holding README.md and docs/")
+  args = p.parse_args(argv)
+  results = os.path.join(args.root, "benchmarks", "results")
+  if args.check:
+    stale = stale_blocks(args.root, results)
+    for s in stale:
+      print(f"stale: {s}")
+    return 1 if stale else 0
+  for s in rewrite(args.root, results):
+    print(f"rewrote {s}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

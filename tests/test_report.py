@@ -1,0 +1,88 @@
+"""The tables in README.md and docs/*.md are what benchmarks/report.py renders from the results JSON."""
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from benchmarks import report
+
+
+def _copy_repo_docs(dst):
+  """README.md, docs/ and benchmarks/results/*.json of the repository, copied under `dst`."""
+  shutil.copy(os.path.join(report.REPO, "README.md"), dst / "README.md")
+  shutil.copytree(os.path.join(report.REPO, "docs"), dst / "docs")
+  results = dst / "benchmarks" / "results"
+  results.mkdir(parents=True)
+  for name in os.listdir(report.RESULTS):
+    if name.endswith(".json"):
+      shutil.copy(os.path.join(report.RESULTS, name), results / name)
+  return results
+
+
+def test_docs_blocks_match_the_results_json():
+  stale = report.stale_blocks()
+  assert not stale, ("blocks differ from the results JSON; run `python -m benchmarks.report`:\n"
+                     + "\n".join(stale))
+
+
+def test_every_block_has_a_renderer_and_closes():
+  names = set()
+  for path in report.documents():
+    with open(path) as f:
+      text = f.read()
+    report.update_text(text, doc_dir=os.path.dirname(path))  # raises on unknown or unclosed blocks
+    names |= set(report.OPEN.findall(text))
+  assert {"default_job", "crt_ptb"} <= names
+
+
+def test_a_block_edited_by_hand_is_stale(tmp_path):
+  results = _copy_repo_docs(tmp_path)
+  assert report.stale_blocks(str(tmp_path), str(results)) == []
+  readme = tmp_path / "README.md"
+  text = readme.read_text()
+  start = text.index("<!-- report:glance_decode -->")
+  line_end = text.index("\n", text.index("| ---", start))  # the first table row follows
+  row_end = text.index("\n", line_end + 1)
+  edited = text[:line_end + 1] + text[line_end + 1:row_end].replace("|", "| 99.9 |", 1) + text[row_end:]
+  readme.write_text(edited)
+  assert report.stale_blocks(str(tmp_path), str(results)) == ["README.md: glance_decode"]
+  assert report.main(["--check", "--root", str(tmp_path)]) == 1
+  assert report.main(["--root", str(tmp_path)]) == 0   # rewrites in place
+  assert readme.read_text() == text
+  assert report.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_unclosed_or_unknown_block_is_an_error():
+  with pytest.raises(ValueError, match="without a matching"):
+    report.update_text("<!-- report:crt_ptb -->\nx\n")
+  with pytest.raises(ValueError, match="no renderer"):
+    report.update_text("<!-- report:nope -->\nx\n<!-- /report:nope -->\n")
+
+
+def test_placeholders_and_crt_ptb_from_a_results_file(tmp_path):
+  assert report.render("crt_ptb", str(tmp_path)) == "(no runs finished yet)"
+  assert report.render("default_job", str(tmp_path)) == "(not measured yet)"
+  from benchmarks import crt_ptb
+  runs = [{"name": n, "seed": k, "context_len": 64, "segment_len": s, "test_ppl": p + k, "valid_ppl": p + k + 5,
+           "epochs": 2.0, "flops_per_token": 3e6, "flops_per_token_without_output_layer": f,
+           "train_tokens_per_s": 1000.0}
+          for k in (0, 1, 2) for n, s, p, f in (("full_L", 64, 200.0, 9e5), ("segmented_L/4", 16, 230.0, 8e5),
+                                               ("crt_L/4", 16, 201.0, 1e6))]
+  (tmp_path / "crt_ptb_cpu.json").write_text(json.dumps({"runs": runs, "aggregate": crt_ptb.aggregate(runs)}))
+  out = report.render("crt_ptb", str(tmp_path))
+  assert out.startswith(crt_ptb.markdown(str(tmp_path / "crt_ptb_cpu.json")))
+  assert "- L = 64: gate holds" in out and "claim holds" in out
+  (tmp_path / "default_job_cpu.json").write_text(json.dumps(
+      {"first_loss": 7.5, "last_loss": 4.25, "steps": 600, "rouge1": 14.0, "rouge2": 2.0, "rougeL": 13.0,
+       "wall_s": 300.0, "machine": {"cpu": "x86_64", "cpu_count": 2}}))
+  assert "7.50 → 4.25 in 600 steps" in report.render("default_job", str(tmp_path))
+
+
+def test_report_needs_no_jax():
+  import subprocess
+  code = ("import sys; import benchmarks.report, benchmarks.crt_ptb; "
+          "sys.exit(1 if 'jax' in sys.modules else 0)")
+  assert subprocess.run([sys.executable, "-c", code], cwd=report.REPO).returncode == 0
