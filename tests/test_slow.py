@@ -57,7 +57,8 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["cross_attention_cost", "decode_scaling", "input_pipeline", "long_inputs",
+@pytest.mark.parametrize("script", ["cpu_efficiency", "cross_attention_cost", "decode_scaling", "input_pipeline",
+                                    "default_job", "long_inputs",
                                     "train_throughput", "vs_hf_torch"])
 def test_benchmark_quick(tmp_path, script):
   """Each benchmark's --quick mode runs against the current library and writes its JSON (the
