@@ -48,7 +48,8 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the model (one-line message)."""
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+  """Hex SHA-256 of a file's bytes."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
@@ -64,7 +65,7 @@ def _files(step_dir: str) -> list[str]:
 
 
 def write_manifest(step_dir: str):
-  files = {f: {"size": os.path.getsize(os.path.join(step_dir, f)), "sha256": _sha256(os.path.join(step_dir, f))}
+  files = {f: {"size": os.path.getsize(os.path.join(step_dir, f)), "sha256": sha256_file(os.path.join(step_dir, f))}
            for f in _files(step_dir)}
   tmp = os.path.join(step_dir, MANIFEST + ".tmp")
   with open(tmp, "w") as fh:
@@ -116,7 +117,7 @@ def verify(step_dir: str) -> str | None:
     size = os.path.getsize(p)
     if size != want["size"]:
       return f"{name} has {size} bytes, {want['size']} when saved"
-    if _sha256(p) != want["sha256"]:
+    if sha256_file(p) != want["sha256"]:
       return f"{name} has changed since it was saved (checksum mismatch)"
   return None
 
@@ -230,8 +231,9 @@ class Checkpointer:
         return out, s
       problems.append((s, problem))
       older = [c for c in candidates if c < s]
-      log.warning("checkpoint step %d in %s is damaged (%s); %s", s, self.directory, problem,
-                  f"falling back to step {older[0]}" if older else "no older checkpoint")
+      if older:  # else the CheckpointError below says it (one line, not two)
+        log.warning("checkpoint step %d in %s is damaged (%s); falling back to step %d", s,
+                    self.directory, problem, older[0])
     raise CheckpointError(f"no usable checkpoint in {self.directory}: "
                           + "; ".join(f"step {s}: {p}" for s, p in problems))
 
