@@ -4,20 +4,19 @@ Resumes automatically from the newest good checkpoint in --workdir. Config field
 --config.model.segment_size=8 --config.train.num_steps=1000. Multi-process: run it once per process
 with --config.train.coordinator_address=host:port --config.train.num_processes=N
 --config.train.process_id=i (or leave them unset under a launcher jax.distributed detects).
-Exits 1 with a one-line error when training diverges or no checkpoint is usable.
+Exits 1 with a one-line error on stderr for user errors (training diverged, no usable checkpoint,
+missing data, an unknown config field); --verbose shows the traceback instead.
 """
 
 import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from srformer_jax import eval_lib, train_lib
-from srformer_jax.checkpoint import CheckpointError
+from srformer_jax import entry, eval_lib, train_lib
 
-config_flags.DEFINE_config_file("config", "configs/default.py", "run configuration file")
+entry.define_config("configs/default.py", "run configuration file")
+flags.DEFINE_bool("verbose", False, entry.VERBOSE_HELP)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", required=True)
 flags.DEFINE_bool("eval", True, "evaluate (ROUGE) after training")
 
@@ -27,14 +26,10 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/absl chatter
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  try:
-    train_lib.train(cfg, workdir)
-  except (train_lib.TrainingDiverged, CheckpointError) as e:
-    logging.getLogger("srformer_jax").error("%s", e)
-    sys.exit(1)
+  train_lib.train(cfg, workdir)  # user errors (divergence, no usable checkpoint): entry.run
   if flags.FLAGS.eval:
     eval_lib.evaluate(cfg, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

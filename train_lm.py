@@ -6,13 +6,14 @@ Config fields can be overridden: --config.data.data_dir=/path/to/ptb --config.tr
 
 import logging
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
+from srformer_jax import entry
 from srformer_jax.crt import train as lm_train
 
-config_flags.DEFINE_config_file("config", "configs/crt_ptb.py", "run configuration file")
+entry.define_config("configs/crt_ptb.py", "run configuration file")
+flags.DEFINE_bool("verbose", False, entry.VERBOSE_HELP)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", required=True)
 flags.DEFINE_bool("eval", True, "valid/test perplexity after training")
 flags.DEFINE_bool("train", True, "train (resuming) before evaluating")
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

@@ -111,7 +111,8 @@ def summarize(texts: str | Iterable[str], run: Run | str | os.PathLike, batch_si
   decode_overrides: DecodeConfig fields (max_len, num_beams, length_penalty, no_repeat_ngram_size,
     min_len, early_stopping) replacing the run's config.decode settings.
 
-  Texts get the config's prefix and are truncated to data.max_source_len tokens (EOS kept).
+  Texts get the config's prefix and are truncated to data.max_source_len tokens (EOS kept). An
+  empty (or whitespace-only) text is a ValueError.
   """
   if isinstance(run, (str, os.PathLike)):
     run = load_run(run)
@@ -123,6 +124,8 @@ def summarize(texts: str | Iterable[str], run: Run | str | os.PathLike, batch_si
   for i, t in enumerate(texts):
     if not isinstance(t, str):
       raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a str: pass a list of documents")
+    if not t.strip():  # the model would still write a "summary" of nothing
+      raise ValueError(f"texts[{i}] is empty (or only whitespace): there is nothing to summarize")
   batch_size = check.integer(run.config.decode.batch_size if batch_size is None else batch_size,
                              "batch_size", 1, " (texts decoded together)")
   fields = {f.name for f in dataclasses.fields(DecodeConfig)}

@@ -5,8 +5,14 @@ leaves the previous checkpoint intact; `latest_step` only sees finished ones. Or
 checksums of the array files (tensorstore's OCDBT format does not either: flipped bytes inside a
 compressed chunk can load silently), so after each save has finished, process 0 writes
 `<step>/checksums.json` (size and SHA-256 of every file). Restore checks it first: a checkpoint
-with a missing, changed or truncated file, or without the manifest (a save that never finished),
-is reported in one log line and the next older one is used.
+with a missing, changed or truncated file is reported in one log line and the next older one is
+used.
+
+The manifest of step N is written when the next save starts (or at close), so that saving never
+waits for the asynchronous write; a process killed in between leaves a step that orbax finished
+but without a manifest (as do runs saved before manifests existed). Such a step is not damage: if
+orbax's own commit metadata says it finished and its metadata files parse, it is restored (a failed
+restore is damage) with one log line saying its bytes were not verified.
 """
 
 from __future__ import annotations
@@ -26,11 +32,24 @@ log = logging.getLogger(__name__)
 MANIFEST = "checksums.json"
 
 
+class _NoItemMetadataWarning(logging.Filter):
+  """Drops orbax's "Metadata file does not exist: .../state/_CHECKPOINT_METADATA" warning: reading
+  an item's metadata looks for a step-level file inside the item, on every load (harmless)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not (msg.startswith("Metadata file does not exist") and "_CHECKPOINT_METADATA" in msg)
+
+
+logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
+
+
 class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the model (one-line message)."""
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+  """Hex SHA-256 of a file's bytes."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
@@ -46,7 +65,7 @@ def _files(step_dir: str) -> list[str]:
 
 
 def write_manifest(step_dir: str):
-  files = {f: {"size": os.path.getsize(os.path.join(step_dir, f)), "sha256": _sha256(os.path.join(step_dir, f))}
+  files = {f: {"size": os.path.getsize(os.path.join(step_dir, f)), "sha256": sha256_file(os.path.join(step_dir, f))}
            for f in _files(step_dir)}
   tmp = os.path.join(step_dir, MANIFEST + ".tmp")
   with open(tmp, "w") as fh:
@@ -54,12 +73,38 @@ def write_manifest(step_dir: str):
   os.replace(tmp, os.path.join(step_dir, MANIFEST))
 
 
+UNVERIFIED = "unverified"  # verify(): no manifest, but orbax finished the step
+
+
+def _json_file(path: str) -> dict:
+  with open(path) as fh:
+    out = json.load(fh)
+  if not isinstance(out, dict):
+    raise ValueError(f"{os.path.basename(path)} is not a JSON object")
+  return out
+
+
+def orbax_finished(step_dir: str) -> str | None:
+  """None if orbax committed the step (its _CHECKPOINT_METADATA has a commit time, written just
+  before the atomic rename) and the items' metadata files parse; else what is wrong (one line)."""
+  try:
+    meta = _json_file(os.path.join(step_dir, "_CHECKPOINT_METADATA"))
+    if not meta.get("commit_timestamp_nsecs"):
+      return "orbax did not record a commit of this step"
+    _json_file(os.path.join(step_dir, "state", "_METADATA"))
+    if os.path.isdir(os.path.join(step_dir, "data")):
+      _json_file(os.path.join(step_dir, "data", "metadata"))
+  except (OSError, ValueError) as e:
+    return f"no {MANIFEST} and unreadable orbax metadata ({_one_line(e)})"
+  return None
+
+
 def verify(step_dir: str) -> str | None:
   """None if every file listed in the step's checksum manifest is there, whole and unchanged;
-  else what is wrong (one line)."""
+  UNVERIFIED if there is no manifest but orbax finished the step; else what is wrong (one line)."""
   path = os.path.join(step_dir, MANIFEST)
   if not os.path.exists(path):
-    return f"no {MANIFEST} (the save did not finish, or the file was deleted)"
+    return orbax_finished(step_dir) or UNVERIFIED
   try:
     with open(path) as fh:
       files = json.load(fh)["files"]
@@ -72,7 +117,7 @@ def verify(step_dir: str) -> str | None:
     size = os.path.getsize(p)
     if size != want["size"]:
       return f"{name} has {size} bytes, {want['size']} when saved"
-    if _sha256(p) != want["sha256"]:
+    if sha256_file(p) != want["sha256"]:
       return f"{name} has changed since it was saved (checksum mismatch)"
   return None
 
@@ -165,6 +210,9 @@ class Checkpointer:
     for s in candidates:
       problem = verify(self.step_dir(s)) if jax.process_index() == 0 else None
       problem = _broadcast_problem(problem)
+      unverified = problem == UNVERIFIED
+      if unverified:
+        problem = None
       if problem is None:
         self._check_shapes(s, params_target)
         try:
@@ -174,13 +222,18 @@ class Checkpointer:
         except Exception as e:  # a damage the checksums could not see (e.g. written by hand)
           problem = f"restore failed: {_one_line(e)}"
       if problem is None:
+        if unverified:  # logged once the restore worked (a failed one is reported as damage)
+          log.warning("checkpoint step %d in %s has no %s (the process stopped before writing it, "
+                      "or an older run): restored, but its bytes were not verified", s,
+                      self.directory, MANIFEST)
         if problems:
           self._set_aside([p for p, _ in problems] if quarantine else [])
         return out, s
       problems.append((s, problem))
       older = [c for c in candidates if c < s]
-      log.warning("checkpoint step %d in %s is damaged (%s); %s", s, self.directory, problem,
-                  f"falling back to step {older[0]}" if older else "no older checkpoint")
+      if older:  # else the CheckpointError below says it (one line, not two)
+        log.warning("checkpoint step %d in %s is damaged (%s); falling back to step %d", s,
+                    self.directory, problem, older[0])
     raise CheckpointError(f"no usable checkpoint in {self.directory}: "
                           + "; ".join(f"step {s}: {p}" for s, p in problems))
 
@@ -235,5 +288,6 @@ def _broadcast_problem(problem: str | None) -> str | None:
   if jax.process_count() == 1:
     return problem
   from jax.experimental import multihost_utils
-  bad = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
-  return (problem or "damaged (reported by process 0)") if int(bad) else None
+  code = 0 if problem is None else 1 if problem == UNVERIFIED else 2
+  code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+  return [None, UNVERIFIED, problem or "damaged (reported by process 0)"][code]

@@ -29,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--lines", action="store_true", help="every non-empty input line is one document")
   p.add_argument("--batch_size", type=int, default=None, help="default: config.decode.batch_size")
   p.add_argument("--mesh_shape", default=None, help="e.g. 1,1,1 (default: config.train.mesh_shape)")
+  p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   for name, kind in (("max_len", int), ("num_beams", int), ("length_penalty", float),
                      ("no_repeat_ngram_size", int), ("min_len", int)):
     p.add_argument(f"--{name}", type=kind, default=None, help="default: the run's config.decode")
@@ -36,20 +37,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_documents(files: list[str], lines: bool) -> list[str]:
+  """The documents of the input; ValueError naming an input with nothing to summarize."""
   raw = []
   for name in files or ["-"]:
     if name == "-":
-      raw.append(sys.stdin.read())
+      text, where = sys.stdin.read(), "stdin"
     else:
       with open(name, encoding="utf-8") as f:
-        raw.append(f.read())
+        text, where = f.read(), repr(name)
+    if not text.strip():
+      raise ValueError(f"{where} is empty: there is nothing to summarize")
+    raw.append(text)
   if lines:
     return [line.strip() for text in raw for line in text.splitlines() if line.strip()]
   return raw
 
 
 def main(argv=None) -> int:
+  """Summarizes; user errors (bad paths, empty input, no usable checkpoint): one line on stderr,
+  exit status 1 (--verbose: the traceback)."""
   args = parse_args(argv)
+  try:
+    return _summarize(args)
+  except Exception as e:  # noqa: BLE001 (sorted out here)
+    from srformer_jax import entry
+    if args.verbose or not isinstance(e, entry.user_errors() + (ValueError, OSError)):
+      raise
+    print(f"error: {entry.one_line(e)} (--verbose shows the traceback)", file=sys.stderr)
+    return 1
+
+
+def _summarize(args) -> int:
   logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
   try:
     from absl import logging as absl_logging

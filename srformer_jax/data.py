@@ -91,7 +91,7 @@ def read_jsonl(path: str, document_key: str = "document", summary_key: str = "su
   """Reads {document, summary} lines. Empty documents and undecodable / malformed lines are skipped
   and counted (with a warning naming the first few line numbers), never fatal."""
   if not os.path.exists(path):
-    raise DataError(f"data file {path!r} does not exist (set config.data.path to a JSONL file with "
+    raise DataError(f"data file {path!r} does not exist (expected a JSONL file with "
                     f"'{document_key}' and '{summary_key}' fields per line)")
   stats = Stats()
   pairs = []

@@ -105,6 +105,23 @@ def model_fields(cfg) -> dict:
   return fields
 
 
+POSITIVE_INTS = ("train.batch_size", "train.grad_accum", "train.log_every", "train.save_every",
+                 "decode.batch_size")
+
+
+def validate_config(cfg):
+  """Rejects config values that cannot work (before any data is read or tokenised)."""
+  from srformer_jax.entry import ConfigError
+  for path in POSITIVE_INTS:
+    section, key = path.split(".")
+    value = cfg[section].get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
+  if cfg.train.batch_size % cfg.train.grad_accum:
+    raise ConfigError(f"config.train.batch_size ({cfg.train.batch_size}) must be a multiple of "
+                      f"config.train.grad_accum ({cfg.train.grad_accum})")
+
+
 def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
   """The run's tokenizer; `train_spm` trains one on `train_texts` (an iterable of strings) into
   workdir/spm when none is there."""
@@ -130,6 +147,10 @@ def load_source(cfg, split_key: str, workdir: str):
   if d.source == "tfds":
     return data.read_tfds(d.name, split, d.get("data_dir"), max_examples)
   if d.source == "jsonl":
+    if not os.path.exists(split):
+      raise data.DataError(f"data file {split!r} does not exist: set config.data.{split_key} to a "
+                           f"JSONL file with '{d.get('document_key', 'document')}' and "
+                           f"'{_summary_key(d, split_key)}' fields per line")
     return data.read_jsonl(split, d.get("document_key", "document"), _summary_key(d, split_key),
                            max_examples)
   if d.source == "docstrings":
@@ -155,9 +176,16 @@ def source_id(cfg, split_key: str, workdir: str) -> str:
   if d.source == "tfds":
     return json.dumps(["tfds", d.name, split, d.get("data_dir"), limit])
   path = split if d.source == "jsonl" else os.path.join(workdir, "corpus", f"{split}.jsonl")
-  st = os.stat(path) if os.path.exists(path) else None
-  return json.dumps([d.source, os.path.abspath(path), st and st.st_size, st and st.st_mtime_ns, limit,
-                     d.get("document_key"), _summary_key(d, split_key)])
+  return json.dumps([d.source, _file_identity(path, workdir), limit, d.get("document_key"),
+                     _summary_key(d, split_key)])
+
+
+def _file_identity(path: str, workdir: str) -> list:
+  """A data file by its content (size, SHA-256), never its absolute path or modification time, so
+  that a copied or moved workdir (or data file) keeps its tokenised cache."""
+  if not os.path.exists(path):
+    return [os.path.basename(path), None, None]
+  return [os.path.getsize(path), checkpoint.sha256_file(path)]
 
 
 def batch_spec(cfg, batch_size=None) -> data.BatchSpec:
@@ -192,6 +220,7 @@ class TrainSetup:
 
 def setup_training(cfg, workdir: str) -> TrainSetup:
   """Tokenizer, model and the tokenised training split of a run (shared files by process 0)."""
+  validate_config(cfg)
   os.makedirs(workdir, exist_ok=True)
   src = load_source(cfg, "train_split", workdir)
   if cfg.data.tokenizer == "train_spm":
@@ -248,5 +277,5 @@ def write_json(path: str, obj, **kw):
 
 
 __all__ = ["init_distributed", "is_main", "barrier", "main_first", "local_rows", "make_mesh",
-           "model_fields", "build_tokenizer", "load_source", "source_id", "batch_spec",
+           "model_fields", "validate_config", "build_tokenizer", "load_source", "source_id", "batch_spec",
            "build_model_config", "TrainSetup", "setup_training", "load_trained_model", "write_json"]

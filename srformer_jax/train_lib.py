@@ -29,6 +29,9 @@ from srformer_jax.run_setup import (batch_spec, build_model_config, build_tokeni
                                     model_fields)
 
 log = logging.getLogger(__name__)
+# a diverged step's NaN reaches tensorboardX, which warns before our one-line divergence error
+logging.getLogger("tensorboardX.x2num").addFilter(
+    lambda record: "NaN or Inf found" not in record.getMessage())
 RUN_CONFIG_FILE = "run_config.json"  # the run's full config, written at train start (`api.load_run`)
 
 

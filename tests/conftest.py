@@ -35,5 +35,6 @@ def hf_dirs(tmp_path_factory):
 def shared_dir():
   path = os.path.abspath(SHARED)
   if not os.path.isdir(path):
-    pytest.skip("../shared is not available")
+    pytest.skip(f"the project's shared reference data is not at {path} (set SRFORMER_SHARED to "
+                f"its location); only slow tests use it")
   return path

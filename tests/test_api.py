@@ -303,3 +303,17 @@ def test_public_names():
   for name in ("load_run", "summarize", "Run"):
     assert name in srformer_jax.__all__
   assert summarize_fn is api.summarize
+
+
+def test_package_dependencies_are_the_runtime_requirements():
+  """pyproject's dependencies (pip install -e .) lower-bound what requirements.txt pins for runtime."""
+  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+    project = tomllib.load(f)
+  assert project["build-system"]["build-backend"] == "setuptools.build_meta"
+  with open(os.path.join(root, "requirements.txt")) as f:
+    runtime = f.read().split("# Tests")[0]
+  pinned = [line.split("#")[0].strip() for line in runtime.splitlines()]
+  pinned = sorted(p.replace("==", ">=") for p in pinned if p)
+  assert sorted(project["project"]["dependencies"]) == pinned

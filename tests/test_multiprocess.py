@@ -121,17 +121,16 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tmp_path, corpus_dir
   _assert_params_close(_final_params(cfg, w2), ref_params)
 
 
-@pytest.mark.slow
-def test_killed_process_then_rerun_finishes_like_uninterrupted(tmp_path, corpus_dir, reference):  # noqa: F811
+def _kill_one_rank_then_rerun(w, reference, kill_when, timeout=TIMEOUT):
+  """Kills process 1 once `kill_when()` is true (polled), then reruns both processes; the rerun
+  must finish like the uninterrupted 1-process reference."""
   cfg = mp_cfg()
-  w = _workdir(tmp_path, corpus_dir, "killed")
   procs = _start(w, save_every=2, step_delay=1.0)
-  manifest = os.path.join(w, "checkpoints", "2", "checksums.json")
-  deadline = time.time() + TIMEOUT
+  deadline = time.time() + timeout
   try:
-    while not os.path.exists(manifest):
+    while not kill_when():
       assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint at step 2"
-      time.sleep(0.2)
+      time.sleep(0.05)
     procs[1].send_signal(signal.SIGKILL)
     procs[1].wait()
     try:  # process 0 fails (its peer is gone) or hangs in a collective
@@ -142,11 +141,32 @@ def test_killed_process_then_rerun_finishes_like_uninterrupted(tmp_path, corpus_
     _kill(procs)
   steps = [s for s, _ in _losses(w)]
   assert steps and steps[-1] < 6, "the run was not interrupted"
-  _run2(w, save_every=2)
+  _wait(_start(w, save_every=2), w, timeout=timeout)
   assert [s for s, _ in _losses(w)] == list(range(1, 7))
   _assert_params_close(_final_params(cfg, w), _final_params(cfg, reference))
   ref = dict(_losses(reference))
   np.testing.assert_allclose([l for _, l in _losses(w)], [ref[s] for s in range(1, 7)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_killed_process_then_rerun_finishes_like_uninterrupted(tmp_path, corpus_dir, reference):  # noqa: F811
+  w = _workdir(tmp_path, corpus_dir, "killed")
+  manifest = os.path.join(w, "checkpoints", "2", "checksums.json")
+  _kill_one_rank_then_rerun(w, reference, lambda: os.path.exists(manifest))
+
+
+@pytest.mark.slow
+def test_rank_killed_before_first_manifest_then_rerun_resumes(tmp_path, corpus_dir, reference):  # noqa: F811
+  """Process 1 killed right after orbax finished checkpoint 2, before its manifest (written when
+  the save of step 4 starts): the rerun resumes from step 2 (unverified), bounded in time."""
+  w = _workdir(tmp_path, corpus_dir, "killed_early")
+  step_dir = os.path.join(w, "checkpoints", "2")
+  _kill_one_rank_then_rerun(w, reference, lambda: os.path.isdir(step_dir), timeout=600)
+  with open(os.path.join(w, "worker0.log")) as f:
+    log = f.read()
+  # logged only once step 2 was restored (the workers log warnings, not the INFO "resumed from")
+  assert "checkpoint step 2 in" in log and "restored, but its bytes were not verified" in log, log[-3000:]
+  assert not os.path.exists(os.path.join(w, "checkpoints_damaged"))
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from srformer_jax.decoding import DecodeConfig, generate, stepwise_logits
 from tests import checks
 
 FIXTURES = [f"srformer_{a}_official_s{s}.npz" for a in ("t5", "bart") for s in (8, 16)]
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")  # see its README
 
 
 def tiny(arch="t5", **kw):
@@ -41,8 +42,8 @@ def batch(enc_len=37, dec_len=12, b=3, vocab=64, seed=0):
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)
-def test_official_fixtures(shared_dir, fixture):
-  z = np.load(os.path.join(shared_dir, "fixtures", fixture))
+def test_official_fixtures(fixture):
+  z = np.load(os.path.join(FIXTURE_DIR, fixture))
   config = ModelConfig.from_hf(json.loads(str(z["config"])), cross_attention="srformer", faithful=True)
   params, initialised = state_dict_to_params(
       {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}, config)

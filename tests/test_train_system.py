@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -121,8 +123,21 @@ def _flip_bytes(step_dir):
     fh.write(bytes(b ^ 0xFF for b in chunk))
 
 
-DAMAGE = {"truncated": _truncate, "deleted_array": _delete_array, "deleted_checksums": _delete_our_manifest,
-          "deleted_ocdbt_manifest": _delete_ocdbt_manifest, "flipped_bytes": _flip_bytes}
+def _no_checksums_nor_commit(step_dir):
+  """Neither our manifest nor orbax's record that it committed the step."""
+  _delete_our_manifest(step_dir)
+  os.remove(os.path.join(step_dir, "_CHECKPOINT_METADATA"))
+
+
+def _no_checksums_truncated_array(step_dir):
+  _delete_our_manifest(step_dir)
+  _delete_array(step_dir)
+
+
+DAMAGE = {"truncated": _truncate, "deleted_array": _delete_array,
+          "deleted_ocdbt_manifest": _delete_ocdbt_manifest, "flipped_bytes": _flip_bytes,
+          "no_checksums_nor_commit": _no_checksums_nor_commit,
+          "no_checksums_deleted_array": _no_checksums_truncated_array}
 
 
 def _copy(trained, tmp_path, name):
@@ -150,6 +165,65 @@ def test_damaged_newest_checkpoint_falls_back_in_one_line(trained, tmp_path, cap
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   damaged = [m for m in warnings if "checkpoint step 6" in m]
   assert len(damaged) == 1 and "\n" not in damaged[0] and "falling back to step 3" in damaged[0], warnings
+
+
+def test_finished_checkpoint_without_checksums_restores_unverified(trained, tmp_path, caplog):
+  """A process killed after orbax finished step 6 but before its manifest was written."""
+  cfg = docstring_cfg(num_steps=6, save_every=3)
+  w = _copy(trained, tmp_path, "no_manifest")
+  _delete_our_manifest(os.path.join(w, "checkpoints", "6"))
+  abstract = _abstract(cfg, trained)
+  good = Checkpointer(os.path.join(trained, "checkpoints"))
+  want, _ = good.restore_params(abstract, 6)
+  good.close()
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    ck = Checkpointer(os.path.join(w, "checkpoints"))
+    params, step = ck.restore_params(abstract)
+    ck.close()
+  assert step == 6
+  jax.tree.map(np.testing.assert_array_equal, params, want)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert "checkpoint step 6" in warnings[0] and "not verified" in warnings[0]
+  assert not os.path.exists(os.path.join(w, "checkpoints_damaged"))
+
+
+@pytest.mark.slow  # ~80 s on 2 loaded cores: two train.py processes compile the step
+def test_train_py_killed_before_manifest_resumes(tmp_path, corpus_dir):  # noqa: F811
+  """SIGKILL after orbax finished checkpoints/<N> but before N's manifest (written when the next
+  save starts): the rerun resumes from N and finishes."""
+  w = _workdir(tmp_path, corpus_dir, "killed")
+  every = 40
+  model = dict(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1)
+  cmd = [sys.executable, "train.py", "--config=configs/default.py", f"--workdir={w}", "--eval=false",
+         "--config.data.max_source_len=48", "--config.data.max_target_len=16",
+         "--config.data.spm_vocab_size=300", "--config.train.batch_size=8",
+         f"--config.train.num_steps={2 * every}", f"--config.train.save_every={every}",
+         "--config.train.log_every=1"]
+  cmd += [f"--config.model.scratch.{k}={v}" for k, v in model.items()]
+  step_dir = os.path.join(w, "checkpoints", str(every))
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  try:
+    while not os.path.isdir(step_dir):
+      assert proc.poll() is None and time.time() < deadline, "no checkpoint before the process ended"
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert not os.path.exists(os.path.join(step_dir, checkpoint.MANIFEST)), "killed too late"
+  assert _losses(w)[-1][0] < 2 * every, "the run was not interrupted"
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"resumed from step {every}" in out.stderr
+  assert f"checkpoint step {every}" in out.stderr and "not verified" in out.stderr
+  assert "damaged" not in out.stderr
+  assert [s for s, _ in _losses(w)] == list(range(1, 2 * every + 1))
+  assert Checkpointer(os.path.join(w, "checkpoints")).latest_step() == 2 * every
 
 
 def test_no_good_checkpoint_is_one_clear_error(trained, tmp_path):

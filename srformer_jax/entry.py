@@ -1,0 +1,147 @@
+"""Command-line entry points: user errors as one line on stderr (exit 1), `--verbose` for the
+traceback; config overrides checked against the config and, for evaluation, against the saved run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+
+import ml_collections
+
+VERBOSE_HELP = "show the traceback of an error instead of its one-line message"
+
+
+class ConfigError(ValueError):
+  """A config override that names no field, or that contradicts the saved run."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Exception types that are the user's to fix (bad paths, data, config, checkpoints)."""
+  from srformer_jax.checkpoint import CheckpointError
+  from srformer_jax.crt.data import DataError as LMDataError
+  from srformer_jax.data import DataError
+  from srformer_jax.train_lib import TrainingDiverged
+  return (ConfigError, DataError, LMDataError, CheckpointError, TrainingDiverged, FileNotFoundError)
+
+
+def one_line(e: BaseException) -> str:
+  """The first line of an error's message (its type when it has none)."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
+def verbose_requested(argv: list[str]) -> bool:
+  """--verbose on the command line (read directly: flag parsing itself may be what failed)."""
+  return any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=True", "--verbose=1")
+             for a in argv)
+
+
+def fail(message: str):
+  """One line on stderr, exit status 1."""
+  print(f"error: {message} (--verbose shows the traceback)", file=sys.stderr)
+  sys.exit(1)
+
+
+def config_overrides(argv: list[str]) -> dict[str, str]:
+  """{'model.scratch.d_model': '128'} from --config.model.scratch.d_model=128 arguments."""
+  out = {}
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      key, value = a[len("--config."):].split("=", 1)
+      out[key] = value
+  return out
+
+
+def unknown_field(cfg: ml_collections.ConfigDict, path: str) -> str | None:
+  """None if `path` (a.b.c) names a field of cfg; else what is wrong, with the closest name."""
+  node, done = cfg, []
+  for part in path.split("."):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+      fields = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
+      where = ".".join(["config"] + done)
+      close = difflib.get_close_matches(part, fields, n=1)
+      hint = f"did you mean {where}.{close[0]}?" if close else f"its fields: {', '.join(fields)}"
+      return f"{where} has no field {part!r} (--config.{path}): {hint}"
+    node, done = node[part], done + [part]
+  return None
+
+
+def _load_config_file(argv: list[str], default: str):
+  """The --config file's ConfigDict, loaded the way config_flags loads it (None if it does not
+  load: then that is the error to report)."""
+  from ml_collections.config_flags import config_flags as impl
+  arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), default)
+  try:
+    return impl.ConfigFileFlagParser(name="config").parse(arg)
+  except Exception:  # noqa: BLE001 (no config to compare with)
+    return None
+
+
+def _report_override_error(e: BaseException, default: str):
+  """Exits with one line if an override names no config field (ml_collections raised `e`)."""
+  if verbose_requested(sys.argv) or not isinstance(e, (AttributeError, KeyError)):
+    return
+  cfg = _load_config_file(sys.argv, default)
+  for path in config_overrides(sys.argv):
+    problem = unknown_field(cfg, path) if cfg is not None else None
+    if problem:
+      fail(problem)
+
+
+def define_config(default: str, help_text: str):
+  """config_flags.DEFINE_config_file("config", ...): it applies the --config.* overrides at once,
+  so an override naming no field fails here, as one line."""
+  from ml_collections import config_flags
+  global _CONFIG_DEFAULT
+  _CONFIG_DEFAULT = default
+  try:
+    config_flags.DEFINE_config_file("config", default, help_text)
+  except Exception as e:  # noqa: BLE001 (re-raised unless it is an unknown field)
+    _report_override_error(e, default)
+    raise
+
+
+_CONFIG_DEFAULT = "configs/default.py"
+
+
+def run(main):
+  """absl's app.run(main), with user errors (and config overrides naming no field) reported in
+  one line unless --verbose is given."""
+  from absl import app
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+  except Exception as e:  # noqa: BLE001 (sorted out below)
+    if verbose_requested(sys.argv):
+      raise
+    _report_override_error(e, _CONFIG_DEFAULT)
+    if isinstance(e, user_errors()):
+      fail(one_line(e))
+    raise
+
+
+def check_overrides_match_run(cfg, workdir: str, argv: list[str]):
+  """Refuses --config.model.* overrides that differ from the run saved in workdir (evaluation uses
+  the saved model; an override there would be silently ignored)."""
+  from srformer_jax.train_lib import RUN_CONFIG_FILE
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = ml_collections.ConfigDict(json.load(f))
+  for key in config_overrides(argv):
+    if not key.startswith("model.") or unknown_field(saved, key):
+      continue
+    given, was = cfg, saved
+    for part in key.split("."):
+      given, was = given[part], was[part]
+    if isinstance(was, list) and isinstance(given, tuple):
+      given = list(given)
+    if given != was:
+      raise ConfigError(f"--config.{key}={given!r} contradicts the run in {workdir}: it was trained "
+                        f"with config.{key}={was!r} ({RUN_CONFIG_FILE}); evaluation uses the saved "
+                        f"model, so drop the override or use another --workdir")
