@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from srformer_jax.processes import barrier
+
 log = logging.getLogger(__name__)
 MANIFEST = "checksums.json"
 
@@ -166,7 +168,6 @@ class Checkpointer:
     self.manager.wait_until_finished()
     if self._pending is None:
       return
-    from srformer_jax.run_setup import barrier
     barrier(f"ckpt_saved_{self._pending}")
     if jax.process_index() == 0 and os.path.isdir(self.step_dir(self._pending)):
       write_manifest(self.step_dir(self._pending))
@@ -246,7 +247,6 @@ class Checkpointer:
       os.makedirs(dest, exist_ok=True)
       for s in steps:
         shutil.move(self.step_dir(s), os.path.join(dest, f"{s}.{int(time.time())}"))
-    from srformer_jax.run_setup import barrier
     barrier("ckpt_set_aside")
     self.manager.reload()
 
