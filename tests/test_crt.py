@@ -196,6 +196,7 @@ def lm_cfg(tmp_path, memory="crt"):
 def test_train_resume_is_exact_and_eval(tmp_path):
   from srformer_jax.crt import train as lm_train
   cfg = lm_cfg(tmp_path)
+  cfg.train.keep_best = False  # the best-validation state: test_early_stop_keeps_best_validation_state
   straight = lm_train.train(cfg, str(tmp_path / "a"))
   lm_train.train(cfg, str(tmp_path / "b"), stop_after=2)
   resumed = lm_train.train(cfg, str(tmp_path / "b"))

@@ -160,7 +160,7 @@ def test_segment_rule_and_plan():
   assert segment_plan(3, 5).active.tolist() == [True, True, False, True, False]
 
 
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", pytest.param("bart", marks=pytest.mark.slow)])
 def test_raf_gradients_finite_and_nonzero(arch):
   config = tiny(arch, cross_attention="srformer", segment_size=8)
   ids, mask, dec = batch()
