@@ -59,6 +59,36 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
 
 
 @pytest.mark.slow
+def test_reader_quick_exports_a_checkpoint_the_sweep_can_start_from(tmp_path, shared_dir):
+  """benchmarks/reader.py --quick: the summarization + span-corruption mixture, the curve, and an
+  exported HF directory whose tokenizer keeps every sentinel one piece; the export loads with
+  another cross-attention (new RAF parameters initialised, the rest equal)."""
+  data_dir = os.path.join(shared_dir, "data", "dialogsum")
+  if not os.path.isdir(data_dir):
+    pytest.skip(f"DialogSum is not in the shared reference data ({data_dir} does not exist)")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  subprocess.run([sys.executable, "benchmarks/reader.py", "--quick", f"--data_dir={data_dir}",
+                  f"--workdir={tmp_path / 'run'}", f"--export={tmp_path / 'export'}", f"--out={tmp_path / 'out'}"],
+                 cwd=REPO, env=env, check=True, timeout=1200)
+  result = json.load(open(tmp_path / "out" / "reader_quick.json"))
+  assert [r["step"] for r in result["curve"]] == [3, 6]
+  assert all(math.isfinite(r["source_gain"]) and r["distinct_predictions"] >= 1 for r in result["curve"])
+  import sentencepiece as spm
+  from benchmarks.reader import SENTINELS
+  sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "export" / "spm.model"))
+  assert all(len(sp.encode(s, out_type=str)) <= 2 and s in sp.encode(s, out_type=str) for s in SENTINELS)
+  from srformer_jax import load_hf_checkpoint
+  full_cfg, full, _ = load_hf_checkpoint(str(tmp_path / "export"))
+  cfg, params, new = load_hf_checkpoint(str(tmp_path / "export"), cross_attention="srformer", segment_size=8)
+  assert full_cfg.cross_attention == "full" and cfg.cross_attention == "srformer" and new
+  import numpy as np
+  from flax import traverse_util
+  a, b = traverse_util.flatten_dict(full), traverse_util.flatten_dict(params)
+  assert set(a) < set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["cpu_efficiency", "cross_attention_cost", "decode_scaling", "input_pipeline",
                                     "default_job", "long_inputs",
                                     "train_throughput", "vs_hf_torch"])

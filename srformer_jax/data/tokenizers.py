@@ -83,8 +83,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
 
 
 def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int = 2000,
-                        seed: int = 0) -> str:
-  """Trains a unigram SentencePiece model (pad=0, eos=1, unk=2) on texts; returns the .model path."""
+                        seed: int = 0, user_defined_symbols: Sequence[str] = ()) -> str:
+  """Trains a unigram SentencePiece model (pad=0, eos=1, unk=2) on texts; returns the .model path.
+  `user_defined_symbols` are always one piece each (e.g. span-corruption sentinels)."""
   import sentencepiece as spm
   os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
   corpus = out_prefix + ".corpus.txt"
@@ -92,9 +93,10 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
     for t in texts:
       f.write(t.replace("\n", " ") + "\n")
   spm.set_random_generator_seed(seed)
+  extra = {"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}
   spm.SentencePieceTrainer.train(
       input=corpus, model_prefix=out_prefix, vocab_size=vocab_size, model_type="unigram",
       pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=2,
-      input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2)
+      input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2, **extra)
   os.remove(corpus)
   return out_prefix + ".model"
