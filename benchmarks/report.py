@@ -248,12 +248,12 @@ def long_inputs_timing(r: Results) -> str:
 
 def segment_sweep_history(r: Results) -> str:
   """The from-scratch sweep's finding, in one line."""
-  d = r.load("segment_sweep_cpu.json")
+  d = r.load("segment_sweep_cpu_scratch.json")
   full = [c for c in d["cells"] if c["kind"] == "full"][0]
   o = d["overrides"]
   return (f"From scratch ({len(d['cells'])} cells, {o['train.num_steps']} steps of batch "
-          f"{o['train.batch_size']} on DialogSum, [json]({r.href('segment_sweep_cpu.json')}), "
-          f"[png]({r.href('segment_sweep_cpu_fig4.png')})), no model read its input: full attention's "
+          f"{o['train.batch_size']} on DialogSum, [json]({r.href('segment_sweep_cpu_scratch.json')}), "
+          f"[png]({r.href('segment_sweep_cpu_scratch_fig4.png')})), no model read its input: full attention's "
           f"source gain was {full['source_gain']:.4f} nats/token and its {full['eval_examples']} test "
           f"predictions were {full['distinct_predictions']} distinct strings.")
 

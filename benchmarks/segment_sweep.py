@@ -28,7 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, stats  # noqa: E402
 
 from srformer_jax.config import RAF_KINDS  # noqa: E402
 
@@ -49,19 +49,19 @@ PAPER = {
 # "gpu" is a T5-small-shaped model with every cell and many more steps.
 PRESETS = {
     "cpu": dict(
-        sizes=(8, 64), length_sizes=(8,), ablation_size=8, workers=2,
+        sizes=(8, 64), length_sizes=(8,), ablation_size=8, workers=2, seeds=(0,),
         overrides={"train.num_steps": 600, "train.batch_size": 16, "train.save_every": 100,
                    "train.log_every": 25, "train.learning_rate": 2e-3, "train.warmup_steps": 60,
                    "decode.num_beams": 2}),
     "gpu": dict(
-        sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64,
+        sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64, seeds=(0, 1, 2),
         overrides={"train.num_steps": 20000, "train.batch_size": 32, "train.save_every": 2000,
                    "train.log_every": 100, "train.learning_rate": 5e-4, "train.warmup_steps": 1000,
                    "model.dtype": "bfloat16", "decode.num_beams": 4, "model.scratch.d_model": 512,
                    "model.scratch.num_heads": 8, "model.scratch.d_kv": 64, "model.scratch.d_ff": 2048,
                    "model.scratch.num_encoder_layers": 6, "model.scratch.num_decoder_layers": 6}),
     "quick": dict(
-        sizes=(8, 64), length_sizes=(8,), ablation_size=8,
+        sizes=(8, 64), length_sizes=(8,), ablation_size=8, seeds=(0, 1),
         overrides={"train.num_steps": 6, "train.batch_size": 4, "train.save_every": 3,
                    "train.log_every": 2, "decode.num_beams": 1, "data.max_eval_examples": 8,
                    "decode.batch_size": 8, "model.scratch.d_model": 32, "model.scratch.num_heads": 2,
@@ -82,9 +82,17 @@ def cells(preset: dict) -> list[dict]:
     out += [dict(kind=kind, s=s, schedule="length") for kind in ("segmented", "srformer")]
   out += [dict(kind="xl", s=s, schedule="padded") for s in sizes]
   out += [dict(kind=kind, s=preset["ablation_size"], schedule="padded") for kind in ABLATIONS]
-  for c in out:
-    c["name"] = c["kind"] if c["s"] is None else f"{c['kind']}_s{c['s']}_{c['schedule']}"
-  return out
+  # seeds (data order, dropout, new-parameter init): every seed of the preset for the cells the
+  # claim rests on (full; segmented, xl, srformer at the smallest and largest s), seed 0 elsewhere
+  main = {(k, s) for k in ("segmented", "xl", "srformer") for s in (sizes[0], sizes[-1])}
+  seeded = []
+  for seed in preset.get("seeds", (0,)):
+    seeded += [dict(c, seed=seed) for c in out
+               if seed == 0 or c["kind"] == "full" or (c["schedule"] == "padded" and (c["kind"], c["s"]) in main)]
+  for c in seeded:
+    c["group"] = c["kind"] if c["s"] is None else f"{c['kind']}_s{c['s']}_{c['schedule']}"
+    c["name"] = c["group"] + (f"_seed{c['seed']}" if c["seed"] else "")
+  return seeded
 
 
 def parse_args():
@@ -98,6 +106,9 @@ def parse_args():
   p.add_argument("--document_key", default="dialogue")
   p.add_argument("--summary_key", default="summary")
   p.add_argument("--eval_summary_key", default="summary1", help="reference field of the test file")
+  p.add_argument("--reader", default="",
+                 help="the pretrained reader every cell fine-tunes from (a HF directory with spm.model, "
+                      "made by benchmarks/reader.py); without it every cell trains from scratch")
   p.add_argument("--runs", default=None, help="workdirs of the cells (default runs/segment_sweep_<preset>)")
   p.add_argument("--out", default=common.RESULTS, help="directory for the JSON and PNGs")
   p.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
@@ -133,6 +144,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     flags = dict(overrides)
     flags["model.cross_attention"] = cell["kind"]
     flags["model.segment_schedule"] = cell["schedule"]
+    flags["train.seed"] = cell.get("seed", 0)
     if cell["s"] is not None:
       flags["model.segment_size"] = cell["s"]
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",
@@ -161,7 +173,7 @@ def run_config(overrides: dict, cell: dict):
   from configs import dialogsum_sweep
   cfg = dialogsum_sweep.get_config()
   flags = dict(overrides, **{"model.cross_attention": cell["kind"],
-                             "model.segment_schedule": cell["schedule"]})
+                             "model.segment_schedule": cell["schedule"], "train.seed": cell.get("seed", 0)})
   if cell["s"] is not None:
     flags["model.segment_size"] = cell["s"]
   for key, value in flags.items():
@@ -205,7 +217,8 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   rouge = json.load(open(os.path.join(workdir, "rouge.json")))
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   with open(os.path.join(workdir, "predictions.jsonl")) as f:  # 1 = the same summary for every input
-    distinct = len({json.loads(line)["prediction"] for line in f})
+    preds = [json.loads(line) for line in f]
+  distinct = len({r["prediction"] for r in preds})
   steps = rows[-1]["step"]
   tail = [r["loss"] for r in rows if r["step"] > 0.9 * steps] or [rows[-1]["loss"]]
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
@@ -213,26 +226,98 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
               invocations=timing["invocations"], workdir=workdir, raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
-              distinct_predictions=distinct)
+              distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
 
 
-def plot(results: list[dict], out_dir: str, name: str):
+def per_example_rouge1(preds: list[dict]) -> list[float]:
+  """ROUGE-1 F x100 of each test example (as eval_lib.rouge scores them), for bootstrap intervals."""
+  from rouge_score import rouge_scorer
+  from srformer_jax.eval_lib import sentences_per_line
+  scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+  return [round(100.0 * scorer.score(sentences_per_line(r["reference"]), sentences_per_line(r["prediction"]))
+                ["rouge1"].fmeasure, 4) for r in preds]
+
+
+METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions")
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+  """Per group (kind, s, schedule): mean and 95% interval of every metric over its seeds (Student-t);
+  a group with one seed gets a bootstrap interval over test examples for ROUGE-1 instead."""
+  groups: dict[str, list[dict]] = {}
+  for r in results:
+    groups.setdefault(r.get("group", r["name"]), []).append(r)
+  out = []
+  for name, rs in groups.items():
+    g = {k: rs[0][k] for k in ("kind", "s", "schedule")}
+    g.update(group=name, seeds=sorted(r.get("seed", 0) for r in rs))
+    for m in METRICS:
+      vals = [r[m] for r in rs if r.get(m) is not None]
+      g[m] = stats.mean_ci(vals) if vals else None
+    if len(rs) == 1 and rs[0].get("rouge1_per_example"):
+      boot = stats.bootstrap_ci(rs[0]["rouge1_per_example"])
+      g["rouge1"] = dict(g["rouge1"], lo=boot["lo"], hi=boot["hi"], interval="bootstrap over test examples")
+    elif len(rs) > 1:
+      g["rouge1"]["interval"] = "t over seeds"
+    out.append(g)
+  return out
+
+
+def verdict(groups: list[dict]) -> dict:
+  """The paper's claim at the smallest segment size, on ROUGE-1 (Table 3, Fig. 4): segmented below
+  full, srformer above segmented (intervals separated) and within 10% of full, xl in between."""
+  by = {g["group"]: g for g in groups}
+  sizes = sorted({g["s"] for g in groups if g["s"] is not None and g["schedule"] == "padded"})
+  full = by.get("full")
+  if not full or not sizes:
+    return {}
+  s = sizes[0]
+  seg, srf, xl = (by.get(f"{k}_s{s}_padded") for k in ("segmented", "srformer", "xl"))
+  out = {"s": s, "rule": "segmented < full and srformer > segmented (95% intervals separated); srformer >= "
+                         "0.9 x full; xl between segmented and srformer"}
+  if seg:
+    out["segmented_below_full"] = bool(seg["rouge1"]["mean"] < full["rouge1"]["mean"]
+                                       and stats.separated(seg["rouge1"], full["rouge1"]))
+  if seg and srf:
+    out["srformer_above_segmented"] = bool(srf["rouge1"]["mean"] > seg["rouge1"]["mean"]
+                                           and stats.separated(srf["rouge1"], seg["rouge1"]))
+    out["srformer_within_10pct_of_full"] = bool(srf["rouge1"]["mean"] >= 0.9 * full["rouge1"]["mean"])
+  if seg and srf and xl:
+    lo, hi = sorted((seg["rouge1"]["mean"], srf["rouge1"]["mean"]))
+    out["xl_between"] = bool(lo <= xl["rouge1"]["mean"] <= hi)
+  keys = ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full", "xl_between")
+  out["holds"] = all(out.get(k) for k in keys)
+  return out
+
+
+def plot(groups: list[dict], out_dir: str, name: str):
+  """Fig. 4 (ROUGE-1 and test loss against s, 95% interval bars, full attention as a band) and
+  Table 4 (the ablations beside srformer at their s)."""
   plt = common.plt()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-  full = [r for r in results if r["kind"] == "full"]
+  full = next((g for g in groups if g["kind"] == "full"), None)
   styles = {"segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue"}
   panels = (("rouge1", "ROUGE-1 (test)", "ROUGE-1 vs segment size (cf. paper Fig. 4)"),
             ("test_loss", "test loss (teacher forced, nats/token)", "Test loss vs segment size"))
+
+  def err(c):
+    return None if c is None or c.get("lo") is None else [[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]]
+
   for ax, (metric, ylabel, title) in zip(axes, panels):
-    if full and full[0].get(metric) is not None:
-      ax.axhline(full[0][metric], color="k", ls=":", label="full attention")
+    if full and full.get(metric):
+      f = full[metric]
+      ax.axhline(f["mean"], color="k", ls=":", label=f"full attention (n={f['n']})")
+      if f.get("lo") is not None:
+        ax.axhspan(f["lo"], f["hi"], color="k", alpha=0.1)
     for kind, color in styles.items():
       for schedule, ls in (("padded", "-"), ("length", "--")):
-        pts = sorted((r["s"], r[metric]) for r in results
-                     if r["kind"] == kind and r["schedule"] == schedule and r.get(metric) is not None)
-        if pts:
-          ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=color,
-                  label=f"{kind} ({schedule})")
+        pts = sorted((g["s"], g[metric]) for g in groups
+                     if g["kind"] == kind and g["schedule"] == schedule and g.get(metric))
+        if not pts:
+          continue
+        ax.plot([p[0] for p in pts], [p[1]["mean"] for p in pts], ls, color=color, label=f"{kind} ({schedule})")
+        for x, c in pts:
+          ax.errorbar([x], [c["mean"]], yerr=err(c), fmt="o", color=color, capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("segment size s")
     ax.set_ylabel(ylabel)
@@ -243,14 +328,19 @@ def plot(results: list[dict], out_dir: str, name: str):
   fig.savefig(os.path.join(out_dir, f"{name}_fig4.png"), dpi=110)
   plt.close(fig)
 
-  abl = [r for r in results if r["kind"] in ABLATIONS]
+  abl = [g for g in groups if g["kind"] in ABLATIONS]
   if abl:
     s = abl[0]["s"]
-    base = [r for r in results if r["kind"] == "srformer" and r["s"] == s and r["schedule"] == "padded"]
-    bars = base + sorted(abl, key=lambda r: ABLATIONS.index(r["kind"]))
+    base = [g for g in groups if g["kind"] == "srformer" and g["s"] == s and g["schedule"] == "padded"]
+    bars = base + sorted(abl, key=lambda g: ABLATIONS.index(g["kind"]))
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ax.bar(range(len(bars)), [r["rouge1"] for r in bars], color="tab:blue")
-    ax.set_xticks(range(len(bars)), [r["kind"] for r in bars], rotation=20)
+    ys = [g["rouge1"]["mean"] for g in bars]
+    yerr = [[g["rouge1"]["mean"] - (g["rouge1"]["lo"] if g["rouge1"].get("lo") is not None else g["rouge1"]["mean"])
+             for g in bars],
+            [(g["rouge1"]["hi"] if g["rouge1"].get("hi") is not None else g["rouge1"]["mean"]) - g["rouge1"]["mean"]
+             for g in bars]]
+    ax.bar(range(len(bars)), ys, yerr=yerr, capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(bars)), [g["kind"] for g in bars], rotation=20)
     ax.set_ylabel("ROUGE-1 (test)")
     ax.set_title(f"Ablations at s = {s} (cf. paper Table 4)")
     ax.grid(alpha=0.3, axis="y")
@@ -298,9 +388,12 @@ def main():
   if args.workers is None:
     args.workers = preset.get("workers", 1)
   if args.table:
-    print(markdown_table(json.load(open(os.path.join(args.out, f"segment_sweep_{preset_name}.json")))))
+    suffix = "" if args.reader else "_scratch"
+    print(markdown_table(json.load(open(os.path.join(args.out, f"segment_sweep_{preset_name}{suffix}.json")))))
     return
-  runs = args.runs or os.path.join(REPO, "runs", f"segment_sweep_{preset_name}")
+  # fine-tuned from the reader (the paper's protocol): segment_sweep_<preset>; from scratch: ..._scratch
+  name = f"segment_sweep_{preset_name}" + ("" if args.reader else "_scratch")
+  runs = args.runs or os.path.join(REPO, "runs", name)
   train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
   test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
   for path in (train_path, test_path):
@@ -308,11 +401,20 @@ def main():
       sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
   os.makedirs(runs, exist_ok=True)
   from configs import dialogsum_sweep
-  vocab = dialogsum_sweep.get_config().data.spm_vocab_size
-  spm = train_tokenizer(args, runs, train_path, vocab)
+  if args.reader:
+    reader = os.path.abspath(args.reader)
+    if not os.path.exists(os.path.join(reader, "config.json")):
+      sys.exit(f"no reader at {reader}: make one with benchmarks/reader.py (it exports config.json, "
+               "model.safetensors and spm.model)")
+    spm = os.path.join(reader, "spm.model")
+  else:
+    vocab = dialogsum_sweep.get_config().data.spm_vocab_size
+    spm = train_tokenizer(args, runs, train_path, vocab)
   overrides = {"data.train_split": train_path, "data.eval_split": test_path,
                "data.document_key": args.document_key, "data.summary_key": args.summary_key,
                "data.eval_summary_key": args.eval_summary_key, "data.tokenizer": f"spm:{spm}"}
+  if args.reader:
+    overrides["model.init_from"] = reader
   overrides.update(preset["overrides"])
   for item in args.set:
     key, value = item.split("=", 1)
@@ -322,7 +424,6 @@ def main():
       overrides[key] = value  # a plain string
   only = set(filter(None, args.only.split(",")))
   grid = [c for c in cells(preset) if not only or c["name"] in only]
-  name = f"segment_sweep_{preset_name}"
   if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   done: dict[str, dict] = {}
@@ -331,12 +432,16 @@ def main():
     for future in concurrent.futures.as_completed(futures):
       done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
+      groups = aggregate(results)
       payload = {"preset": preset_name, "overrides": {k: _relative(v) for k, v in overrides.items()},
+                 "protocol": "fine-tuned from the reader" if args.reader else "from scratch",
+                 "reader": _relative(reader) if args.reader else None,
                  "git_commit": _git_commit(), "machine": _machine(), "paper_t5_small_cnndm": PAPER,
                  "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
+                 "groups": groups, "verdict": verdict(groups),
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
       common.write(args.out, name, payload)
-      plot(results, args.out, name)
+      plot(groups, args.out, name)
 
 
 def _relative(value):

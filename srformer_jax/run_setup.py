@@ -139,7 +139,10 @@ def build_model_config(cfg, tok: data.Tokenizer) -> tuple[ModelConfig, dict | No
   from srformer_jax import convert
   m = cfg.model
   if m.get("init_from"):
-    mc, params, new = convert.load_hf_checkpoint(m.init_from, **model_fields(cfg))
+    # new SRformer parameters (RAF) are initialised from the run's seed (seed 0: jax.random.key(0), as
+    # load_hf_checkpoint's default), so seeds differ in them as in data order and dropout
+    mc, params, new = convert.load_hf_checkpoint(m.init_from, rng=jax.random.key(cfg.train.seed),
+                                                 **model_fields(cfg))
     if tok.vocab_size > mc.vocab_size:
       raise ValueError(f"tokenizer has {tok.vocab_size} tokens, model only {mc.vocab_size}")
     return mc, params, new

@@ -44,15 +44,15 @@ def test_segment_sweep_quick(tmp_path, shared_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=1200)
-  result = json.load(open(tmp_path / "out" / "segment_sweep_quick.json"))
+  result = json.load(open(tmp_path / "out" / "segment_sweep_quick_scratch.json"))
   assert [c["name"] for c in result["cells"]] == ["full", "srformer_s8_length", "recurrent_only_s8_padded"]
   assert all(c["steps"] == 6 and c["eval_examples"] == 8 for c in result["cells"])
   assert result["cells"][1]["raf"] and result["cells"][0]["raf"] is None
   for c in result["cells"]:  # teacher-forced test loss, own vs swapped documents
     assert math.isfinite(c["test_loss"]) and math.isfinite(c["source_gain"])
     assert 1 <= c["distinct_predictions"] <= c["eval_examples"]
-  assert (tmp_path / "out" / "segment_sweep_quick_fig4.png").exists()
-  assert (tmp_path / "out" / "segment_sweep_quick_ablations.png").exists()
+  assert (tmp_path / "out" / "segment_sweep_quick_scratch_fig4.png").exists()
+  assert (tmp_path / "out" / "segment_sweep_quick_scratch_ablations.png").exists()
   before = os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json")
   subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600)
   assert os.path.getmtime(tmp_path / "runs" / "full" / "rouge.json") == before
@@ -86,6 +86,18 @@ def test_reader_quick_exports_a_checkpoint_the_sweep_can_start_from(tmp_path, sh
   from flax import traverse_util
   a, b = traverse_util.flatten_dict(full), traverse_util.flatten_dict(params)
   assert set(a) < set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  # the sweep fine-tunes from it: two seeds of full attention and one segmented cell, intervals
+  subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--quick", f"--data_dir={data_dir}",
+                  f"--reader={tmp_path / 'export'}", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}",
+                  "--only=full,full_seed1,segmented_s8_padded", "--workers=1"], cwd=REPO, env=env, check=True,
+                 timeout=1200)
+  sweep = json.load(open(tmp_path / "out" / "segment_sweep_quick.json"))
+  assert sweep["protocol"] == "fine-tuned from the reader" and sweep["overrides"]["model.init_from"]
+  assert [c["name"] for c in sweep["cells"]] == ["full", "segmented_s8_padded", "full_seed1"]  # seed-major
+  groups = {g["group"]: g for g in sweep["groups"]}
+  assert groups["full"]["seeds"] == [0, 1] and groups["full"]["rouge1"]["n"] == 2
+  assert groups["segmented_s8_padded"]["rouge1"]["interval"] == "bootstrap over test examples"
+  assert "segmented_below_full" in sweep["verdict"]
 
 
 @pytest.mark.slow
