@@ -266,7 +266,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
       if best_ckpt is not None and (best is None or v["nll"] < best["valid_nll"]):
         best = {"step": step + 1, "valid_nll": v["nll"], "valid_ppl": v["ppl"],
                 "epoch": it.epoch + it.offset / (it.windows_per_epoch * it.window)}
-        best_ckpt.save(step + 1, state, it.state(), wait=True)
+        if best_ckpt.latest_step() != step + 1:  # else a kill came between this save and best.json
+          best_ckpt.save(step + 1, state, it.state(), wait=True)
         if main:
           _write_json(best_file, best)
       record["best_valid_ppl"] = best["valid_ppl"] if best else v["ppl"]
