@@ -44,10 +44,13 @@ PRESETS = {
                 batch_size=32, num_steps=2000, learning_rate=2e-3, warmup_steps=100, eval_every=250,
                 patience=2, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
                 long=dict(context_len=512, batch_size=8, num_steps=1000, eval_every=125, seeds=(0, 1))),
-    "gpu": dict(context_len=256, d_model=512, num_heads=8, d_ff=2048, num_layers=3, dropout_rate=0.3,
-                batch_size=32, num_steps=6000, learning_rate=5e-4, warmup_steps=400, eval_every=500,
+    # gpu: sized for minutes of one H100/H200, not run yet: 64 streams x 256 tokens (~16k tokens a
+    # step, ~57 steps an epoch), at most 600 steps (~10 epochs) with early stopping; a few seconds of
+    # compilation and ~5-10 ms a step, so ~10-20 s a run and the 27 runs in several minutes
+    "gpu": dict(context_len=256, d_model=256, num_heads=4, d_ff=1024, num_layers=3, dropout_rate=0.2,
+                batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=40, eval_every=60,
                 patience=3, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
-                long=dict(context_len=1024, batch_size=8, num_steps=6000, eval_every=500, seeds=(0, 1))),
+                long=dict(context_len=1024, batch_size=16, num_steps=600, eval_every=60, seeds=(0, 1))),
     "quick": dict(context_len=16, d_model=32, num_heads=2, d_ff=64, num_layers=2, dropout_rate=0.0,
                   batch_size=4, num_steps=6, learning_rate=3e-3, warmup_steps=2, eval_every=3,
                   patience=1, eval_batch_size=2, seeds=(0, 1), extra_seeds=(0,),
