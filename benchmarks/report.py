@@ -298,12 +298,17 @@ def crt_ptb(r: Results) -> str:
   for context in sorted(set(agg.get("gate", {})) | set(agg.get("claim", {})), key=int):
     parts = []
     g = agg.get("gate", {}).get(context)
-    if g:
+    if g and g["seeds"] < 2:  # no interval yet: no verdict
+      parts.append(f"gate undecided (segmented_L/4 / full_L = {g['segmented_L/4_over_full']:.3f} with "
+                   f"{g['seeds']} seed; the verdict needs intervals over seeds)")
+    elif g:
       parts.append(f"gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
                    f"{g['segmented_L/4_over_full']:.3f}, intervals "
                    f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
     c = agg.get("claim", {}).get(context)
-    if c:
+    if c and g and g["seeds"] < 2:
+      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f} with 1 seed)")
+    elif c:
       parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
                    f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "
                    f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
