@@ -69,3 +69,10 @@ def plt():
   matplotlib.use("Agg")
   import matplotlib.pyplot as pyplot
   return pyplot
+
+
+def save_figure(fig, path: str, dpi: int = 110):
+  """Writes a matplotlib figure as PNG, closes it and says where it went."""
+  fig.savefig(path, dpi=dpi)
+  plt().close(fig)
+  print(f"wrote {path}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
@@ -180,7 +179,6 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
 
 def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 500) -> dict:
   """The sweep model's beam search on a batch of 50 (random weights: every beam runs to max_len)."""
-  import numpy as np
   from srformer_jax import DecodeConfig, build_model, generate_jit, init_params
   mc = sweep_config(s, cross_attention="srformer", segment_size=8)
   model = build_model(mc)
@@ -237,9 +235,7 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   ax2.legend(fontsize=7, loc="lower right")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  common.save_figure(fig, path)
 
 
 def main():

@@ -214,9 +214,7 @@ def plot(models: list[dict], path: str, title: str):
     ax.grid(alpha=0.3)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  common.save_figure(fig, path)
 
 
 def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4096)):
@@ -251,9 +249,7 @@ def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4
   ax.grid(alpha=0.3)
   fig.tight_layout()
   path = os.path.join(out_dir, f"crt_ptb_flops_{name}.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  common.save_figure(fig, path)
 
 
 def _fmt_ci(c: dict, digits: int = 1) -> str:

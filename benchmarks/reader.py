@@ -121,13 +121,8 @@ def reader_config(args, preset: dict, workdir: str, spm_path: str, mixture: str)
                   document_key="dialogue", summary_key="summary", eval_summary_key="summary1",
                   tokenizer=f"spm:{spm_path}", max_eval_examples=preset["eval_examples"])
   cfg.train.update(num_steps=preset["steps"], save_every=preset["eval_every"], keep_checkpoints=2)
-  for key, value in preset["overrides"].items():
-    *path, leaf = key.split(".")
-    node = cfg
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return cfg
+  from benchmarks.segment_sweep import set_fields
+  return set_fields(cfg, preset["overrides"])
 
 
 def trained(workdir: str) -> dict:
@@ -171,9 +166,7 @@ def plot(curve: list[dict], path: str, title: str):
   ax2.grid(alpha=0.3)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  print(f"wrote {path}")
+  common.save_figure(fig, path)
 
 
 def main():

@@ -176,6 +176,11 @@ def run_config(overrides: dict, cell: dict):
                              "model.segment_schedule": cell["schedule"], "train.seed": cell.get("seed", 0)})
   if cell["s"] is not None:
     flags["model.segment_size"] = cell["s"]
+  return set_fields(cfg, flags)
+
+
+def set_fields(cfg, flags: dict):
+  """Sets {"train.num_steps": 300, ...} on an ml_collections config, as --config.<key> flags do."""
   for key, value in flags.items():
     *path, leaf = key.split(".")
     node = cfg
