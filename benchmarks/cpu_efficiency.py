@@ -112,11 +112,19 @@ def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
 
 
 def sweep_config(s: dict, **kw):
+  """The segment sweep's model as train.py builds it from configs/dialogsum_sweep.py (gated-GELU
+  feed-forward, tied embeddings), with the sizes of `s` and the model fields `kw`."""
+  import dataclasses
+  from configs import dialogsum_sweep
   from srformer_jax import ModelConfig
-  return ModelConfig(arch="t5", vocab_size=s["vocab"], d_model=s["d_model"], num_heads=s["num_heads"],
-                     d_kv=s["d_kv"], d_ff=s["d_ff"], num_encoder_layers=s["layers"],
-                     num_decoder_layers=s["layers"], relative_attention_num_buckets=32,
-                     relative_attention_max_distance=128, gen_len=s["q"], dropout_rate=0.1, **kw)
+  from srformer_jax.run_setup import model_fields
+  cfg = dialogsum_sweep.get_config()
+  cfg.model.scratch.update(d_model=s["d_model"], num_heads=s["num_heads"], d_kv=s["d_kv"], d_ff=s["d_ff"],
+                           num_encoder_layers=s["layers"], num_decoder_layers=s["layers"])
+  cfg.data.update(max_source_len=s["k"], max_target_len=s["q"])
+  fields = dict(model_fields(cfg), vocab_size=s["vocab"], pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0)
+  return dataclasses.replace(ModelConfig(**dict(cfg.model.scratch), **fields), **kw)
 
 
 def seq2seq_batch(batch: int, k: int, q: int, vocab: int, ragged: bool, seed: int = 0) -> dict:
@@ -293,11 +301,25 @@ def main():
       all_refs = json.load(f)
   all_refs[name] = reference  # the recorded flops, extended by rows measured for the first time
   common.write(args.out, REFERENCE_FILE.removesuffix(".json"), all_refs)
+  before_path = os.path.join(args.out, f"cpu_efficiency_{name}_before.json")
+  if os.path.exists(before_path):  # the same rows measured with the code before the speed-ups
+    with open(before_path) as f:
+      before = {r["name"]: r for r in json.load(f)["rows"]}
+    for r in rows:
+      b = before.get(r["name"])
+      if b and "step_s" in r:
+        r.update(before_step_s=b["step_s"], speedup_vs_before=b["step_s"] / r["step_s"])
+      elif b and "test_set_s" in r:
+        r.update(before_test_set_s=b["test_set_s"], speedup_vs_before=b["test_set_s"] / r["test_set_s"])
   payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
              "matmul_peak": peak, "shapes": {"sweep": sweep, "crt": crt, "t5_small": t5}, "goals": GOALS,
              "rows": rows,
              "note": "share_of_peak = reference_flops / step_s / matmul peak; time_split by ablation "
-                     "(forward alone, forward+backward, whole step, step without dropout)."}
+                     "(forward alone, forward+backward, whole step, step without dropout). xla_flops of the "
+                     "WordPTB rows count a scanned step's loop body once (XLA's cost analysis); their "
+                     "reference_flops count every segment (recorded with the scan unrolled). "
+                     "speedup_vs_before: against cpu_efficiency_cpu_before.json (the code before the "
+                     "speed-ups, same machine kind)."}
   common.write(args.out, f"cpu_efficiency_{name}", payload)
   plot(rows, peak["flops_per_s"], os.path.join(args.out, f"cpu_efficiency_{name}.png"),
        f"train steps on {payload['machine']['cpu']} x{payload['machine']['cpu_count']}: XLA flops / step time")

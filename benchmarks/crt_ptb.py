@@ -298,6 +298,7 @@ def main():
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   from srformer_jax.crt import train as lm_train
+  from srformer_jax.layers import dropout_rate_rounded
 
   if args.flops_sweep:
     flops_sweep(preset, args.out, name, jax, contexts=(16, 64) if args.quick else (64, 512, 4096))
@@ -362,7 +363,9 @@ def main():
            "train_s_this_invocation": train_s, "eval_s": eval_s,
            # the machine's load over the last 15 minutes: ~2 when this run had the 2 cores alone;
            # wall-clock figures of a run that shared them are not speeds of the model
-           "load_avg_15min_at_end": os.getloadavg()[2], **forward_flops_per_token(model_config)}
+           "load_avg_15min_at_end": os.getloadavg()[2], **forward_flops_per_token(model_config),
+           # the dropout rate the model applied (layers.Dropout rounds it to a multiple of 1/256)
+           "dropout": "byte", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate)}
     os.makedirs(rows_dir, exist_ok=True)
     tmp = done(run) + ".tmp"
     with open(tmp, "w") as f:

@@ -1,8 +1,11 @@
-"""The real training loop's steps/s against the train step alone (same model, same batch shape).
+"""The real training loops' steps/s against the train step alone (same model, same batch shape).
 
-The loop (`train_lib.train`) reads the tokenised split, collates, puts batches on the devices in
-a background thread (prefetch 2) and logs; the step alone runs the jitted step on one batch that
-is already on the device. The goal is the loop within 5% of the step.
+The loop (`train_lib.train`, train.py's) reads the tokenised split, collates, puts batches on the
+devices in a background thread (prefetch 2) and logs; the step alone runs the jitted step on one batch
+that is already on the device. Sizes: tiny, small (configs/default.py), sweep (the segment sweep's
+model: d 128, 2+2 layers, batch 16, k 256, q 64, srformer s = 8) and lm (train_lm.py's loop,
+`crt.train.train`, on the WordPTB protocol's CRT L/4: d 128, 2 layers, batch 32, L 64, on a generated
+word stream). The goal is the loop within 5% of the step.
 
 python benchmarks/input_pipeline.py [--platform cpu] [--quick]
 """
@@ -25,7 +28,10 @@ SIZES = {
                   relative_attention_num_buckets=8), 8, 48, 16),
     "small": (dict(d_model=128, num_heads=4, d_kv=32, d_ff=256, num_encoder_layers=2, num_decoder_layers=2,
                    relative_attention_num_buckets=16), 32, 128, 32),  # configs/default.py
+    "sweep": (dict(d_model=128, num_heads=4, d_kv=32, d_ff=512, num_encoder_layers=2, num_decoder_layers=2,
+                   relative_attention_num_buckets=32), 16, 256, 64),  # configs/dialogsum_sweep.py
 }
+LM = dict(d_model=128, num_heads=4, d_ff=512, num_layers=2, batch=32, context=64, vocab=10000)
 
 
 def config(size: str, steps: int, log_every: int):
@@ -33,7 +39,7 @@ def config(size: str, steps: int, log_every: int):
   scratch, batch, src_len, tgt_len = SIZES[size]
   cfg = base.base_config()
   cfg.model.init_from = ""
-  cfg.model.segment_size = 8 if size == "tiny" else 16
+  cfg.model.segment_size = 16 if size == "small" else 8
   cfg.model.scratch.update(scratch)
   cfg.data.update(source="docstrings", train_split="train", eval_split="test", tokenizer="train_spm",
                   spm_vocab_size=2000, max_source_len=src_len, max_target_len=tgt_len)
@@ -82,27 +88,100 @@ def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int, guard: b
   return out
 
 
+def lm_config(workdir: str, steps: int, log_every: int):
+  """The WordPTB protocol's CRT L/4 (benchmarks/crt_ptb.py's CPU preset) on a generated word stream."""
+  import numpy as np
+  from configs import lm_ptb
+  rng = np.random.default_rng(0)
+  paths = {}
+  for split, lines in (("train", 2000), ("valid", 100), ("test", 100)):
+    paths[f"{split}_path"] = os.path.join(workdir, f"words.{split}.txt")
+    with open(paths[f"{split}_path"], "w") as f:
+      for _ in range(lines):
+        f.write(" ".join(f"w{i}" for i in rng.integers(0, LM["vocab"], 40)) + "\n")
+  cfg = lm_ptb.lm_config("crt", "quarter", context_len=LM["context"])
+  cfg.model.update(d_model=LM["d_model"], num_heads=LM["num_heads"], d_ff=LM["d_ff"], num_layers=LM["num_layers"],
+                   dropout_rate=0.1)
+  cfg.data.update(data_dir="", **paths)
+  cfg.train.update(batch_size=LM["batch"], num_steps=steps, log_every=log_every, save_every=10 ** 9, eval_every=0,
+                   learning_rate=2e-3, warmup_steps=2, mesh_shape=(1, 1, 1))
+  return cfg
+
+
+def lm_loop_steps_per_s(cfg, workdir: str) -> list[float]:
+  """train_lm.py's loop: steps/s of each logging interval of a fresh run, the first left out."""
+  import shutil
+  from srformer_jax.crt import train as lm_train
+  run = os.path.join(workdir, "lm_run")
+  shutil.rmtree(run, ignore_errors=True)
+  lm_train.train(cfg, run)
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  tokens_per_step = cfg.train.batch_size * cfg.train.segments_per_step * cfg.model.segment_len
+  return [r["tokens_per_s"] / tokens_per_step for r in rows[1:]]
+
+
+def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> list[float]:
+  import jax
+  from srformer_jax import sharding
+  from srformer_jax.crt import lm_data, stream
+  from srformer_jax.crt import train as lm_train
+  model, _, ids = lm_train.setup(cfg, os.path.join(workdir, "lm_run"))
+  tx, schedule = lm_train.make_optimizer(cfg)
+  t = cfg.train
+  trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), t.batch_size, t.truncate_every)
+  it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * model.config.segment_len)
+  inputs, targets, reset = next(it)
+  put = lambda a: jax.device_put(a, trainer.batch_sharding)  # noqa: E731
+  inputs, targets, reset = put(inputs), put(targets), jax.numpy.asarray(reset)
+  state = trainer.init_state(jax.random.key(1))
+  rng = jax.random.key(0)
+  del stream
+  with trainer.context():
+    state, m = trainer._step(state, inputs, targets, reset, rng)
+    jax.block_until_ready(state)
+    out = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, m = trainer._step(state, inputs, targets, reset, rng)
+      jax.block_until_ready((state, m))
+      out.append(steps / (time.perf_counter() - t0))
+  return out
+
+
 def main():
   p = common.parser(__doc__)
-  p.add_argument("--sizes", default="tiny,small")
+  p.add_argument("--sizes", default="tiny,small,sweep,lm")
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
   steps, log_every = (40, 10) if args.quick else (120, 20)
   results = {"machine": common.machine(jax), "steps_per_interval": log_every, "sizes": {}}
   with tempfile.TemporaryDirectory() as workdir:
     for size in args.sizes.split(","):
-      cfg = config(size, steps, log_every)
+      big = size in ("sweep", "lm")  # ~0.5-1 s steps: fewer of them
+      n, every = (steps // 4, log_every // 2) if big and not args.quick else (steps, log_every)
+      if size == "lm":
+        cfg = lm_config(workdir, n, every)
+      else:
+        cfg = config(size, n, every)
       loop, alone, unguarded = [], [], []
       for _ in range(max(1, args.repeats // 2)):  # alternate, so load changes hit all alike
-        loop += loop_steps_per_s(cfg, workdir)
-        alone += step_alone_steps_per_s(cfg, workdir, log_every, 3)
-        unguarded += step_alone_steps_per_s(cfg, workdir, log_every, 3, guard=False)
+        if size == "lm":
+          loop += lm_loop_steps_per_s(cfg, workdir)
+          alone += lm_step_alone_steps_per_s(cfg, workdir, every, 3)
+        else:
+          loop += loop_steps_per_s(cfg, workdir)
+          alone += step_alone_steps_per_s(cfg, workdir, every, 3)
+          unguarded += step_alone_steps_per_s(cfg, workdir, every, 3, guard=False)
       r = {"loop_steps_per_s": statistics.median(loop), "step_alone_steps_per_s": statistics.median(alone),
-           "step_without_divergence_guard_steps_per_s": statistics.median(unguarded),
-           "loop_samples": loop, "alone_samples": alone, "unguarded_samples": unguarded,
-           "batch_size": cfg.train.batch_size, "max_source_len": cfg.data.max_source_len}
+           "loop_samples": loop, "alone_samples": alone, "batch_size": cfg.train.batch_size,
+           "loop": "train_lm.py" if size == "lm" else "train.py"}
+      if unguarded:
+        r.update(step_without_divergence_guard_steps_per_s=statistics.median(unguarded),
+                 unguarded_samples=unguarded, max_source_len=cfg.data.max_source_len)
+        r["guard_cost"] = 1 - r["step_alone_steps_per_s"] / r["step_without_divergence_guard_steps_per_s"]
       r["loop_over_alone"] = r["loop_steps_per_s"] / r["step_alone_steps_per_s"]
-      r["guard_cost"] = 1 - r["step_alone_steps_per_s"] / r["step_without_divergence_guard_steps_per_s"]
       results["sizes"][size] = r
       print(size, {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}, flush=True)
   name = f"input_pipeline_{args.platform}"

@@ -123,18 +123,43 @@ def default_job(r: Results) -> str:
           f"({r.files('default_job_cpu.json')}).")
 
 
-_PIPELINE_SIZES = {"small": "small (`configs/default.py` model, batch {b})", "tiny": "tiny (d_model 32, batch {b})"}
+_PIPELINE_SIZES = {"small": "small (`configs/default.py` model, batch {b})", "tiny": "tiny (d_model 32, batch {b})",
+                   "sweep": "segment sweep model (srformer s = 8, k 256, batch {b})",
+                   "lm": "`train_lm.py`: WordPTB CRT L/4 (L 64, batch {b})"}
 
 
 def input_pipeline(r: Results) -> str:
   """Training loop vs the step alone, and the divergence guard's cost."""
   d = r.load("input_pipeline_cpu.json")
   rows = []
-  for name, s in sorted(d["sizes"].items(), key=lambda kv: -kv[1]["batch_size"]):
+  for name, s in d["sizes"].items():
     label = _PIPELINE_SIZES.get(name, name + " (batch {b})").format(b=s["batch_size"])
+    guard = f"{s['guard_cost']:.1%}" if "guard_cost" in s else "–"
     rows.append([label, f"{s['loop_steps_per_s']:.4g}", f"{s['step_alone_steps_per_s']:.4g}",
-                 f"{s['loop_over_alone']:.3f}", f"{s['guard_cost']:.1%}"])
+                 f"{s['loop_over_alone']:.3f}", guard])
   return _table(["size", "loop steps/s", "step alone steps/s", "loop / step alone", "guard cost"], rows)
+
+
+def cpu_efficiency(r: Results) -> str:
+  """Each experiment's train step (and the sweep's beam search) against the matmul peak and the code before."""
+  d = r.load("cpu_efficiency_cpu.json")
+  if d is None:
+    return "Not measured yet."
+  rows = []
+  for row in d["rows"]:
+    before = _secs(row["before_step_s"] if "step_s" in row else row["before_test_set_s"]) \
+        if "speedup_vs_before" in row else "–"
+    speed = _x(row["speedup_vs_before"]) if "speedup_vs_before" in row else "–"
+    if "step_s" in row:
+      goal = f"{row['goal_share_of_peak']:.0%}" if "goal_share_of_peak" in row else "–"
+      rows.append([f"`{row['name']}` step", before, _secs(row["step_s"]), speed, f"{row['share_of_peak']:.0%}", goal,
+                   f"{row['time_split']['dropout']:.0%}"])
+    else:
+      rows.append([f"`{row['name']}`, 500 dialogues", before, _secs(row["test_set_s"]), speed, "–", "2× faster", "–"])
+  peak = d["matmul_peak"]["flops_per_s"] / 1e9
+  table = _table(["row", "before", "now", "speed-up", "share of matmul peak", "goal", "dropout's share"], rows)
+  return (table + f"\n\nMatmul peak {peak:.0f} GFLOP/s ({_machine(d['machine'])}); load average before "
+          f"{d['load_avg_before'][0]:.2f}. " + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 
 
 def cross_attention_cost(r: Results) -> str:
@@ -379,6 +404,7 @@ def glance_pipeline(r: Results) -> str:
 RENDERERS = {
     "default_job": default_job,
     "input_pipeline": input_pipeline,
+    "cpu_efficiency": cpu_efficiency,
     "cross_attention_cost": cross_attention_cost,
     "decode_scaling": decode_scaling,
     "decode_scaling_init": decode_scaling_init,

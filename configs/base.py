@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address=ml_collections.FieldReference(None, field_type=str),  # "host:port" of process 0
       num_processes=ml_collections.FieldReference(None, field_type=int),
       process_id=ml_collections.FieldReference(None, field_type=int),
+      peer_timeout_s=30,         # multi-process: a peer silent this long ends every process (0: off)
   ))
   c.decode = ml_collections.ConfigDict(dict(
       num_beams=4, max_len=0, length_penalty=2.0, no_repeat_ngram_size=3, min_len=0,

@@ -33,8 +33,8 @@ class _FFNMixin:
     self.fc2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt)
     self.final_layer_norm = layers.LayerNorm(c.layer_norm_epsilon, dt)
     self.act = layers.activation(c.activation_function)
-    self.dropout = nn.Dropout(c.dropout_rate)
-    self.act_dropout = nn.Dropout(c.activation_dropout)
+    self.dropout = layers.Dropout(c.dropout_rate)
+    self.act_dropout = layers.Dropout(c.activation_dropout)
 
   def ffn(self, x, deterministic):
     h = self.act_dropout(self.act(self.fc1(x)), deterministic=deterministic)
@@ -102,7 +102,7 @@ class BartStack(nn.Module):
       layer = layers.remat(BartEncoderLayer, c.remat_policy, static_argnums=(3,))
       self.layers = [layer(c) for _ in range(c.num_encoder_layers)]
     self.layernorm_embedding = layers.LayerNorm(c.layer_norm_epsilon, dt)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate)
 
   def _embed(self, tok_emb, positions, deterministic):
     x = tok_emb + self.embed_positions(positions + POSITION_OFFSET)

@@ -7,7 +7,13 @@ import each other for a barrier.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import sys
+import threading
+import time
 
 import jax
 
@@ -26,6 +32,110 @@ def init_distributed(cfg):
                              process_id=t.get("process_id"))
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
+  timeout = t.get("peer_timeout_s", PEER_TIMEOUT_S)
+  if timeout:
+    start_peer_watch(timeout)
+
+
+# -- Peers that die ------------------------------------------------------------------------------
+# A killed or crashed process leaves the others blocked in a collective until the coordination
+# service misses its heartbeats (100 s by default) and aborts them with a C++ stack trace. Each
+# process therefore beats on the coordination service's key-value store from a daemon thread and
+# watches the others' beats: a peer silent for `peer_timeout_s` (or a coordinator that no longer
+# answers) ends this process with one line and exit status 1. Checkpoints are unaffected: orbax
+# commits a step atomically, and an interrupted save is ignored on restore.
+# Process 0 hosts the service: when it dies, jax's coordination client in every other process sees
+# its connection close and aborts that process at once, with its own message (a C++ check failure).
+# jax offers no hook for that (the client's error callback cannot be given a Python function: its
+# status argument has no Python conversion), so that case stays prompt but not one line.
+PEER_TIMEOUT_S = 30
+_BEAT_PREFIX = "srformer/heartbeat/"
+_DONE, _BUSY = "done", "busy"
+_watch: dict = {}
+
+
+def start_peer_watch(timeout_s: float = PEER_TIMEOUT_S, interval_s: float | None = None,
+                     on_gone=None) -> bool:
+  """Starts this process's heartbeat and its watch on the others (once; needs jax.distributed).
+
+  `on_gone(message)` is called when a peer is gone (default: print the message, exit status 1).
+  Returns whether a watch runs.
+  """
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is None or jax.process_count() == 1 or _watch:
+    return bool(_watch)
+  me, n = jax.process_index(), jax.process_count()
+  interval = interval_s or max(0.5, timeout_s / 10)
+  stop = threading.Event()
+  _watch.update(client=client, key=f"{_BEAT_PREFIX}{me}", stop=stop, state="alive")
+
+  def gone(message: str):
+    if stop.is_set():  # this process is exiting on its own
+      return
+    (on_gone or _exit_with)(f"srformer_jax: process {me} of {n} stops: {message}. Rerun the job to "
+                            f"resume from its last checkpoint.")
+
+  def run():
+    beat, last_answer = 0, time.monotonic()
+    seen = {p: (None, last_answer) for p in range(n) if p != me}  # peer -> (last value, when it changed)
+    while not stop.wait(interval):
+      beat += 1
+      now = time.monotonic()
+      try:
+        value = _watch["state"] if _watch["state"] != "alive" else str(beat)
+        client.key_value_set(_watch["key"], value, allow_overwrite=True)
+        beats = dict(client.key_value_dir_get(_BEAT_PREFIX))
+        last_answer = now
+      except Exception:  # noqa: BLE001 - the service is in process 0: it is gone or unreachable
+        if now - last_answer > timeout_s:
+          gone(f"the coordinator (process 0) has not answered for {now - last_answer:.0f} s")
+        continue
+      for p in range(n):
+        if p == me:
+          continue
+        value = beats.get(f"{_BEAT_PREFIX}{p}")
+        if value in (_DONE, _BUSY) or value != seen[p][0]:
+          seen[p] = (value, now)
+        elif now - seen[p][1] > timeout_s:
+          gone(f"process {p} has sent no heartbeat for {now - seen[p][1]:.0f} s (killed, crashed or "
+               f"unreachable)")
+
+  threading.Thread(target=run, name="srformer-peer-watch", daemon=True).start()
+  # registered after jax.distributed's own exit handler, so it runs first: peers see "done", not silence
+  atexit.register(stop_peer_watch)
+  return True
+
+
+def stop_peer_watch():
+  """Tells the peers this process ends on purpose, and stops watching them."""
+  if not _watch or _watch["stop"].is_set():
+    return
+  _watch["stop"].set()
+  with contextlib.suppress(Exception):
+    _watch["client"].key_value_set(_watch["key"], _DONE, allow_overwrite=True)
+
+
+@contextlib.contextmanager
+def busy():
+  """Marks work that may hold the GIL for long (e.g. SentencePiece training in C++): the peers do not
+  time this process out meanwhile (the coordination service's own, slower heartbeat still does)."""
+  if not _watch:
+    yield
+    return
+  _watch["state"] = _BUSY
+  with contextlib.suppress(Exception):
+    _watch["client"].key_value_set(_watch["key"], _BUSY, allow_overwrite=True)
+  try:
+    yield
+  finally:
+    _watch["state"] = "alive"
+
+
+def _exit_with(message: str):
+  print("\n" + message, file=sys.stderr, flush=True)  # a new line: a progress bar may own this one
+  logging.shutdown()
+  os._exit(1)
 
 
 def is_main() -> bool:

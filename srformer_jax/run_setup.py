@@ -14,7 +14,7 @@ import os
 
 import jax
 
-from srformer_jax import checkpoint, data, sharding
+from srformer_jax import checkpoint, data, processes, sharding
 from srformer_jax.config import ModelConfig
 # the process helpers live in `processes`; these names stay importable from here
 from srformer_jax.processes import (BARRIER_TIMEOUT_S, barrier, init_distributed, is_main,  # noqa: F401
@@ -71,8 +71,9 @@ def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
     if not os.path.exists(path):
       if train_texts is None:
         raise data.DataError(f"no trained tokenizer at {path}: run train.py first")
-      data.train_sentencepiece(list(train_texts), path[:-len(".model")], cfg.data.spm_vocab_size,
-                               seed=cfg.train.seed)
+      with processes.busy():  # SentencePiece's C++ trainer holds the GIL: no heartbeats meanwhile
+        data.train_sentencepiece(list(train_texts), path[:-len(".model")], cfg.data.spm_vocab_size,
+                                 seed=cfg.train.seed)
     return data.SentencePieceTokenizer(path)
   if spec == "init_from":
     return data.HFTokenizer(cfg.model.init_from)

@@ -30,7 +30,7 @@ class T5DenseAct(nn.Module):
     else:
       self.wi = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt)
     self.wo = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=False, dtype=dt)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate)
     act = c.feed_forward_proj.split("-")[-1]
     self.act = layers.activation("gelu_new" if c.feed_forward_proj == "gated-gelu" else act)
 
@@ -63,7 +63,7 @@ class T5LayerSelfAttention(_Sublayer):
     self.SelfAttention = SelfAttention(self.config, causal=self.causal,
                                        has_relative_attention_bias=self.has_relative_attention_bias)
     self.layer_norm = self._norm()
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate)
 
   def __call__(self, x, mask, position_bias, deterministic=True):
     y, position_bias = self.SelfAttention(self.layer_norm(x), mask, position_bias, deterministic)
@@ -79,7 +79,7 @@ class T5LayerCrossAttention(_Sublayer):
   def setup(self):
     self.EncDecAttention = CrossAttention(self.config)
     self.layer_norm = self._norm()
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate)
 
   def __call__(self, x, enc, enc_mask, deterministic=True):
     y = self.EncDecAttention(self.layer_norm(x), enc, enc_mask, deterministic)
@@ -98,7 +98,7 @@ class T5LayerFF(_Sublayer):
   def setup(self):
     self.DenseReluDense = T5DenseAct(self.config)
     self.layer_norm = self._norm()
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate)
 
   def __call__(self, x, deterministic=True):
     return self._residual(x, self.DenseReluDense(self.layer_norm(x), deterministic), deterministic)
@@ -148,7 +148,7 @@ class T5Stack(nn.Module):
     block = layers.remat(T5Block, c.remat_policy, static_argnums=(6,))  # 6: deterministic
     self.block = [block(c, self.is_decoder, has_relative_attention_bias=(i == 0)) for i in range(n)]
     self.final_layer_norm = layers.RMSNorm(c.layer_norm_epsilon, jnp.dtype(c.dtype))
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate)
 
   def __call__(self, x, mask, enc=None, enc_mask=None, deterministic=True):
     """x [b, t, D] embeddings; mask [b, t] bool (keys). Decoder: causal, plus enc [b, k, D]."""

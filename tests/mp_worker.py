@@ -1,7 +1,8 @@
 """One process of a multi-process training run on CPU, started by tests/test_multiprocess.py.
 
 python -m tests.mp_worker '<json: workdir, port, num_processes, process_id, local_devices,
-                          num_steps, save_every, stop_after, step_delay, evaluate, compilation_cache>'
+                          num_steps, save_every, stop_after, step_delay, evaluate, compilation_cache,
+                          peer_timeout_s>'
 """
 
 import json
@@ -33,6 +34,8 @@ def main():
   if args.get("num_processes", 1) > 1:
     cfg.train.update(coordinator_address=f"127.0.0.1:{args['port']}",
                      num_processes=args["num_processes"], process_id=args["process_id"])
+  if "peer_timeout_s" in args:
+    cfg.train.peer_timeout_s = args["peer_timeout_s"]
   delay = args.get("step_delay", 0.0)
   if delay:  # slows the loop down so the test can kill a process mid-run
     step = train_lib.Trainer.step

@@ -169,6 +169,87 @@ def test_rank_killed_before_first_manifest_then_rerun_resumes(tmp_path, corpus_d
   assert not os.path.exists(os.path.join(w, "checkpoints_damaged"))
 
 
+class _FakeKV:
+  """The coordination service's key-value store as the peer watch uses it; `down` makes it fail."""
+
+  def __init__(self):
+    self.store, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: connection refused")
+    self.store[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: connection refused")
+    return [(k, v) for k, v in self.store.items() if k.startswith(prefix)]
+
+
+@pytest.mark.parametrize("case", ["silent_peer", "done_peer", "busy_peer", "coordinator_down"])
+def test_peer_watch_decides_from_heartbeats(monkeypatch, case):
+  """The watch thread of processes.start_peer_watch, against a fake key-value store (process 0 of 2)."""
+  from jax._src import distributed
+
+  from srformer_jax import processes
+  kv = _FakeKV()
+  monkeypatch.setattr(distributed.global_state, "client", kv)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(processes, "_watch", {})
+  messages = []
+  kv.store["srformer/heartbeat/1"] = {"silent_peer": "7", "done_peer": "done", "busy_peer": "busy",
+                                      "coordinator_down": "7"}[case]
+  kv.down = case == "coordinator_down"
+  assert processes.start_peer_watch(timeout_s=0.3, interval_s=0.05, on_gone=messages.append)
+  try:
+    time.sleep(1.0)
+  finally:
+    processes.stop_peer_watch()
+  if case in ("done_peer", "busy_peer"):
+    assert messages == []
+  else:
+    assert messages, "a silent peer was not noticed"
+    what = "process 1 has sent no heartbeat" if case == "silent_peer" else "the coordinator (process 0) has not"
+    assert messages[0].startswith("srformer_jax: process 0 of 2 stops: " + what), messages[0]
+  if case != "coordinator_down":
+    assert kv.store["srformer/heartbeat/0"] == "done"  # stopping on purpose tells the peers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1])
+def test_survivor_of_a_killed_peer_exits_promptly_with_one_line(tmp_path, corpus_dir, victim):  # noqa: F811
+  """A worker killed mid-run: the coordinator ends within the peer timeout plus a few heartbeats,
+  exit status 1, with one line that says so (no C++ abort, no traceback). (A killed process 0 takes
+  the coordination service with it; jax's client then aborts the others at once, with its own
+  message: processes.py says why that case is not ours to word.)"""
+  timeout_s = 10
+  w = _workdir(tmp_path, corpus_dir, f"victim{victim}")
+  procs = _start(w, num_steps=10_000, save_every=10_000, step_delay=0.5, peer_timeout_s=timeout_s)
+  survivor = procs[1 - victim]
+  deadline = time.time() + TIMEOUT
+  try:
+    metrics = os.path.join(w, "metrics.jsonl")
+    while not (os.path.exists(metrics) and _losses(w)):  # both processes are in the training loop
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not start"
+      time.sleep(0.1)
+    procs[victim].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    procs[victim].wait()
+    survivor.wait(timeout=timeout_s + 30)
+    took = time.time() - killed_at
+  finally:
+    _kill(procs)
+  with open(os.path.join(w, f"worker{1 - victim}.log")) as f:
+    log = f.read()
+  last = log.strip().splitlines()[-1]
+  assert survivor.returncode == 1, (survivor.returncode, log[-2000:])
+  assert last.startswith(f"srformer_jax: process {1 - victim} of 2 stops: ") and "Rerun the job" in last, last
+  assert "process 1 has sent no heartbeat" in last
+  assert "Traceback" not in log and "Check failure" not in log, log[-2000:]
+  assert took < timeout_s + 20, took
+
+
 @pytest.mark.slow
 def test_two_process_eval_gathers_all_examples(tmp_path, corpus_dir, reference):  # noqa: F811
   from srformer_jax import eval_lib

@@ -108,6 +108,31 @@ def test_dropout_changes_with_step_but_is_reproducible():
   assert float(m_a["loss"]) == float(m_c["loss"])
 
 
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_dropout_keep_rate_scale_and_independence(rate):
+  """layers.Dropout (one random byte per element): the rounded rate, unbiased scaling, and masks
+  that differ between rng keys and between neighbouring elements; evaluation is the identity."""
+  from srformer_jax.layers import Dropout, dropout_rate_rounded
+  r = dropout_rate_rounded(rate)
+  assert abs(r - rate) <= 1 / 512 and round(r * 256) == r * 256
+  x = jax.numpy.ones((64, 257, 33))  # an element count not divisible by 4
+  drop = Dropout(rate)
+  y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+  kept = y != 0
+  n = kept.size
+  assert abs(kept.mean() - (1 - r)) < 4 * np.sqrt(r * (1 - r) / n)  # binomial, 4 sigma
+  np.testing.assert_allclose(y[kept], 1 / (1 - r), rtol=1e-6)
+  assert abs(y.mean() - 1.0) < 4 * np.sqrt(r / (1 - r) / n)  # E[dropout(x)] = x
+  # neighbouring bytes of one 32-bit draw are not correlated
+  flat = kept.reshape(-1)[: n // 4 * 4].reshape(-1, 4).astype(float)
+  assert abs(np.corrcoef(flat[:, 0], flat[:, 1])[0, 1]) < 0.02
+  y2 = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
+  assert (kept != (y2 != 0)).mean() > r  # a new key draws a new mask
+  assert np.array_equal(np.asarray(drop.apply({}, x, deterministic=True)), np.asarray(x))
+  assert np.array_equal(np.asarray(Dropout(0.0).apply({}, x, deterministic=False)), np.asarray(x))
+  assert not np.asarray(Dropout(1.0).apply({}, x, deterministic=False)).any()
+
 def docstring_cfg(num_steps=6, save_every=3):
   cfg = base.base_config()
   cfg.model.init_from = ""

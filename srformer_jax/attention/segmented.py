@@ -165,7 +165,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
           "leak", nn.with_logical_partitioning(nn.initializers.constant(c.raf_leak_init), (None,)),
           (1,), jnp.float32)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
-    self.attn_dropout = nn.Dropout(rate)
+    self.attn_dropout = layers.Dropout(rate)
 
   # ---------------------------------------------------------------------------------------------
   # pieces shared by the training and decoding paths

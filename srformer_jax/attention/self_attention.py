@@ -80,7 +80,7 @@ class SelfAttention(nn.Module, ProjectionsMixin):
       self.relative_attention_bias = layers.embed(
           c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS), dtype=jnp.float32)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
-    self.attn_dropout = nn.Dropout(rate)
+    self.attn_dropout = layers.Dropout(rate)
 
   def compute_bias(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """T5 relative position bias: [1, h, q, k] float32."""
@@ -137,7 +137,7 @@ class SelfAttention(nn.Module, ProjectionsMixin):
           key_value_seq_lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
       return self.project_out(ctx), position_bias
     mask_bias = layers.self_attention_mask_bias(mask, self.causal)
-    bias = mask_bias if position_bias is None else position_bias + mask_bias
+    bias = mask_bias if position_bias is None else layers.add_bias(position_bias, mask_bias)
     ctx = layers.dot_product_attention(q, k, v, bias, dropout=self.attn_dropout,
                                        deterministic=deterministic)
     return self.project_out(ctx), position_bias

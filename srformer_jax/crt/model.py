@@ -116,7 +116,7 @@ class Block(nn.Module):
     self.o = layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=False, dtype=dt)
     self.ff1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=True, dtype=dt)
     self.ff2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate)
     self.act = layers.activation(c.activation)
 
   def kv(self, x):
@@ -165,7 +165,7 @@ class CRTLM(nn.Module):
                                  dtype=jnp.float32)
     self.blocks = [Block(c, name=f"layer_{i}") for i in range(c.num_layers)]
     self.ln_f = layers.LayerNorm(dtype=dt)
-    self.emb_dropout = nn.Dropout(c.dropout_rate)
+    self.emb_dropout = layers.Dropout(c.dropout_rate)
     if c.memory == "crt":
       self.cell = MemoryCell(c)
       if c.memory_input == "token":
@@ -186,7 +186,7 @@ class CRTLM(nn.Module):
     acc = layers.accum_dtype(c.jnp_dtype)
     pb = jnp.transpose(self.rel_bias(bucket), (2, 0, 1))[None].astype(acc)  # [1, h, q, k]
     allowed = (rel <= 0)[None, None] & k_valid[:, None, None, :]
-    return pb + jnp.where(allowed, 0.0, jnp.finfo(acc).min).astype(acc)
+    return layers.add_bias(pb, jnp.where(allowed, 0.0, jnp.finfo(acc).min).astype(acc))
 
   def embed_tokens(self, tokens, deterministic):
     x = self.embed(tokens) * math.sqrt(self.config.d_model)
@@ -213,8 +213,9 @@ class CRTLM(nn.Module):
 
   # --- one segment ----------------------------------------------------------------------------
 
-  def __call__(self, tokens, carry, deterministic=True):
-    """tokens [b, l] (l <= segment_len) -> (logits [b, l, V], new carry)."""
+  def __call__(self, tokens, carry, deterministic=True, hidden=False):
+    """tokens [b, l] (l <= segment_len) -> (logits [b, l, V], new carry); with `hidden`, the final
+    states [b, l, D] instead of the logits (`logits` maps them to the vocabulary)."""
     c = self.config
     b, l = tokens.shape
     m, n_mem = c.memory_len, c.memory_tokens
@@ -232,7 +233,7 @@ class CRTLM(nn.Module):
       layer_inputs.append(x)
       x, _ = blk(x, bias, prefix=self._xl_prefix(carry, i) if m else None, deterministic=deterministic)
     out = self.ln_f(x)[:, n_mem:]  # [b, l, D]
-    return self.logits(out), self.next_carry(carry, out, layer_inputs, n_mem)
+    return (out if hidden else self.logits(out)), self.next_carry(carry, out, layer_inputs, n_mem)
 
   def next_carry(self, carry, out, layer_inputs, n_mem):
     c = self.config

@@ -42,24 +42,26 @@ def scan_segments(model: CRTLM, params, inputs, carry, targets=None, *, truncate
   L = c.segment_len
   seg = lambda a: jnp.swapaxes(a.reshape(b, t // L, L), 0, 1)  # [S, b, L]
   xs = {"x": seg(inputs), "i": jnp.arange(t // L)}
-  if targets is not None:
-    xs["y"] = seg(targets)
 
   def body(carry, inp):
     if truncate_every:
       cut = (inp["i"] > 0) & (inp["i"] % truncate_every == 0)
       carry = jax.tree.map(lambda a: jnp.where(cut, jax.lax.stop_gradient(a), a), carry)
     rngs = None if deterministic else {"dropout": jax.random.fold_in(rng, inp["i"])}
-    logits, carry = model.apply({"params": params}, inp["x"], carry, deterministic=deterministic,
-                                rngs=rngs)
-    if "y" in inp:
-      return carry, optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), inp["y"])
-    return carry, logits
+    out, carry = model.apply({"params": params}, inp["x"], carry, deterministic=deterministic,
+                             rngs=rngs, hidden=True)
+    return carry, out  # [b, L, D]
 
+  # The vocabulary projection and the loss run once over the whole window, after the scan: inside
+  # it, the backward pass would stack every segment's [b, L, V] softmax through the loop (on a
+  # CPU that buffer's memset and copies cost as much as the projection itself).
   carry, outs = jax.lax.scan(body, carry, xs)
-  outs = jnp.swapaxes(outs, 0, 1)
-  return outs.reshape((b, t) + outs.shape[3:]), carry
+  out = jnp.swapaxes(outs, 0, 1).reshape(b, t, -1)  # [S, b, L, D] -> [b, T, D]
+  logits = model.apply({"params": params}, out, method=model.logits)  # [b, T, V]
+  if targets is not None:
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), targets), carry
+  return logits, carry
 
 
 def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_segments: int = 4096):
