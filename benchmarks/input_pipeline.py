@@ -157,8 +157,13 @@ def main():
   jax = common.setup_platform(args.platform)
   steps, log_every = (40, 10) if args.quick else (120, 20)
   results = {"machine": common.machine(jax), "steps_per_interval": log_every, "sizes": {}}
+  previous = os.path.join(args.out, f"input_pipeline_{args.platform}.json")
+  if os.path.exists(previous) and not args.quick:  # sizes not measured this time keep their rows
+    with open(previous) as f:
+      results["sizes"] = json.load(f).get("sizes", {})
   with tempfile.TemporaryDirectory() as workdir:
-    for size in args.sizes.split(","):
+    sizes = "tiny,lm" if args.quick and args.sizes == p.get_default("sizes") else args.sizes
+    for size in sizes.split(","):
       big = size in ("sweep", "lm")  # ~0.5-1 s steps: fewer of them
       n, every = (steps // 4, log_every // 2) if big and not args.quick else (steps, log_every)
       if size == "lm":
@@ -176,7 +181,8 @@ def main():
           unguarded += step_alone_steps_per_s(cfg, workdir, every, 3, guard=False)
       r = {"loop_steps_per_s": statistics.median(loop), "step_alone_steps_per_s": statistics.median(alone),
            "loop_samples": loop, "alone_samples": alone, "batch_size": cfg.train.batch_size,
-           "loop": "train_lm.py" if size == "lm" else "train.py"}
+           "loop": "train_lm.py" if size == "lm" else "train.py", "steps_per_interval": every,
+           "steps": n}
       if unguarded:
         r.update(step_without_divergence_guard_steps_per_s=statistics.median(unguarded),
                  unguarded_samples=unguarded, max_source_len=cfg.data.max_source_len)

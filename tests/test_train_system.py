@@ -130,8 +130,11 @@ def _no_checksums_nor_commit(step_dir):
 
 
 def _no_checksums_truncated_array(step_dir):
+  """No manifest, and the array data gone. Every data file: which file holds the parameters (rather
+  than only optimizer moments, which restore_params does not read) varies with orbax's write order."""
   _delete_our_manifest(step_dir)
-  _delete_array(step_dir)
+  for f in _array_files(step_dir):
+    os.remove(f)
 
 
 DAMAGE = {"truncated": _truncate, "deleted_array": _delete_array,
