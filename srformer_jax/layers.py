@@ -6,7 +6,6 @@ linears, `embedding` for embeddings) so that checkpoint conversion is a renaming
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -47,9 +46,12 @@ def dropout_rate_rounded(rate: float) -> float:
 
 def dropout_keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
   """Boolean keep mask, P(keep) = 1 - dropout_rate_rounded(rate), from one random byte per element."""
-  n = math.prod(shape)
-  words = jax.random.bits(rng, (-(-n // 4),), jnp.uint32)                          # [ceil(n / 4)]
-  bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n]         # [4 * ceil(n / 4)] -> [n]
+  # Words along the last axis only, so the leading (batch) axes keep their place: with partitionable
+  # threefry keys each device then draws just the bytes of its own shard.
+  *lead, last = tuple(shape) or (1,)
+  words = jax.random.bits(rng, (*lead, -(-last // 4)), jnp.uint32)               # [..., ceil(last / 4)]
+  bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8)                         # [..., ceil(last / 4), 4]
+  bytes_ = bytes_.reshape(*lead, -1)[..., :last]                                  # [..., last]
   threshold = round(dropout_rate_rounded(rate) * 256)
   return (bytes_ >= jnp.uint8(threshold)).reshape(shape)
 

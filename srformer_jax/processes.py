@@ -102,8 +102,7 @@ def start_peer_watch(timeout_s: float = PEER_TIMEOUT_S, interval_s: float | None
                f"unreachable)")
 
   threading.Thread(target=run, name="srformer-peer-watch", daemon=True).start()
-  # registered after jax.distributed's own exit handler, so it runs first: peers see "done", not silence
-  atexit.register(stop_peer_watch)
+  atexit.register(stop_peer_watch)  # a normal exit: the peers read "done", not silence
   return True
 
 
@@ -133,8 +132,10 @@ def busy():
 
 
 def _exit_with(message: str):
+  # no logging.shutdown(): the main thread may hold a handler's lock while it waits on the dead peer
+  with contextlib.suppress(Exception):
+    sys.stdout.flush()
   print("\n" + message, file=sys.stderr, flush=True)  # a new line: a progress bar may own this one
-  logging.shutdown()
   os._exit(1)
 
 
