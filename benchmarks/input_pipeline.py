@@ -97,6 +97,7 @@ def lm_config(workdir: str, steps: int, log_every: int):
   for split, lines in (("train", 2000), ("valid", 100), ("test", 100)):
     paths[f"{split}_path"] = os.path.join(workdir, f"words.{split}.txt")
     with open(paths[f"{split}_path"], "w") as f:
+      f.write("<unk>\n")  # as in PTB: words unseen in training read as <unk>
       for _ in range(lines):
         f.write(" ".join(f"w{i}" for i in rng.integers(0, LM["vocab"], 40)) + "\n")
   cfg = lm_ptb.lm_config("crt", "quarter", context_len=LM["context"])
@@ -124,7 +125,7 @@ def lm_loop_steps_per_s(cfg, workdir: str) -> list[float]:
 def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> list[float]:
   import jax
   from srformer_jax import sharding
-  from srformer_jax.crt import lm_data, stream
+  from srformer_jax.crt import data as lm_data
   from srformer_jax.crt import train as lm_train
   model, _, ids = lm_train.setup(cfg, os.path.join(workdir, "lm_run"))
   tx, schedule = lm_train.make_optimizer(cfg)
@@ -136,7 +137,6 @@ def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> li
   inputs, targets, reset = put(inputs), put(targets), jax.numpy.asarray(reset)
   state = trainer.init_state(jax.random.key(1))
   rng = jax.random.key(0)
-  del stream
   with trainer.context():
     state, m = trainer._step(state, inputs, targets, reset, rng)
     jax.block_until_ready(state)
