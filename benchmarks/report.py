@@ -140,6 +140,25 @@ def input_pipeline(r: Results) -> str:
   return _table(["size", "loop steps/s", "step alone steps/s", "loop / step alone", "guard cost"], rows)
 
 
+_GRAIN_LABELS = {"ours": "ours (`BatchIterator`)", "grain/sharded": "grain, sharded per process (`ds[p::n]`)",
+                 "grain/global": "grain, global index batches, rows per process"}
+
+
+def grain_pipeline(r: Results) -> str:
+  """grain against BatchIterator: exact resume, 2 processes against 1, host time per batch."""
+  d = r.load("grain_pipeline_cpu.json")
+  yes = lambda v: "yes" if v else "**no**"
+  rows = [[_GRAIN_LABELS.get(x["pipeline"], x["pipeline"]), yes(x["resumes_exactly"]),
+           yes(x["two_processes_bitwise_one"]), yes(x["two_processes_same_examples_per_step"]),
+           f"{x['host_ms_per_batch']:.2f}",
+           f"{x['host_share_of_sweep_step']:.2%}" if x.get("host_share_of_sweep_step") is not None else "–"]
+          for x in d["rows"]]
+  return (_table(["pipeline", "exact resume", "2 processes = 1 (bitwise)", "same examples per step",
+                  "host ms / batch", "of the sweep step"], rows)
+          + f"\n\ngrain {d['grain_version']}; {_machine(d['machine'])}; "
+          + r.files("grain_pipeline_cpu.json") + "\n")
+
+
 def cpu_efficiency(r: Results) -> str:
   """Each experiment's train step (and the sweep's beam search) against the matmul peak and the code before."""
   d = r.load("cpu_efficiency_cpu.json")
@@ -404,6 +423,7 @@ def glance_pipeline(r: Results) -> str:
 RENDERERS = {
     "default_job": default_job,
     "input_pipeline": input_pipeline,
+    "grain_pipeline": grain_pipeline,
     "cpu_efficiency": cpu_efficiency,
     "cross_attention_cost": cross_attention_cost,
     "decode_scaling": decode_scaling,
