@@ -123,11 +123,11 @@ class BartStack(nn.Module):
       x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     return x
 
-  def init_cache(self, enc, enc_mask, max_len: int):
+  def init_cache(self, enc, enc_mask, max_len: int, beams: int = 1):
     if max_len > self.config.max_position_embeddings:
       raise ValueError(f"max decode length {max_len} exceeds max_position_embeddings="
                        f"{self.config.max_position_embeddings}")
-    b = enc.shape[0]
+    b = enc.shape[0] * beams  # decoding rows; the cross state stays per input
     return [{"self": init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
              "cross": layer.init_state(enc, enc_mask)} for layer in self.layers]
 

@@ -151,9 +151,8 @@ def _reorder_cache(cache, flat_idx):
   """Reorders the self-attention caches to the surviving beams.
 
   The cross-attention state (K/V, segments, RAF outputs) depends only on the input, never on the
-  tokens, and beams are only ever reordered within their own example: it is the same for every
-  beam of an example, so it is left in place rather than copied (the whole encoder-sized state) at
-  every step.
+  tokens, and beams are only ever reordered within their own example: it is held once per example
+  (`init_cache(..., beams=k)`) and read by all of its beams, never copied.
   """
   layers = [dict(layer, self=jax.tree.map(lambda x: x[flat_idx], layer["self"]))
             for layer in cache["layers"]]
@@ -163,8 +162,8 @@ def _reorder_cache(cache, flat_idx):
 def _beam_search(model, variables, enc, mask, dc: DecodeConfig):
   c = model.config
   b, k, length = enc.shape[0], dc.num_beams, dc.max_len
-  rep = lambda x: jnp.repeat(x, k, axis=0)
-  cache = model.apply(variables, rep(enc), rep(mask), length, method=model.init_cache)
+  # the cross-attention state once per input, shared by its k beams (rows b*k grouped by input)
+  cache = model.apply(variables, enc, mask, length, k, method=model.init_cache)
   pad, eos = c.pad_token_id, c.eos_token_id
   norm = lambda t: (t + 1.0) ** dc.length_penalty  # t: 0-based position of the last token
 

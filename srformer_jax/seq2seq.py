@@ -46,17 +46,23 @@ class EncoderDecoderMixin:
     enc = self.encode(input_ids, attention_mask, deterministic)
     return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
 
-  def init_cache(self, encoder_out, attention_mask, max_len: int):
-    """Decoding state: {'index': 0, 'layers': [{'self': kv cache, 'cross': cross-attn state}]}."""
+  def init_cache(self, encoder_out, attention_mask, max_len: int, beams: int = 1):
+    """Decoding state: {'index': 0, 'layers': [{'self': kv cache, 'cross': cross-attn state}]}.
+
+    `beams`: decoding rows per input (beam search). The self-attention caches hold b * beams rows,
+    grouped by input; the cross-attention state, which depends only on the input, is computed and
+    held once per input and read by all of its rows.
+    """
     check.encoder_states(encoder_out)
     attention_mask = check.attention_mask(attention_mask, encoder_out.shape[:2], of="encoder_out")
     max_len = check.integer(max_len, "max_len", 1, " (the number of decoding steps)")
+    beams = check.integer(beams, "beams", 1, " (decoding rows per input)")
     _, decoder = self._stacks()
     return {"index": jnp.zeros((), jnp.int32),
-            "layers": decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len)}
+            "layers": decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len, beams)}
 
   def decode_step(self, token_ids, cache):
-    """token_ids [b] at position cache['index'] -> (logits [b, V], new cache)."""
+    """token_ids [b * beams] at position cache['index'] -> (logits [b * beams, V], new cache)."""
     token_ids = self._ids(token_ids, "token_ids", ndim=1)
     _, decoder = self._stacks()
     index = cache["index"]

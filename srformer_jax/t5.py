@@ -159,8 +159,8 @@ class T5Stack(nn.Module):
       x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     return self.dropout(self.final_layer_norm(x), deterministic=deterministic)
 
-  def init_cache(self, enc, enc_mask, max_len: int):
-    b = enc.shape[0]
+  def init_cache(self, enc, enc_mask, max_len: int, beams: int = 1):
+    b = enc.shape[0] * beams  # decoding rows; the cross state stays per input
     return [{"self": init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
              "cross": blk.init_state(enc, enc_mask)} for blk in self.block]
 

@@ -216,9 +216,10 @@ def test_padding_does_not_change_segment_softmax():
     chex.assert_trees_all_close(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["srformer", "full"])
+@pytest.mark.parametrize("kind", ["srformer", "full", "xl"])
 def test_beam_search_state_reordering(kind):
-  """Beam scores must equal the teacher-forced score of the returned sequence."""
+  """Beam scores must equal the teacher-forced score of the returned sequence (every beam reads
+  its own input's cross-attention state, held once per input)."""
   config = tiny(cross_attention=kind, segment_size=8, gen_len=10)
   params = init_params(config, jax.random.key(8))
   model = build_model(config)

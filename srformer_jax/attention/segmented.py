@@ -392,16 +392,21 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     return state
 
   def step(self, x, state, t):
-    """One decoding step at position t (scalar). x [b, 1, D] -> (out [b, 1, D], state unchanged).
+    """One decoding step at position t (scalar). x [b*r, 1, D] -> (out [b*r, 1, D], state unchanged).
 
-    Reads one segment of K/V (two for `xl`) and, for the recurrent kinds, that segment's RAF output.
+    The state holds b inputs; x may hold r rows per input (beam search's beams, rows grouped by
+    input): every row of an input reads its one state, never a copy. Reads one segment of K/V (two
+    for `xl`) and, for the recurrent kinds, that segment's RAF output.
     """
     c = self.config
-    q = self.project_q(x)  # [b, 1, h, d]
-    if c.cross_attention == "full":
+    q = self.project_q(x)  # [b*r, 1, h, d]
+    b = (state["k"] if c.cross_attention == "full" else state["ks"][0]).shape[0]
+    r = q.shape[0] // b
+    if c.cross_attention == "full":  # an input's r rows are r query positions of that input
       bias = layers.sequence_mask_bias(state["mask"])
-      ctx = layers.dot_product_attention(q, state["k"], state["v"], bias, head_major_kv=True)
-      return self.project_out(ctx), state
+      ctx = layers.dot_product_attention(q.reshape(b, r, *q.shape[2:]), state["k"], state["v"], bias,
+                                         head_major_kv=True)
+      return self.project_out(ctx.reshape(q.shape)), state
 
     ks, vs, ms = state["ks"], state["vs"], state["ms"]
     m = ks.shape[0]
@@ -412,7 +417,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       seg = segment_of(t, c.gen_len, m)
       take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
     acc = layers.accum_dtype(q.dtype)
-    q1 = q[:, 0].astype(acc)  # [b, h, d]
+    q1 = q[:, 0].astype(acc).reshape(b, r, *q.shape[2:])  # [b, r, h, d]
     ctx = jnp.zeros(q1.shape, acc)
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, h, s, d], [b, s]
@@ -421,14 +426,15 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         keys = jnp.concatenate([take(ks, prev), keys], axis=2)
         vals = jnp.concatenate([take(vs, prev), vals], axis=2)
         mask = jnp.concatenate([take(ms, prev) & jnp.reshape(seg > 0, (-1, 1)), mask], axis=1)
-      scores = jnp.sum(q1[:, :, None, :] * keys.astype(acc), axis=-1)  # [b, h, s]
-      probs = self._masked_softmax(scores, mask[:, None, :])
-      ctx = ctx + jnp.sum(probs[..., None] * vals.astype(acc), axis=2)
+      scores = jnp.sum(q1[:, :, :, None, :] * keys[:, None].astype(acc), axis=-1)  # [b, r, h, s]
+      probs = self._masked_softmax(scores, mask[:, None, None, :])
+      ctx = ctx + jnp.sum(probs[..., None] * vals[:, None].astype(acc), axis=3)
     if c.cross_attention in RECURRENT_KINDS:
       slot = (seg if c.segment_schedule == "length"
               else jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg])
-      ctx = ctx + jnp.sum(q1[..., None] * take(state["rec"], slot), axis=2)  # [b, h, d, e] -> [b, h, e]
-    return self.project_out(ctx[:, None].astype(q.dtype)), state
+      rec = take(state["rec"], slot)[:, None]  # [b, 1, h, d, e]
+      ctx = ctx + jnp.sum(q1[..., None] * rec, axis=3)  # -> [b, r, h, e]
+    return self.project_out(ctx.reshape(b * r, 1, *ctx.shape[2:]).astype(q.dtype)), state
 
 
 def _decoding_visits(gen_len: int, m: int) -> np.ndarray:
