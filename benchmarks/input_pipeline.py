@@ -48,20 +48,41 @@ def config(size: str, steps: int, log_every: int):
   return cfg
 
 
+def _interval_rates(run_dir: str, rate=lambda row: row["steps_per_s"]) -> list[float]:
+  """`rate` of each logging interval in a run's metrics.jsonl, the first (compilation) left out."""
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [rate(r) for r in rows[1:]]
+
+
+def _time_steps(step, state, steps: int, repeats: int) -> list[float]:
+  """steps/s of `repeats` rounds of `steps` calls `state, metrics = step(state)`, after one call
+  that compiles; one host sync per round, as the loops have (async dispatch)."""
+  import jax
+  state, m = step(state)
+  jax.block_until_ready(state)
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = step(state)
+    jax.block_until_ready((state, m))
+    out.append(steps / (time.perf_counter() - t0))
+  return out
+
+
 def loop_steps_per_s(cfg, workdir: str) -> list[float]:
-  """steps/s of each logging interval of a fresh run, the first (compilation) left out."""
+  """train.py's loop (`train_lib.train`): steps/s of each logging interval of a fresh run."""
+  import shutil
   from srformer_jax import train_lib
   for sub in ("checkpoints", "metrics.jsonl", "tb"):
     p = os.path.join(workdir, sub)
     if os.path.isdir(p):
-      import shutil
       shutil.rmtree(p)
     elif os.path.exists(p):
       os.remove(p)
   train_lib.train(cfg, workdir)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return [r["steps_per_s"] for r in rows[1:]]
+  return _interval_rates(workdir)
 
 
 def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int, guard: bool = True) -> list[float]:
@@ -71,21 +92,14 @@ def step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int, guard: b
   tx, schedule = train_lib.make_optimizer(cfg)
   trainer = train_lib.Trainer(run.model, tx, schedule, run_setup.make_mesh(cfg), guard=guard)
   it = data.BatchIterator(run.train_data, run.tokenizer, run_setup.batch_spec(cfg), seed=0)
-  batch = trainer.shard_batch(next(it))
-  state = trainer.init_state(jax.random.key(1))
-  rng = jax.random.key(0)
-  state, m = trainer.step(state, batch, rng)
-  first_bad = m["first_bad_step"]
-  jax.block_until_ready(state)
-  out = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, m = trainer.step(state, batch, rng, first_bad)
-      first_bad = m["first_bad_step"]
-    jax.block_until_ready((state, m))
-    out.append(steps / (time.perf_counter() - t0))
-  return out
+  batch, rng = trainer.shard_batch(next(it)), jax.random.key(0)
+  first_bad = {"step": None}  # the guard's state, threaded from step to step as the loop does
+
+  def step(state):
+    state, m = trainer.step(state, batch, rng, first_bad["step"])
+    first_bad["step"] = m["first_bad_step"]
+    return state, m
+  return _time_steps(step, trainer.init_state(jax.random.key(1)), steps, repeats)
 
 
 def lm_config(workdir: str, steps: int, log_every: int):
@@ -110,16 +124,14 @@ def lm_config(workdir: str, steps: int, log_every: int):
 
 
 def lm_loop_steps_per_s(cfg, workdir: str) -> list[float]:
-  """train_lm.py's loop: steps/s of each logging interval of a fresh run, the first left out."""
+  """train_lm.py's loop (`crt.train.train`): steps/s of each logging interval of a fresh run."""
   import shutil
   from srformer_jax.crt import train as lm_train
   run = os.path.join(workdir, "lm_run")
   shutil.rmtree(run, ignore_errors=True)
   lm_train.train(cfg, run)
-  with open(os.path.join(run, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
   tokens_per_step = cfg.train.batch_size * cfg.train.segments_per_step * cfg.model.segment_len
-  return [r["tokens_per_s"] / tokens_per_step for r in rows[1:]]
+  return _interval_rates(run, lambda row: row["tokens_per_s"] / tokens_per_step)
 
 
 def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> list[float]:
@@ -134,20 +146,10 @@ def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> li
   it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * model.config.segment_len)
   inputs, targets, reset = next(it)
   put = lambda a: jax.device_put(a, trainer.batch_sharding)  # noqa: E731
-  inputs, targets, reset = put(inputs), put(targets), jax.numpy.asarray(reset)
-  state = trainer.init_state(jax.random.key(1))
+  inputs, targets, reset = put(inputs), put(targets), jax.numpy.asarray(reset)  # on the device once
   rng = jax.random.key(0)
-  with trainer.context():
-    state, m = trainer._step(state, inputs, targets, reset, rng)
-    jax.block_until_ready(state)
-    out = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        state, m = trainer._step(state, inputs, targets, reset, rng)
-      jax.block_until_ready((state, m))
-      out.append(steps / (time.perf_counter() - t0))
-  return out
+  return _time_steps(lambda state: trainer.step(state, inputs, targets, reset, rng),
+                     trainer.init_state(jax.random.key(1)), steps, repeats)
 
 
 def main():

@@ -130,7 +130,10 @@ class LMTrainer:
                         shapes, self.state_sharding)
 
   def step(self, state, inputs, targets, reset, rng):
-    put = lambda a: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(a))
+    """One jitted step; inputs/targets [batch, tokens] as host arrays (this process's rows) or as
+    arrays already on the devices (used as they are)."""
+    put = lambda a: a if isinstance(a, jax.Array) else jax.make_array_from_process_local_data(
+        self.batch_sharding, np.asarray(a))
     with self.context():
       return self._step(state, put(inputs), put(targets), jnp.asarray(reset), rng)
 
