@@ -190,6 +190,7 @@ def aggregate(runs: list[dict]) -> dict:
       out["claim"][str(context)] = {
           "crt_L/4_over_full": ratio, "crt_L/4_below_segmented_L/4_separated": bool(below),
           "crt_L/4_flops_over_full": flops, "holds": bool(ratio <= 1.02 and below),
+          "seeds": min(len(full["seeds"]), len(seg["seeds"]), len(crt["seeds"])),
           "rule": "crt_L/4 test ppl <= 1.02x full_L's, and below segmented_L/4 with separated 95% intervals"}
   return out
 
