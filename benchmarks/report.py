@@ -302,6 +302,25 @@ def segment_sweep_history(r: Results) -> str:
           f"predictions were {full['distinct_predictions']} distinct strings.")
 
 
+def reader(r: Results) -> str:
+  """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
+  d = r.load("reader_cpu.json")
+  if d is None:
+    return "(the reader has not been trained yet: `python benchmarks/reader.py --preset cpu`)"
+  rows = [[c["step"], f"{c['train_loss']:.3f}" if c.get("train_loss") is not None else "–", f"{c['test_loss']:.3f}",
+           f"{c['source_gain']:.3f}", c["distinct_predictions"], f"{c['rouge1']:.2f}", f"{c['rouge2']:.2f}",
+           f"{c['rougeL']:.2f}"] for c in d["curve"]]
+  f = d["final"]
+  gate = d["final"]["gate"]
+  line = (f"On all {f['eval_examples']} test dialogues after {f['step']} steps: source gain "
+          f"{f['source_gain']:.3f} nats/token, {f['distinct_predictions']} distinct predictions, ROUGE-1/2/L "
+          f"{f['rouge1']:.2f} / {f['rouge2']:.2f} / {f['rougeL']:.2f}; gate (source gain >= {gate['source_gain']}, "
+          f">= {gate['distinct_predictions']} distinct) **{'holds' if f['gate_holds'] else 'does not hold'}**.")
+  return (f"Curve ({d['settings']['eval_examples']} test dialogues per point, {d['objective']}):\n\n"
+          + _table(["step", "train loss (mixture)", "test loss", "source gain", "distinct", "R-1", "R-2", "R-L"], rows)
+          + f"\n\n{line} {_machine(d['machine'])}; {r.files('reader_cpu.json', 'reader_cpu.png')}\n")
+
+
 def crt_ptb_flops(r: Results) -> str:
   """Forward FLOPs per token of every CRT-benchmark model at several context lengths L."""
   d = r.load("crt_ptb_flops_cpu.json")
@@ -435,6 +454,7 @@ RENDERERS = {
     "long_inputs": long_inputs,
     "long_inputs_timing": long_inputs_timing,
     "segment_sweep_history": segment_sweep_history,
+    "reader": reader,
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
