@@ -236,6 +236,7 @@ def test_beam_search_state_reordering(kind):
     np.testing.assert_allclose(float(scores[row]), tok_lp[row, :n].sum(), atol=1e-4)
 
 
+@pytest.mark.slow  # compiles every kind at k = 1024 (~40 s); benchmarks/cross_attention_cost.py reports the table
 def test_cross_attention_flops_table():
   rows = cost.table_1(q_len=128, k_len=1024, d=64, segment_sizes=(64, 16, 8))
   print("\n" + cost.format_table(rows))
