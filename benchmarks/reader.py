@@ -4,10 +4,14 @@ The paper fine-tunes a *pretrained* T5 with each kind of cross-attention. No pre
 be had offline, and a model trained from scratch on summaries alone learns the summaries' language
 long before it reads its input (full attention's source gain was 0.0035 nats/token after 5 epochs).
 So this script makes the part of the pretrained model: it trains one full-attention T5 on a mixture
-of summarization (dialogue -> summary) and T5's span corruption of the training dialogues (spans of
-the dialogue replaced by sentinels `<s0>`, `<s1>`, ... in the input, the target lists them), which
-cannot be solved without copying from the input. Span-corruption inputs start with "denoise: "; the
-summarization inputs are the dialogues as the test set has them.
+of summarization (dialogue -> summary) and a denoising objective on the training dialogues, whose
+inputs start with "denoise: " (the summarization inputs are the dialogues as the test set has them).
+`--objective`:
+  span     T5's span corruption: spans of the dialogue replaced by sentinels `<s0>`, `<s1>`, ... in the
+           input, the target lists the removed spans (what is not in the input);
+  infill   BART's text infilling: the same corrupted input (30% of the words), the target is the
+           original dialogue (its first max_target_len tokens), so most target tokens are copied from
+           the input and the decoder must learn to read it.
 
 Every `--eval_every` steps it measures, on the test dialogues, the source gain (teacher-forced loss
 with another dialogue minus with its own, `diagnostics.source_reliance`), the number of distinct
@@ -18,7 +22,7 @@ model.safetensors) with its SentencePiece model, `benchmarks/reader/<preset>/`, 
 the segment sweep starts from (`init_from`, like a hub T5). Resumable: a rerun continues training
 and skips the evaluations it has.
 
-  python benchmarks/reader.py --preset cpu --data_dir ../shared/data/dialogsum
+  python benchmarks/reader.py --preset cpu --objective infill --data_dir ../shared/data/dialogsum
   python benchmarks/reader.py --quick --data_dir ../shared/data/dialogsum     # smoke test
 """
 
@@ -87,9 +91,25 @@ def corrupt(text: str, rng, noise: float = 0.15, mean_span: float = 3.0) -> tupl
   return " ".join(inp), " ".join(tgt)
 
 
-def build_mixture(train_path: str, out_path: str, copies: int, seed: int = 0, limit: int = 0) -> dict:
+OBJECTIVES = {
+    "span": "summarization + span corruption (15% noise, mean span 3) of the training dialogues",
+    "infill": "summarization + text infilling (30% noise, mean span 3; target: the original dialogue) "
+              "of the training dialogues",
+}
+
+
+def infill(text: str, rng, noise: float = 0.3, mean_span: float = 3.0) -> tuple[str, str]:
+  """BART's text infilling on whitespace words: the input as `corrupt` makes it, the target the whole
+  original text (copying from the input is most of the task)."""
+  inp, removed = corrupt(text, rng, noise, mean_span)
+  return inp, (text if removed else "")
+
+
+def build_mixture(train_path: str, out_path: str, copies: int, seed: int = 0, limit: int = 0,
+                  objective: str = "span") -> dict:
   """Writes the reader's training JSONL ({"dialogue", "summary"}, DialogSum's own fields): every training dialogue once
-  with its summary and `copies` times span-corrupted, shuffled with `seed`. Returns counts."""
+  with its summary and `copies` times corrupted by `objective`, shuffled with `seed`. Returns counts."""
+  noise = {"span": corrupt, "infill": infill}[objective]
   import numpy as np
   rng = np.random.default_rng(seed)
   rows = []
@@ -98,7 +118,7 @@ def build_mixture(train_path: str, out_path: str, copies: int, seed: int = 0, li
       ex = json.loads(line)
       rows.append({"dialogue": ex["dialogue"], "summary": ex["summary"]})
       for _ in range(copies):
-        inp, tgt = corrupt(ex["dialogue"], rng)
+        inp, tgt = noise(ex["dialogue"], rng)
         if tgt:
           rows.append({"dialogue": DENOISE_PREFIX + inp, "summary": tgt})
       if limit and len(rows) >= limit:
@@ -173,6 +193,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--objective", default="span", choices=sorted(OBJECTIVES),
+                 help="the denoising half of the mixture (see the module docstring)")
   p.add_argument("--data_dir", default=os.path.join("..", "shared", "data", "dialogsum"))
   p.add_argument("--workdir", default="", help="the reader's run (default runs/reader_<preset>)")
   p.add_argument("--export", default="", help="where the reader goes (default benchmarks/reader/<preset>)")
@@ -182,14 +204,16 @@ def main():
   jax = common.setup_platform(args.platform)
   name = "quick" if args.quick else args.preset
   preset = PRESETS[name]
-  workdir = args.workdir or os.path.join("runs", f"reader_{name}")
-  export = args.export or os.path.join(REPO, "benchmarks", "reader", name)
+  tag = name if args.objective == "span" else f"{name}_{args.objective}"
+  workdir = args.workdir or os.path.join("runs", f"reader_{tag}")
+  export = args.export or os.path.join(REPO, "benchmarks", "reader", tag)
   from srformer_jax import data, train_lib
 
   mixture = os.path.join(workdir, "mixture.jsonl")
   if not os.path.exists(mixture):
     counts = build_mixture(os.path.join(args.data_dir, "dialogsum.train.jsonl"), mixture,
-                           preset["corrupt_copies"], limit=preset.get("train_examples", 0))
+                           preset["corrupt_copies"], limit=preset.get("train_examples", 0),
+                           objective=args.objective)
     print(f"mixture: {counts}", flush=True)
   spm_path = os.path.join(workdir, "spm", "spm.model")
   if not os.path.exists(spm_path):
@@ -224,10 +248,10 @@ def main():
   shutil.copy(spm_path, os.path.join(export, "spm.model"))
   payload = {"machine": common.machine(jax), "preset": name, "settings": {k: v for k, v in preset.items()},
              "curve": curve, "final": final, "export": os.path.relpath(export, REPO),
-             "objective": "summarization + span corruption (15% noise, mean span 3) of the training dialogues"}
-  common.write(args.out, f"reader_{name}", payload)
-  plot(curve, os.path.join(args.out, f"reader_{name}.png"),
-       f"reader ({name}): full attention, summarization + span corruption; gate {GATE}")
+             "objective": OBJECTIVES[args.objective], "objective_name": args.objective}
+  common.write(args.out, f"reader_{tag}", payload)
+  plot(curve, os.path.join(args.out, f"reader_{tag}.png"),
+       f"reader ({tag}): full attention, {OBJECTIVES[args.objective]}; gate {GATE}", )
 
 
 if __name__ == "__main__":

@@ -304,9 +304,11 @@ def segment_sweep_history(r: Results) -> str:
 
 def reader(r: Results) -> str:
   """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
-  d = r.load("reader_cpu.json")
-  if d is None:
-    return "(the reader has not been trained yet: `python benchmarks/reader.py --preset cpu`)"
+  name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if r.load(n) is not None), None)
+  if name is None:
+    return ("(the reader's training has not finished yet: "
+            "`python benchmarks/reader.py --preset cpu --objective infill`)")
+  d = r.load(name)
   rows = [[c["step"], f"{c['train_loss']:.3f}" if c.get("train_loss") is not None else "–", f"{c['test_loss']:.3f}",
            f"{c['source_gain']:.3f}", c["distinct_predictions"], f"{c['rouge1']:.2f}", f"{c['rouge2']:.2f}",
            f"{c['rougeL']:.2f}"] for c in d["curve"]]
@@ -318,7 +320,17 @@ def reader(r: Results) -> str:
           f">= {gate['distinct_predictions']} distinct) **{'holds' if f['gate_holds'] else 'does not hold'}**.")
   return (f"Curve ({d['settings']['eval_examples']} test dialogues per point, {d['objective']}):\n\n"
           + _table(["step", "train loss (mixture)", "test loss", "source gain", "distinct", "R-1", "R-2", "R-L"], rows)
-          + f"\n\n{line} {_machine(d['machine'])}; {r.files('reader_cpu.json', 'reader_cpu.png')}\n")
+          + f"\n\n{line} {_machine(d['machine'])}; {r.files(name, name[:-len('.json')] + '.png')}\n")
+
+
+def reader_span_pilot(r: Results) -> str:
+  """T5's span corruption as the reader's objective: the pilot that was stopped."""
+  d = r.load("reader_cpu_span_pilot.json")
+  c = d["curve"][-1]
+  return (f"Span corruption, T5's own objective, came first ([json]({r.href('reader_cpu_span_pilot.json')})): "
+          f"at step {c['step']} of {d['settings']['steps']} the source gain on the test summaries was "
+          f"{c['source_gain']:.4f} nats/token and the {c['eval_examples']} test predictions were "
+          f"{c['distinct_predictions']} distinct strings; it was stopped at step {d['stopped_at_step']}.")
 
 
 def crt_ptb_flops(r: Results) -> str:
@@ -455,6 +467,7 @@ RENDERERS = {
     "long_inputs_timing": long_inputs_timing,
     "segment_sweep_history": segment_sweep_history,
     "reader": reader,
+    "reader_span_pilot": reader_span_pilot,
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
