@@ -29,6 +29,7 @@ and skips the evaluations it has.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -151,8 +152,28 @@ def trained(workdir: str) -> dict:
     return [json.loads(line) for line in f if line.strip()][-1]
 
 
-def measure(cfg, workdir: str, eval_examples: int) -> dict:
-  """Source gain, test loss, ROUGE and distinct predictions of the latest checkpoint."""
+def denoising_source_gain(cfg, workdir: str, objective: str, examples: int) -> float:
+  """The source gain on the denoising half: the first `examples` test dialogues corrupted by
+  `objective` (a fixed seed), scored with their own input and with another's. Near 0 the decoder
+  solves the denoising task as a language model, without reading its input."""
+  import numpy as np
+  from srformer_jax import data, run_setup
+  from srformer_jax.diagnostics import source_reliance
+  model, tok, params = run_setup.load_trained_model(cfg, workdir)
+  noise = {"span": corrupt, "infill": infill}[objective]
+  rng = np.random.default_rng(1)
+  pairs = []
+  for text, _ in itertools.islice(iter(run_setup.load_source(cfg, "eval_split", workdir)), examples):
+    inp, tgt = noise(text, rng)
+    if tgt:
+      pairs.append((DENOISE_PREFIX + inp, tgt))
+  batches = data.eval_batches(data.ListSource(pairs), tok, run_setup.batch_spec(cfg, 50))
+  return source_reliance(model, params, ((b, n) for b, _, n in batches))["source_gain"]
+
+
+def measure(cfg, workdir: str, eval_examples: int, objective: str) -> dict:
+  """Source gain, test loss, ROUGE and distinct predictions of the latest checkpoint, and the
+  source gain on its denoising task."""
   import copy
   from benchmarks import segment_sweep
   from srformer_jax import eval_lib
@@ -163,7 +184,8 @@ def measure(cfg, workdir: str, eval_examples: int) -> dict:
   with open(os.path.join(workdir, "predictions.jsonl")) as f:
     distinct = len({json.loads(line)["prediction"] for line in f})
   return {"test_loss": stats["test_loss"], "source_gain": stats["source_gain"], "distinct_predictions": distinct,
-          "eval_examples": scores["num_examples"], **{k: scores[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}}
+          "eval_examples": scores["num_examples"], **{k: scores[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+          "denoising_source_gain": denoising_source_gain(cfg, workdir, objective, eval_examples)}
 
 
 def plot(curve: list[dict], path: str, title: str):
@@ -230,14 +252,14 @@ def main():
     last = trained(workdir)  # from the run's log: also right when this invocation trained nothing
     step = last["step"]
     if step not in done:
-      row = {"step": step, "train_loss": last.get("loss"), **measure(cfg, workdir, preset["eval_examples"])}
+      row = {"step": step, "train_loss": last.get("loss"), **measure(cfg, workdir, preset["eval_examples"], args.objective)}
       curve.append(row)
       with open(curve_file, "w") as f:
         json.dump(curve, f, indent=2)
       print(json.dumps(row), flush=True)
     if step >= preset["steps"]:
       break
-  final = measure(cfg, workdir, 500 if not args.quick else preset["eval_examples"])
+  final = measure(cfg, workdir, 500 if not args.quick else preset["eval_examples"], args.objective)
   final.update(step=preset["steps"], gate=GATE,
                gate_holds=bool(final["source_gain"] >= GATE["source_gain"]
                                and final["distinct_predictions"] >= GATE["distinct_predictions"]))

@@ -310,8 +310,10 @@ def reader(r: Results) -> str:
             "`python benchmarks/reader.py --preset cpu --objective infill`)")
   d = r.load(name)
   rows = [[c["step"], f"{c['train_loss']:.3f}" if c.get("train_loss") is not None else "–", f"{c['test_loss']:.3f}",
-           f"{c['source_gain']:.3f}", c["distinct_predictions"], f"{c['rouge1']:.2f}", f"{c['rouge2']:.2f}",
-           f"{c['rougeL']:.2f}"] for c in d["curve"]]
+           f"{c['source_gain']:.3f}",
+           f"{c['denoising_source_gain']:.3f}" if c.get("denoising_source_gain") is not None else "–",
+           c["distinct_predictions"], f"{c['rouge1']:.2f}", f"{c['rouge2']:.2f}", f"{c['rougeL']:.2f}"]
+          for c in d["curve"]]
   f = d["final"]
   gate = d["final"]["gate"]
   line = (f"On all {f['eval_examples']} test dialogues after {f['step']} steps: source gain "
@@ -319,7 +321,7 @@ def reader(r: Results) -> str:
           f"{f['rouge1']:.2f} / {f['rouge2']:.2f} / {f['rougeL']:.2f}; gate (source gain >= {gate['source_gain']}, "
           f">= {gate['distinct_predictions']} distinct) **{'holds' if f['gate_holds'] else 'does not hold'}**.")
   return (f"Curve ({d['settings']['eval_examples']} test dialogues per point, {d['objective']}):\n\n"
-          + _table(["step", "train loss (mixture)", "test loss", "source gain", "distinct", "R-1", "R-2", "R-L"], rows)
+          + _table(["step", "train loss (mixture)", "test loss", "source gain", "denoising source gain", "distinct", "R-1", "R-2", "R-L"], rows)
           + f"\n\n{line} {_machine(d['machine'])}; {r.files(name, name[:-len('.json')] + '.png')}\n")
 
 
