@@ -270,3 +270,25 @@ def test_config_errors():
     tiny(cross_attention="srformer", raf_threshold_init=0.0)
   for kind in RAF_KINDS:
     assert tiny(cross_attention=kind).uses_raf
+
+
+@pytest.mark.parametrize("kind", ["full", "srformer"])
+def test_fresh_t5_is_initialised_as_hf_t5(kind):
+  """T5 never scales attention scores; HF folds d_kv**-0.5 into q's init. A fresh model must too, or
+  every softmax starts saturated (score std ~sqrt(d_kv)) and a model trained from scratch barely
+  learns to read its input. Checks the init stds and that attention scores start with std ~1."""
+  config = ModelConfig(arch="t5", vocab_size=512, d_model=256, num_heads=4, d_kv=64, d_ff=512,
+                       num_encoder_layers=1, num_decoder_layers=1, cross_attention=kind, segment_size=8)
+  params = init_params(config, jax.random.key(0))
+  enc = params["encoder"]["block_0"]["layer_0"]["SelfAttention"]
+  cross = params["decoder"]["block_0"]["layer_1"]["EncDecAttention"]
+  d, dk, inner = config.d_model, config.d_kv, config.num_heads * config.d_kv
+  for attn in (enc, cross):
+    for name, want in (("q", (d * dk) ** -0.5), ("k", d ** -0.5), ("v", d ** -0.5), ("o", inner ** -0.5)):
+      np.testing.assert_allclose(float(np.std(attn[name]["kernel"])), want, rtol=0.05, err_msg=name)
+  np.testing.assert_allclose(float(np.std(enc["relative_attention_bias"]["embedding"])), d ** -0.5, rtol=0.3)
+  x = jax.random.normal(jax.random.key(1), (4, 64, d))  # RMS-normalised inputs, as each layer sees them
+  q = (x @ cross["q"]["kernel"]).reshape(4, 64, config.num_heads, dk)
+  k = (x @ cross["k"]["kernel"]).reshape(4, 64, config.num_heads, dk)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  assert 0.7 < float(jnp.std(scores)) < 1.4, float(jnp.std(scores))

@@ -27,9 +27,17 @@ class ProjectionsMixin:
     dt = jnp.dtype(c.dtype)
     bias = c.arch == "bart"
     q, k, v, o = PROJ_NAMES[c.arch]
+    # A fresh T5 is initialised as HF's T5 is: T5 never scales its attention scores, so q's init
+    # carries the d_kv**-0.5 (std (d_model*d_kv)**-0.5). With q initialised like k, the scores start
+    # with std ~sqrt(d_kv) and every softmax saturates: a model trained from scratch barely learns
+    # to read its input (see docs/segment_sweep.md). Pretrained weights replace all of these.
+    std = ({q: (c.d_model * c.d_kv) ** -0.5, k: c.d_model ** -0.5, v: c.d_model ** -0.5, o: c.inner_dim ** -0.5}
+           if c.arch == "t5" else {})
     for name in (q, k, v):
-      setattr(self, name, layers.dense(c.inner_dim, (sh.EMBED, sh.JOINED_KV), use_bias=bias, dtype=dt))
-    setattr(self, o, layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=bias, dtype=dt))
+      setattr(self, name, layers.dense(c.inner_dim, (sh.EMBED, sh.JOINED_KV), use_bias=bias, dtype=dt,
+                                       init_std=std.get(name)))
+    setattr(self, o, layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=bias, dtype=dt,
+                                  init_std=std.get(o)))
 
   def project_q(self, x: jax.Array) -> jax.Array:
     """[b, t, D] -> [b, t, h, d] (BART: scaled by d**-0.5)."""

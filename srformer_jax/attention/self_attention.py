@@ -77,8 +77,9 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     c = self.config
     self.setup_projections()
     if self.has_relative_attention_bias:
-      self.relative_attention_bias = layers.embed(
-          c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS), dtype=jnp.float32)
+      self.relative_attention_bias = layers.embed(  # HF T5's init: std d_model**-0.5
+          c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS), dtype=jnp.float32,
+          init_std=c.d_model ** -0.5)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
     self.attn_dropout = layers.Dropout(rate)
 
