@@ -18,7 +18,7 @@ with another dialogue minus with its own, `diagnostics.source_reliance`), the nu
 predictions and ROUGE with the configured decoding; the curve goes to results/reader_<preset>.json
 and .png. Gate: source gain >= 0.5 nats/token and >= 450 distinct predictions on the 500 test
 dialogues. The final checkpoint is exported as a Hugging Face directory (config.json +
-model.safetensors) with its SentencePiece model, `benchmarks/reader/<preset>/`, which every cell of
+model.safetensors) with its SentencePiece model, `benchmarks/reader/<preset>[_infill]/`, which every cell of
 the segment sweep starts from (`init_from`, like a hub T5). Resumable: a rerun continues training
 and skips the evaluations it has.
 
@@ -219,7 +219,7 @@ def main():
                  help="the denoising half of the mixture (see the module docstring)")
   p.add_argument("--data_dir", default=os.path.join("..", "shared", "data", "dialogsum"))
   p.add_argument("--workdir", default="", help="the reader's run (default runs/reader_<preset>)")
-  p.add_argument("--export", default="", help="where the reader goes (default benchmarks/reader/<preset>)")
+  p.add_argument("--export", default="", help="where the reader goes (default benchmarks/reader/<preset>[_<objective> unless span])")
   p.add_argument("--out", default=common.RESULTS)
   p.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"])
   args = p.parse_args()

@@ -385,8 +385,8 @@ def crt_ptb(r: Results) -> str:
     c = agg.get("claim", {}).get(context)
     seeds = c.get("seeds", g["seeds"] if g else 1) if c else 0  # files before "seeds": the gate's count
     if c and seeds < 2:
-      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; crt_L/4 has "
-                   f"{seeds} seed, the verdict needs intervals over seeds)")
+      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {seeds} seed for "
+                   f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
     elif c:
       parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
                    f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "

@@ -5,8 +5,9 @@ Every model module exposes (through `model.apply(params, ..., method=...)`):
            deterministic=True) -> logits [b, q, V] float32
   encode(input_ids, attention_mask) -> [b, k, D]
   decode(decoder_input_ids, encoder_out, attention_mask) -> logits [b, q, V]
-  init_cache(encoder_out, attention_mask, max_len) -> decoding state pytree
-  decode_step(token_ids [b], cache) -> (logits [b, V], cache)
+  init_cache(encoder_out, attention_mask, max_len, beams=1) -> decoding state pytree (self caches
+      for b * beams rows, the cross-attention state once per input)
+  decode_step(token_ids [b * beams], cache) -> (logits [b * beams, V], cache)
 """
 
 from __future__ import annotations
