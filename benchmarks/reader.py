@@ -2,7 +2,7 @@
 
 The paper fine-tunes a *pretrained* T5 with each kind of cross-attention. No pretrained weights can
 be had offline, and a model trained from scratch on summaries alone learns the summaries' language
-long before it reads its input (full attention's source gain was 0.0035 nats/token after 5 epochs).
+long before it reads its input.
 So this script makes the part of the pretrained model: it trains one full-attention T5 on a mixture
 of summarization (dialogue -> summary) and a denoising objective on the training dialogues, whose
 inputs start with "denoise: " (the summarization inputs are the dialogues as the test set has them).
@@ -15,7 +15,7 @@ inputs start with "denoise: " (the summarization inputs are the dialogues as the
 
 Every `--eval_every` steps it measures, on the test dialogues, the source gain (teacher-forced loss
 with another dialogue minus with its own, `diagnostics.source_reliance`), the number of distinct
-predictions and ROUGE with the configured decoding; the curve goes to results/reader_<preset>.json
+predictions and ROUGE with the configured decoding; the curve goes to results/reader_<preset>[_infill].json
 and .png. Gate: source gain >= 0.5 nats/token and >= 450 distinct predictions on the 500 test
 dialogues. The final checkpoint is exported as a Hugging Face directory (config.json +
 model.safetensors) with its SentencePiece model, `benchmarks/reader/<preset>[_infill]/`, which every cell of
@@ -99,6 +99,11 @@ OBJECTIVES = {
 }
 
 
+def noise_fn(objective: str):
+  """The function that corrupts one dialogue for `objective`: text, rng -> (input, target)."""
+  return {"span": corrupt, "infill": infill}[objective]
+
+
 def infill(text: str, rng, noise: float = 0.3, mean_span: float = 3.0) -> tuple[str, str]:
   """BART's text infilling on whitespace words: the input as `corrupt` makes it, the target the whole
   original text (copying from the input is most of the task)."""
@@ -110,7 +115,7 @@ def build_mixture(train_path: str, out_path: str, copies: int, seed: int = 0, li
                   objective: str = "span") -> dict:
   """Writes the reader's training JSONL ({"dialogue", "summary"}, DialogSum's own fields): every training dialogue once
   with its summary and `copies` times corrupted by `objective`, shuffled with `seed`. Returns counts."""
-  noise = {"span": corrupt, "infill": infill}[objective]
+  noise = noise_fn(objective)
   import numpy as np
   rng = np.random.default_rng(seed)
   rows = []
@@ -160,7 +165,7 @@ def denoising_source_gain(cfg, workdir: str, objective: str, examples: int) -> f
   from srformer_jax import data, run_setup
   from srformer_jax.diagnostics import source_reliance
   model, tok, params = run_setup.load_trained_model(cfg, workdir)
-  noise = {"span": corrupt, "infill": infill}[objective]
+  noise = noise_fn(objective)
   rng = np.random.default_rng(1)
   pairs = []
   for text, _ in itertools.islice(iter(run_setup.load_source(cfg, "eval_split", workdir)), examples):
@@ -218,7 +223,7 @@ def main():
   p.add_argument("--objective", default="span", choices=sorted(OBJECTIVES),
                  help="the denoising half of the mixture (see the module docstring)")
   p.add_argument("--data_dir", default=os.path.join("..", "shared", "data", "dialogsum"))
-  p.add_argument("--workdir", default="", help="the reader's run (default runs/reader_<preset>)")
+  p.add_argument("--workdir", default="", help="the reader's run (default runs/reader_<preset>[_<objective> unless span])")
   p.add_argument("--export", default="", help="where the reader goes (default benchmarks/reader/<preset>[_<objective> unless span])")
   p.add_argument("--out", default=common.RESULTS)
   p.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"])
@@ -273,7 +278,7 @@ def main():
              "objective": OBJECTIVES[args.objective], "objective_name": args.objective}
   common.write(args.out, f"reader_{tag}", payload)
   plot(curve, os.path.join(args.out, f"reader_{tag}.png"),
-       f"reader ({tag}): full attention, {OBJECTIVES[args.objective]}; gate {GATE}", )
+       f"reader ({tag}): full attention, {OBJECTIVES[args.objective]}; gate {GATE}")
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def segment_sweep_history(r: Results) -> str:
 
 def reader(r: Results) -> str:
   """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
-  name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if r.load(n) is not None), None)
+  name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if os.path.exists(r.path(n))), None)
   if name is None:
     return ("(the reader's training has not finished yet: "
             "`python benchmarks/reader.py --preset cpu --objective infill`)")
@@ -315,7 +315,7 @@ def reader(r: Results) -> str:
            c["distinct_predictions"], f"{c['rouge1']:.2f}", f"{c['rouge2']:.2f}", f"{c['rougeL']:.2f}"]
           for c in d["curve"]]
   f = d["final"]
-  gate = d["final"]["gate"]
+  gate = f["gate"]
   line = (f"On all {f['eval_examples']} test dialogues after {f['step']} steps: source gain "
           f"{f['source_gain']:.3f} nats/token, {f['distinct_predictions']} distinct predictions, ROUGE-1/2/L "
           f"{f['rouge1']:.2f} / {f['rouge2']:.2f} / {f['rougeL']:.2f}; gate (source gain >= {gate['source_gain']}, "
@@ -383,9 +383,8 @@ def crt_ptb(r: Results) -> str:
                    f"{g['segmented_L/4_over_full']:.3f}, intervals "
                    f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
     c = agg.get("claim", {}).get(context)
-    seeds = c.get("seeds", g["seeds"] if g else 1) if c else 0  # files before "seeds": the gate's count
-    if c and seeds < 2:
-      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {seeds} seed for "
+    if c and c["seeds"] < 2:
+      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {c['seeds']} seed for "
                    f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
     elif c:
       parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
