@@ -39,7 +39,9 @@ def cross_attention_cost(kind: str, q_len: int, k_len: int, d: int, s: int, head
   q = jnp.zeros((batch, q_len, heads, d))
   k = jnp.zeros((batch, k_len, heads, d))
   mask = jnp.ones((batch, k_len), bool)
-  params = module.init(jax.random.key(0), q, k, k, mask, method=CrossAttention.attend)
+  # shapes only: lowering needs no values, and an eager init at long inputs costs more than the compile
+  params = jax.eval_shape(functools.partial(module.init, method=CrossAttention.attend),
+                          jax.random.key(0), q, k, k, mask)
 
   def fwd(p, q, k, v):
     return module.apply(p, q, k, v, mask, method=CrossAttention.attend)
@@ -60,8 +62,8 @@ def decode_step_cost(kind: str, k_len: int, d: int, s: int, q_len: int = 128, he
   mask = jnp.ones((batch, k_len), bool)
   with warnings.catch_warnings():  # a 1-token init forward reads one of m segments, by design
     warnings.simplefilter("ignore")
-    params = module.init(jax.random.key(0), x, enc, mask)
-  state = module.apply(params, enc, mask, method=CrossAttention.init_state)
+    params = jax.eval_shape(module.init, jax.random.key(0), x, enc, mask)  # shapes only, as above
+  state = jax.eval_shape(functools.partial(module.apply, method=CrossAttention.init_state), params, enc, mask)
   step = functools.partial(module.apply, method=CrossAttention.step)
   return _cost(jax.jit(step).lower(params, x, state, jnp.asarray(5)).compile())
 
