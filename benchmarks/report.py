@@ -302,6 +302,79 @@ def segment_sweep_history(r: Results) -> str:
           f"predictions were {full['distinct_predictions']} distinct strings.")
 
 
+def _ci(c, fmt=".2f") -> str:
+  """'mean [lo, hi]' of a stats.mean_ci / bootstrap dict ('mean' alone without an interval)."""
+  if c is None:
+    return "–"
+  if c.get("lo") is None:
+    return format(c["mean"], fmt)
+  return f"{format(c['mean'], fmt)} [{format(c['lo'], fmt)}, {format(c['hi'], fmt)}]"
+
+
+def _paper_r1(paper: dict, g: dict) -> str:
+  if g["kind"] == "full":
+    return f"{paper['full']:.2f}"
+  table3 = {int(k): v for k, v in paper.get(g["kind"], {}).items()} if isinstance(paper.get(g["kind"]), dict) else {}
+  if g["schedule"] == "padded" and g["s"] in table3:
+    return f"{table3[g['s']]:.2f}"
+  if g["kind"] in paper.get("ablations_s64", {}) and g["kind"] != "srformer":
+    return f"{paper['ablations_s64'][g['kind']]:.2f} (s = 64)"
+  return "–"
+
+
+def _verdict_line(v: dict) -> str:
+  if not v:
+    return "Verdict: not yet (full attention and the smallest s are needed)."
+  parts = [f"{k.replace('_', ' ').replace('10pct', '10%')}: {'yes' if v[k] else 'no'}"
+           for k in ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full",
+                     "xl_between") if k in v]
+  missing = [k for k in ("segmented_below_full", "srformer_above_segmented", "xl_between") if k not in v]
+  head = f"Verdict at s = {v['s']}: " + ("**the claim holds**" if v.get("holds") else
+                                         "**not shown**" if not missing else "incomplete")
+  return head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + \
+      "). Rule: " + v["rule"] + "."
+
+
+def _sweep_groups(d: dict) -> list[dict]:
+  order = {"full": 0, "segmented": 1, "xl": 2, "srformer": 3}
+  return sorted(d["groups"], key=lambda g: (g["schedule"] != "padded" and g["kind"] != "full",
+                                            order.get(g["kind"], 4), g["s"] or 0))
+
+
+def segment_sweep(r: Results, compact: bool = False) -> str:
+  """The grid fine-tuned from the reader: per group (kind, s, schedule) mean and 95% interval over
+  seeds (bootstrap over test examples for one seed), the paper's figure beside it, and the verdict.
+  compact (the README): ROUGE-1 and source gain only."""
+  d = r.load("segment_sweep_cpu.json")
+  if d is None:
+    return ("(not run yet: `python benchmarks/segment_sweep.py --preset cpu --reader benchmarks/reader/cpu_infill`)")
+  o = d["overrides"]
+  rows = []
+  for g in _sweep_groups(d):
+    key = [g["kind"], g["s"] or "–", g["schedule"] if g["s"] else "–", len(g["seeds"]), _ci(g["rouge1"])]
+    more = [] if compact else [_ci(g["rouge2"]), _ci(g["rougeL"]), _ci(g["test_loss"], ".3f")]
+    rows.append(key + more + [_ci(g["source_gain"], ".3f")]
+                + ([] if compact else [_ci(g["distinct_predictions"], ".0f")])
+                + [_paper_r1(d["paper_t5_small_cnndm"], g)])
+  done, planned = len(d["cells"]), len(d["cells_planned"])
+  head = (f"{done} of {planned} cells, each fine-tuned {o['train.num_steps']} steps of batch "
+          f"{o['train.batch_size']} (lr {o['train.learning_rate']}) from the reader; test on "
+          f"{d['cells'][0]['eval_examples']} DialogSum dialogues; 95% intervals: t over seeds, or a "
+          f"bootstrap over test examples (ROUGE-1) for one seed. Paper: T5-small on CNN/DailyMail. "
+          f"{_machine(d.get('machine'))}; code at "
+          + ", ".join(sorted({(c.get("git_commit") or d.get("git_commit") or "?")[:7]
+                              + ("-dirty" if (c.get("git_commit") or "").endswith("-dirty") else "")
+                              for c in d["cells"]})) + ".")
+  header = (["kind", "s", "schedule", "seeds", "ROUGE-1 (95% CI)", "source gain", "paper R-1"] if compact else
+            ["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
+             "distinct", "paper R-1"])
+  table = _table(header, rows)
+  return "\n\n".join([head, table, "- " + _verdict_line(d.get("verdict", {})),
+                      r.files("segment_sweep_cpu.json", "segment_sweep_cpu_fig4.png")
+                      + (" · " + r.files("segment_sweep_cpu_ablations.png")
+                         if os.path.exists(r.path("segment_sweep_cpu_ablations.png")) else "")])
+
+
 def reader(r: Results) -> str:
   """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
   name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if os.path.exists(r.path(n))), None)
@@ -467,6 +540,8 @@ RENDERERS = {
     "long_inputs": long_inputs,
     "long_inputs_timing": long_inputs_timing,
     "segment_sweep_history": segment_sweep_history,
+    "segment_sweep": segment_sweep,
+    "glance_segment_sweep": lambda r: segment_sweep(r, compact=True),
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,
     "crt_ptb_flops": crt_ptb_flops,

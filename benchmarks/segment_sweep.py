@@ -174,6 +174,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     finally:  # a killed cell keeps the time it spent, so the total stays honest after a resume
       timing["wall_s"] += time.perf_counter() - t0
       timing["invocations"] += 1
+      timing["git_commit"] = COMMIT  # the code of the invocation that trained it last
       with open(timing_file, "w") as f:
         json.dump(timing, f)
   with _STATS_LOCK:  # one cell's statistics at a time in this process
@@ -241,7 +242,7 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
-              invocations=timing["invocations"], workdir=workdir, raf=stats.get("raf"),
+              invocations=timing["invocations"], git_commit=timing.get("git_commit"), workdir=workdir, raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
               distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
 
@@ -453,7 +454,7 @@ def main():
       payload = {"preset": preset_name, "overrides": {k: _relative(v) for k, v in overrides.items()},
                  "protocol": "fine-tuned from the reader" if args.reader else "from scratch",
                  "reader": _relative(reader) if args.reader else None,
-                 "git_commit": _git_commit(), "machine": _machine(), "paper_t5_small_cnndm": PAPER,
+                 "git_commit": COMMIT, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
                  "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
                  "groups": groups, "verdict": verdict(groups),
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
@@ -470,17 +471,25 @@ def _relative(value):
 
 
 def _git_commit() -> str:
+  """HEAD, with '-dirty' when the code (not the results) differs from it."""
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.strip()
+    code = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/*.py"]
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode != 0
+    return head + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
 
 def _machine() -> dict:
   import platform
-  return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-          "python": platform.python_version()}
+
+  import jax
+  return dict(common.machine(jax), python=platform.python_version())
+
+
+COMMIT = _git_commit()  # this invocation's code (each cell records the one that trained it)
 
 
 if __name__ == "__main__":
