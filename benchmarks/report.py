@@ -408,6 +408,17 @@ def reader_span_pilot(r: Results) -> str:
           f"{c['distinct_predictions']} distinct strings; it was stopped at step {d['stopped_at_step']}.")
 
 
+def reader_dropout_pilot(r: Results) -> str:
+  """The infilling reader with the sweep's dropout 0.1: the run that was stopped for dropout 0."""
+  d = r.load("reader_cpu_infill_dropout_pilot.json")
+  pts = "; ".join(f"step {c['step']}: source gain {c['source_gain']:.3f} nats/token, denoising gain "
+                  f"{c['denoising_source_gain']:.3f}, {c['distinct_predictions']} distinct of {c['eval_examples']}"
+                  for c in d["curve"])
+  return (f"With the sweep's dropout of {d['settings']['dropout_rate']} the same recipe hardly read "
+          f"([json]({r.href('reader_cpu_infill_dropout_pilot.json')})): {pts}. It was stopped at step "
+          f"{d['curve'][-1]['step']} for the run below, without dropout.")
+
+
 def crt_ptb_flops(r: Results) -> str:
   """Forward FLOPs per token of every CRT-benchmark model at several context lengths L."""
   d = r.load("crt_ptb_flops_cpu.json")
@@ -544,6 +555,7 @@ RENDERERS = {
     "glance_segment_sweep": lambda r: segment_sweep(r, compact=True),
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,
+    "reader_dropout_pilot": reader_dropout_pilot,
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
