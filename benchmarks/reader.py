@@ -29,7 +29,6 @@ and skips the evaluations it has.
 from __future__ import annotations
 
 import argparse
-import ast
 import itertools
 import json
 import os
@@ -151,20 +150,8 @@ def reader_config(args, preset: dict, workdir: str, spm_path: str, mixture: str)
                   document_key="dialogue", summary_key="summary", eval_summary_key="summary1",
                   tokenizer=f"spm:{spm_path}", max_eval_examples=preset["eval_examples"])
   cfg.train.update(num_steps=preset["steps"], save_every=preset["eval_every"], keep_checkpoints=2)
-  from benchmarks.segment_sweep import set_fields
-  return set_fields(cfg, dict(preset["overrides"], **extra_overrides(args.set)))
-
-
-def extra_overrides(items) -> dict:
-  """--set KEY=VALUE pairs as a dict (values parsed as Python literals where they are ones)."""
-  out = {}
-  for item in items:
-    key, value = item.split("=", 1)
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value  # a plain string
-  return out
+  from benchmarks.segment_sweep import parse_set, set_fields
+  return set_fields(cfg, dict(preset["overrides"], **parse_set(args.set)))
 
 
 def trained(workdir: str) -> dict:
@@ -254,6 +241,9 @@ def main():
   export = args.export or os.path.join(REPO, "benchmarks", "reader", tag)
   from srformer_jax import data, train_lib
 
+  from benchmarks.segment_sweep import parse_set
+  parse_set(args.set)  # a malformed --set stops here, before any work
+
   mixture = os.path.join(workdir, "mixture.jsonl")
   if not os.path.exists(mixture):
     counts = build_mixture(os.path.join(args.data_dir, "dialogsum.train.jsonl"), mixture,
@@ -292,7 +282,7 @@ def main():
   save_hf_checkpoint(jax.device_get(params), model.config, export, include_srformer=False)
   shutil.copy(spm_path, os.path.join(export, "spm.model"))
   payload = {"machine": common.machine(jax), "preset": name, "settings": {k: v for k, v in preset.items()},
-             "set": extra_overrides(args.set),
+             "set": parse_set(args.set),
              "curve": curve, "final": final, "export": os.path.relpath(export, REPO),
              "objective": OBJECTIVES[args.objective], "objective_name": args.objective}
   common.write(args.out, f"reader_{tag}", payload)

@@ -335,6 +335,13 @@ def _verdict_line(v: dict) -> str:
       "). Rule: " + v["rule"] + "."
 
 
+def _short_commit(commit) -> str:
+  """'abc1234' or 'abc1234-dirty'; '?' for a cell trained before commits were recorded."""
+  if not commit:
+    return "?"
+  return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def _sweep_groups(d: dict) -> list[dict]:
   order = {"full": 0, "segmented": 1, "xl": 2, "srformer": 3}
   return sorted(d["groups"], key=lambda g: (g["schedule"] != "padded" and g["kind"] != "full",
@@ -362,9 +369,7 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
           f"{d['cells'][0]['eval_examples']} DialogSum dialogues; 95% intervals: t over seeds, or a "
           f"bootstrap over test examples (ROUGE-1) for one seed. Paper: T5-small on CNN/DailyMail. "
           f"{_machine(d.get('machine'))}; code at "
-          + ", ".join(sorted({(c.get("git_commit") or d.get("git_commit") or "?")[:7]
-                              + ("-dirty" if (c.get("git_commit") or "").endswith("-dirty") else "")
-                              for c in d["cells"]})) + ".")
+          + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
   header = (["kind", "s", "schedule", "seeds", "ROUGE-1 (95% CI)", "source gain", "paper R-1"] if compact else
             ["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
              "distinct", "paper R-1"])
@@ -411,6 +416,8 @@ def reader_span_pilot(r: Results) -> str:
 def reader_dropout_pilot(r: Results) -> str:
   """The infilling reader with the sweep's dropout 0.1: the run that was stopped for dropout 0."""
   d = r.load("reader_cpu_infill_dropout_pilot.json")
+  if d is None:
+    return "(no dropout pilot recorded)"
   pts = "; ".join(f"step {c['step']}: source gain {c['source_gain']:.3f} nats/token, denoising gain "
                   f"{c['denoising_source_gain']:.3f}, {c['distinct_predictions']} distinct of {c['eval_examples']}"
                   for c in d["curve"])

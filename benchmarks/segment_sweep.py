@@ -168,13 +168,14 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     if args.platform:
       env["JAX_PLATFORMS"] = args.platform
     print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
+    commit = _git_commit()
     t0 = time.perf_counter()
     try:
       subprocess.run(cmd, cwd=REPO, env=env, check=True)
     finally:  # a killed cell keeps the time it spent, so the total stays honest after a resume
       timing["wall_s"] += time.perf_counter() - t0
       timing["invocations"] += 1
-      timing["git_commit"] = COMMIT  # the code of the invocation that trained it last
+      timing["git_commit"] = commit  # the code that trained it last (train.py runs from disk)
       with open(timing_file, "w") as f:
         json.dump(timing, f)
   with _STATS_LOCK:  # one cell's statistics at a time in this process
@@ -190,6 +191,20 @@ def run_config(overrides: dict, cell: dict):
   if cell["s"] is not None:
     flags["model.segment_size"] = cell["s"]
   return set_fields(cfg, flags)
+
+
+def parse_set(items) -> dict:
+  """--set KEY=VALUE pairs as a dict (values parsed as Python literals where they are ones)."""
+  out = {}
+  for item in items:
+    if "=" not in item:
+      sys.exit(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=5e-4")
+    key, value = item.split("=", 1)
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value  # a plain string
+  return out
 
 
 def set_fields(cfg, flags: dict):
@@ -242,7 +257,8 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
-              invocations=timing["invocations"], git_commit=timing.get("git_commit"), workdir=workdir, raf=stats.get("raf"),
+              invocations=timing["invocations"], git_commit=timing.get("git_commit"), workdir=workdir,
+              raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
               distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
 
@@ -434,17 +450,13 @@ def main():
   if args.reader:
     overrides["model.init_from"] = reader
   overrides.update(preset["overrides"])
-  for item in args.set:
-    key, value = item.split("=", 1)
-    try:
-      overrides[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[key] = value  # a plain string
+  overrides.update(parse_set(args.set))
   only = set(filter(None, args.only.split(",")))
   grid = [c for c in cells(preset) if not only or c["name"] in only]
   if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   done: dict[str, dict] = {}
+  commit = _git_commit()  # this invocation's; each cell records the one that trained it
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
     futures = {pool.submit(run_cell, cell, args, runs, overrides): cell for cell in grid}
     for future in concurrent.futures.as_completed(futures):
@@ -454,7 +466,7 @@ def main():
       payload = {"preset": preset_name, "overrides": {k: _relative(v) for k, v in overrides.items()},
                  "protocol": "fine-tuned from the reader" if args.reader else "from scratch",
                  "reader": _relative(reader) if args.reader else None,
-                 "git_commit": COMMIT, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
+                 "git_commit": commit, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
                  "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
                  "groups": groups, "verdict": verdict(groups),
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
@@ -475,7 +487,8 @@ def _git_commit() -> str:
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                           check=True).stdout.strip()
-    code = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/*.py"]
+    code = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/segment_sweep.py",
+            "benchmarks/common.py", "benchmarks/stats.py"]
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode != 0
     return head + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
@@ -488,8 +501,6 @@ def _machine() -> dict:
   import jax
   return dict(common.machine(jax), python=platform.python_version())
 
-
-COMMIT = _git_commit()  # this invocation's code (each cell records the one that trained it)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
   r1 = {("full", None): 30.0, ("segmented", 8): 20.0, ("xl", 8): 24.0, ("srformer", 8): 29.0}
   cells = [{"name": f"{k}_{s}_{seed}", "group": k if s is None else f"{k}_s{s}_padded", "kind": k, "s": s, "schedule": "padded",
             "seed": seed, "rouge1": v + seed * 0.3, "rouge2": 5.0, "rougeL": 20.0, "rougeLsum": 20.0,
-            "test_loss": 3.0, "source_gain": 0.6, "distinct_predictions": 480, "eval_examples": 500}
+            "test_loss": 3.0, "source_gain": 0.6, "distinct_predictions": 480, "eval_examples": 500,
+            "git_commit": "0123456789abcdef-dirty" if k == "xl" else "fedcba9876543210"}
            for (k, s), v in r1.items() for seed in (0, 1, 2)]
   groups = sweep.aggregate(cells)
   payload = {"overrides": {"train.num_steps": 500, "train.batch_size": 16, "train.learning_rate": 1e-3},
@@ -104,8 +105,11 @@ def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
   out = report.render("segment_sweep", str(tmp_path))
   assert out.startswith("12 of 13 cells")
   assert "| segmented | 8 | padded | 3 | 20.30 [" in out and "| 17.27 |" in out  # the paper's Table 3
-  assert "**the claim holds**" in out
-  cells[3:6] = [dict(c, rouge1=29.0 + c["seed"]) for c in cells[3:6]]  # segmented as good as srformer
+  assert "**the claim holds**" in out and "code at 0123456-dirty, fedcba9." in out
+  glance = report.render("glance_segment_sweep", str(tmp_path))
+  assert "| srformer | 8 | padded | 3 | 29.30 [" in glance and "| 39.14 |" in glance
+  cells = [dict(c, rouge1=29.0 + c["seed"]) if c["kind"] == "segmented" else c  # as good as srformer
+           for c in cells]
   groups = sweep.aggregate(cells)
   (tmp_path / "segment_sweep_cpu.json").write_text(json.dumps(dict(payload, groups=groups,
                                                                    verdict=sweep.verdict(groups))))
