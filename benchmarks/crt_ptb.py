@@ -253,12 +253,6 @@ def flops_sweep(preset: dict, out_dir: str, name: str, jax, contexts=(64, 512, 4
   common.save_figure(fig, path)
 
 
-def _fmt_ci(c: dict, digits: int = 1) -> str:
-  if c["lo"] is None:
-    return f"{c['mean']:.{digits}f}"
-  return f"{c['mean']:.{digits}f} [{c['lo']:.{digits}f}, {c['hi']:.{digits}f}]"
-
-
 def markdown(path: str) -> str:
   """The README table of a results JSON: per model, mean and 95% interval over seeds."""
   with open(path) as f:
@@ -272,7 +266,7 @@ def markdown(path: str) -> str:
     rel = (f"{m['flops_per_token_without_output_layer'] / f['flops_per_token_without_output_layer']:.2f}x"
            if f else "")
     lines.append(f"| {m['context_len']} | {m['name']} | {m['segment_len']} | {m['test_ppl']['n']} | "
-                 f"{_fmt_ci(m['test_ppl'])} | {_fmt_ci(m['valid_ppl'])} | {m['epochs']['mean']:.1f} | {rel} |")
+                 f"{stats.format_ci(m['test_ppl'], '.1f')} | {stats.format_ci(m['valid_ppl'], '.1f')} | {m['epochs']['mean']:.1f} | {rel} |")
   return "\n".join(lines)
 
 

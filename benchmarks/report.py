@@ -23,6 +23,8 @@ import os
 import re
 import sys
 
+from benchmarks.stats import format_ci
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 BLOCK = re.compile(r"^<!-- report:([\w.-]+) -->\n(.*?)^<!-- /report:\1 -->$", re.M | re.S)
@@ -302,15 +304,6 @@ def segment_sweep_history(r: Results) -> str:
           f"predictions were {full['distinct_predictions']} distinct strings.")
 
 
-def _ci(c, fmt=".2f") -> str:
-  """'mean [lo, hi]' of a stats.mean_ci / bootstrap dict ('mean' alone without an interval)."""
-  if c is None:
-    return "–"
-  if c.get("lo") is None:
-    return format(c["mean"], fmt)
-  return f"{format(c['mean'], fmt)} [{format(c['lo'], fmt)}, {format(c['hi'], fmt)}]"
-
-
 def _paper_r1(paper: dict, g: dict) -> str:
   if g["kind"] == "full":
     return f"{paper['full']:.2f}"
@@ -358,10 +351,10 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
   o = d["overrides"]
   rows = []
   for g in _sweep_groups(d):
-    key = [g["kind"], g["s"] or "–", g["schedule"] if g["s"] else "–", len(g["seeds"]), _ci(g["rouge1"])]
-    more = [] if compact else [_ci(g["rouge2"]), _ci(g["rougeL"]), _ci(g["test_loss"], ".3f")]
-    rows.append(key + more + [_ci(g["source_gain"], ".3f")]
-                + ([] if compact else [_ci(g["distinct_predictions"], ".0f")])
+    key = [g["kind"], g["s"] or "–", g["schedule"] if g["s"] else "–", len(g["seeds"]), format_ci(g["rouge1"])]
+    more = [] if compact else [format_ci(g["rouge2"]), format_ci(g["rougeL"]), format_ci(g["test_loss"], ".3f")]
+    rows.append(key + more + [format_ci(g["source_gain"], ".3f")]
+                + ([] if compact else [format_ci(g["distinct_predictions"], ".0f")])
                 + [_paper_r1(d["paper_t5_small_cnndm"], g)])
   done, planned = len(d["cells"]), len(d["cells_planned"])
   head = (f"{done} of {planned} cells, each fine-tuned {o['train.num_steps']} steps of batch "

@@ -48,3 +48,12 @@ def separated(a: dict, b: dict) -> bool:
   if None in (a.get("lo"), a.get("hi"), b.get("lo"), b.get("hi")):
     return False
   return a["hi"] < b["lo"] or b["hi"] < a["lo"]
+
+
+def format_ci(c: dict | None, fmt: str = ".2f") -> str:
+  """'mean [lo, hi]' of a mean_ci / bootstrap_ci dict; the mean alone without an interval; '–' for None."""
+  if c is None:
+    return "–"
+  if c.get("lo") is None:
+    return format(c["mean"], fmt)
+  return f"{format(c['mean'], fmt)} [{format(c['lo'], fmt)}, {format(c['hi'], fmt)}]"
