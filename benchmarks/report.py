@@ -324,8 +324,14 @@ def _verdict_line(v: dict) -> str:
   missing = [k for k in ("segmented_below_full", "srformer_above_segmented", "xl_between") if k not in v]
   head = f"Verdict at s = {v['s']}: " + ("**the claim holds**" if v.get("holds") else
                                          "**not shown**" if not missing else "incomplete")
-  return head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + \
+  line = head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + \
       "). Rule: " + v["rule"] + "."
+  for kind, t in v.items():  # variants (not the paper's), tested by the same rule beside the claim
+    if isinstance(t, dict):
+      line += (f" Variant {kind} (not the paper's): above segmented "
+               f"{'yes' if t['above_segmented'] else 'no'}; within 10% of full "
+               f"{'yes' if t['within_10pct_of_full'] else 'no'}.")
+  return line
 
 
 def _short_commit(commit) -> str:
@@ -336,9 +342,9 @@ def _short_commit(commit) -> str:
 
 
 def _sweep_groups(d: dict) -> list[dict]:
-  order = {"full": 0, "segmented": 1, "xl": 2, "srformer": 3}
+  order = {"full": 0, "segmented": 1, "xl": 2, "srformer": 3, "srformer_gated": 4}
   return sorted(d["groups"], key=lambda g: (g["schedule"] != "padded" and g["kind"] != "full",
-                                            order.get(g["kind"], 4), g["s"] or 0))
+                                            order.get(g["kind"], 5), g["s"] or 0))
 
 
 def segment_sweep(r: Results, compact: bool = False) -> str:
@@ -417,6 +423,21 @@ def reader_dropout_pilot(r: Results) -> str:
   return (f"With the sweep's dropout of {d['settings']['dropout_rate']} the same recipe hardly read "
           f"([json]({r.href('reader_cpu_infill_dropout_pilot.json')})): {pts}. It was stopped at step "
           f"{d['curve'][-1]['step']} for the run below, without dropout.")
+
+
+def swap_at_init(r: Results) -> str:
+  """Each kind swapped into the reader at step 0 (benchmarks/swap_at_init.py)."""
+  d = r.load("swap_at_init_cpu.json")
+  if d is None:
+    return "(not run yet: `python benchmarks/swap_at_init.py`)"
+  def per_layer(x, key, fmt):
+    return " / ".join(format(v[key], fmt) for v in x["raf"].values()) if x.get("raf") else "–"
+  rows = [[x["kind"], x["s"] or "–", f"{x['test_loss']:.3f}", f"{x['source_gain']:.3f}",
+           per_layer(x, "raf_fired", ".2f"), per_layer(x, "recurrent_share", ".3f")] for x in d["rows"]]
+  return (_table(["kind", "s", "test loss", "source gain", "RAF fired, per layer",
+                  "recurrent share, per layer"], rows)
+          + f"\n\n{_machine(d['machine'])}; code at {_short_commit(d.get('git_commit'))}; "
+          f"[json]({r.href('swap_at_init_cpu.json')})")
 
 
 def crt_ptb_flops(r: Results) -> str:
@@ -556,6 +577,7 @@ RENDERERS = {
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,
     "reader_dropout_pilot": reader_dropout_pilot,
+    "swap_at_init": swap_at_init,
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,

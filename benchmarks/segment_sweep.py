@@ -35,6 +35,8 @@ from srformer_jax.config import RAF_KINDS  # noqa: E402
 _STATS_LOCK = threading.Lock()
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
+# Not the paper's: kinds measured beside it (at the smallest s, every seed), see config.py
+VARIANTS = ("srformer_gated",)
 # Paper (T5-small on CNN/DailyMail, ROUGE-1): Table 3 and Table 4 (s = 64).
 PAPER = {
     "full": 41.60,
@@ -85,9 +87,12 @@ def cells(preset: dict) -> list[dict]:
     out += [dict(kind=kind, s=s, schedule="length") for kind in ("segmented", "srformer")]
   out += [dict(kind="xl", s=s, schedule="padded") for s in sizes]
   out += [dict(kind=kind, s=preset["ablation_size"], schedule="padded") for kind in ABLATIONS]
+  out += [dict(kind=kind, s=sizes[0], schedule="padded") for kind in VARIANTS]
   # seeds (data order, dropout, new-parameter init): every seed of the preset for the cells the
-  # claim rests on (full; segmented, xl, srformer at the smallest and largest s), seed 0 elsewhere
+  # claim rests on (full; segmented, xl, srformer at the smallest and largest s; the variants),
+  # seed 0 elsewhere
   main = {(k, s) for k in ("segmented", "xl", "srformer") for s in (sizes[0], sizes[-1])}
+  main |= {(k, sizes[0]) for k in VARIANTS}
   seeded = []
   for seed in preset.get("seeds", (0,)):
     seeded += [dict(c, seed=seed) for c in out
@@ -96,14 +101,17 @@ def cells(preset: dict) -> list[dict]:
     c["group"] = c["kind"] if c["s"] is None else f"{c['kind']}_s{c['s']}_{c['schedule']}"
     c["name"] = c["group"] + (f"_seed{c['seed']}" if c["seed"] else "")
 
-  def rank(c):  # the verdict's cells (every seed) first, then the largest s, the rest, ablations last
+  def rank(c):  # the verdict's cells (every seed) first, then the variants, the largest s, the
+    # rest, ablations last
     if c["kind"] in ABLATIONS:
-      return 4
+      return 5
+    if c["kind"] in VARIANTS:
+      return 1
     if c["kind"] == "full" or (c["schedule"] == "padded" and c["s"] == sizes[0]):
       return 0
     if c["schedule"] == "padded":
-      return 1 if c["s"] == sizes[-1] else 2
-    return 3
+      return 2 if c["s"] == sizes[-1] else 3
+    return 4
   return sorted(seeded, key=lambda c: (rank(c), c["seed"]))  # stable: grid order within a rank
 
 
@@ -152,6 +160,9 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
   os.makedirs(workdir, exist_ok=True)
   timing_file = os.path.join(workdir, "sweep_timing.json")
   timing = json.load(open(timing_file)) if os.path.exists(timing_file) else {"wall_s": 0.0, "invocations": 0}
+  if timing.pop("running_since", None) is not None or (
+      not os.path.exists(timing_file) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    timing["wall_incomplete"] = True  # an earlier invocation was killed hard: its time is not counted
   if not os.path.exists(os.path.join(workdir, "rouge.json")):
     flags = dict(overrides)
     flags["model.cross_attention"] = cell["kind"]
@@ -170,6 +181,8 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
     commit = _git_commit()
     t0 = time.perf_counter()
+    with open(timing_file, "w") as f:  # still there on the next run only if this one was killed hard
+      json.dump(dict(timing, running_since=time.time()), f)
     try:
       subprocess.run(cmd, cwd=REPO, env=env, check=True)
     finally:  # a killed cell keeps the time it spent, so the total stays honest after a resume
@@ -257,7 +270,8 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
-              invocations=timing["invocations"], git_commit=timing.get("git_commit"), workdir=workdir,
+              invocations=timing["invocations"], wall_incomplete=timing.get("wall_incomplete", False),
+              git_commit=timing.get("git_commit"), workdir=workdir,
               raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
               distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
@@ -321,6 +335,12 @@ def verdict(groups: list[dict]) -> dict:
     out["xl_between"] = bool(lo <= xl["rouge1"]["mean"] <= hi)
   keys = ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full", "xl_between")
   out["holds"] = all(out.get(k) for k in keys)
+  for kind in VARIANTS:  # the same test for each variant, reported beside (never part of) the claim
+    v = by.get(f"{kind}_s{s}_padded")
+    if seg and v:
+      out[kind] = {"above_segmented": bool(v["rouge1"]["mean"] > seg["rouge1"]["mean"]
+                                           and stats.separated(v["rouge1"], seg["rouge1"])),
+                   "within_10pct_of_full": bool(v["rouge1"]["mean"] >= 0.9 * full["rouge1"]["mean"])}
   return out
 
 
@@ -330,7 +350,7 @@ def plot(groups: list[dict], out_dir: str, name: str):
   plt = common.plt()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   full = next((g for g in groups if g["kind"] == "full"), None)
-  styles = {"segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue"}
+  styles = {"segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue", "srformer_gated": "tab:green"}
   panels = (("rouge1", "ROUGE-1 (test)", "ROUGE-1 vs segment size (cf. paper Fig. 4)"),
             ("test_loss", "test loss (teacher forced, nats/token)", "Test loss vs segment size"))
 
@@ -407,7 +427,7 @@ def markdown_table(payload: dict) -> str:
     lines.append(f"| {r['kind']} | {r['s'] or '–'} | {r['schedule'] if r['s'] else '–'} | "
                  f"{r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} | {r['rougeLsum']:.2f} | "
                  f"{r['final_train_loss']:.3f} | {num(r.get('test_loss'), '.3f')} | "
-                 f"{num(r.get('source_gain'), '.4f')} | {num(r.get('distinct_predictions'), 'd')} | {fired(r)} | {r['steps']} | {r['wall_s'] / 60:.0f} min | "
+                 f"{num(r.get('source_gain'), '.4f')} | {num(r.get('distinct_predictions'), 'd')} | {fired(r)} | {r['steps']} | {'>= ' if r.get('wall_incomplete') else ''}{r['wall_s'] / 60:.0f} min | "
                  f"{paper(r)} |")
   missing = [n for n in payload["cells_planned"] if n not in {r["name"] for r in payload["cells"]}]
   if missing:

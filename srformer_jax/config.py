@@ -19,11 +19,18 @@ log = logging.getLogger(__name__)
 #   no_norm         ablation II:  srformer without the 1/||K|| normalisation
 #   no_raf          ablation III: srformer with the complement K^T V - K_i^T V_i used directly (no RAF)
 #   kv_segment      ablation IV:  RAF fed K_i^T V_i instead of the complement
+#   srformer_gated  not the paper's: srformer with the recurrent term times tanh(g), g a learnable
+#                   scalar per head starting at `raf_gate_init` (0: the swapped-in model starts as
+#                   segmented attention and fine-tuning learns how much of the summary to add; see
+#                   docs/segment_sweep.md for why the paper's term swamps a pretrained model's reading)
 CROSS_ATTENTION_KINDS = (
-    "full", "segmented", "srformer", "xl", "recurrent_only", "no_norm", "no_raf", "kv_segment")
+    "full", "segmented", "srformer", "xl", "recurrent_only", "no_norm", "no_raf", "kv_segment",
+    "srformer_gated")
 SEGMENT_SCHEDULES = ("padded", "length")
 # Kinds that carry RAF parameters (linear d_kv -> d_kv, leak, threshold).
-RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment")
+RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment", "srformer_gated")
+# Kinds whose recurrent term is scaled by a learnable per-head gate tanh(g).
+GATED_KINDS = ("srformer_gated",)
 # Kinds that add the recurrent (linear-attention) term.
 RECURRENT_KINDS = RAF_KINDS + ("no_raf",)
 # Self-attention implementations (see `srformer_jax.attention.self_attention.resolve_impl`).
@@ -83,6 +90,7 @@ class ModelConfig:
   raf_threshold_init: float = 0.1
   raf_leak_init: float = 0.1
   raf_weight_init_std: float | None = None  # None: identity + N(0, 0.02) (see attention.segmented)
+  raf_gate_init: float = 0.0  # srformer_gated: initial g of the per-head gate tanh(g)
   faithful: bool = False  # reproduce the authors' code exactly (see README, "faithful mode")
   # Numerics
   dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32

@@ -5,7 +5,8 @@ The Flax tree mirrors the HF state dict, so conversion is one renaming rule (`hf
 (encoder/decoder `embed_tokens`, a tied `lm_head`) are aliases of `shared`. Every expected tensor
 must be found with the right shape and every tensor in the checkpoint must be used; otherwise the
 error names the tensor. The only tensors allowed to be missing are the SRformer additions
-(RAF's `SNN_kv`, `threshold`, `leak`), which are freshly initialised and reported.
+(RAF's `SNN_kv`, `threshold`, `leak`; srformer_gated's `gate`), which are freshly initialised and
+reported.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from srformer_jax.config import ModelConfig
 log = logging.getLogger(__name__)
 
 _INDEXED = re.compile(r"^(block|layer|layers)_(\d+)$")
-SRFORMER_PARAM = re.compile(r"\.(SNN_kv\.weight|threshold|leak)$")
+SRFORMER_PARAM = re.compile(r"\.(SNN_kv\.weight|threshold|leak|gate)$")
 # Tensors some published checkpoints carry that the model does not use (HF ignores them too).
 IGNORED = (
     re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"),

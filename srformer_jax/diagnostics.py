@@ -10,7 +10,8 @@ from flax import traverse_util
 def raf_statistics(model, params, input_ids, attention_mask, decoder_input_ids) -> dict:
   """Per decoder layer, on one teacher-forced batch: RAF's threshold and leak, the fraction of
   RAF output entries that fired (> 0) and their mean |value|, over the segments RAF stepped
-  through, and `recurrent_share`, the recurrent term's share of the attention output's magnitude.
+  through, and `recurrent_share`, the recurrent term's share of the attention output's magnitude
+  (srformer_gated: also `gate`, tanh(g) of each head).
   A gate that never fires passes nothing of the other segments on (SRformer then degenerates to
   segmented attention); {} for kinds without RAF."""
   _, state = model.apply({"params": params}, input_ids, attention_mask, decoder_input_ids,
@@ -24,6 +25,8 @@ def raf_statistics(model, params, input_ids, attention_mask, decoder_input_ids) 
   for layer, stats in out.items():
     for scalar in ("threshold", "leak"):
       stats[scalar] = float(np.asarray(flat_params[f"{layer}/{scalar}"]).reshape(()))
+    if f"{layer}/gate" in flat_params:  # srformer_gated: tanh(g) per head
+      stats["gate"] = [float(g) for g in np.tanh(np.asarray(flat_params[f"{layer}/gate"]))]
   return out
 
 

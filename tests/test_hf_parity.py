@@ -111,6 +111,12 @@ def test_srformer_params_are_initialised_and_reported(hf_dirs):
   assert set(initialised) == expected
   att = params["decoder"]["block_0"]["layer_1"]["EncDecAttention"]
   np.testing.assert_allclose(att["threshold"], [config.raf_threshold_init])
+  # srformer_gated adds its per-head gate, starting at raf_gate_init (0: closed)
+  config, params, initialised = load_hf_checkpoint(hf_dirs["t5_v1_0"].path, cross_attention="srformer_gated",
+                                                   segment_size=8)
+  assert set(initialised) == expected | {f"decoder.block.{i}.layer.1.EncDecAttention.gate" for i in range(3)}
+  gate = params["decoder"]["block_2"]["layer_1"]["EncDecAttention"]["gate"]
+  np.testing.assert_array_equal(gate, np.zeros(config.num_heads))
 
 
 def test_missing_checkpoint_errors(tmp_path):

@@ -91,7 +91,8 @@ def test_report_needs_no_jax():
 def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
   assert report.render("segment_sweep", str(tmp_path)).startswith("(not run yet")
   from benchmarks import segment_sweep as sweep
-  r1 = {("full", None): 30.0, ("segmented", 8): 20.0, ("xl", 8): 24.0, ("srformer", 8): 29.0}
+  r1 = {("full", None): 30.0, ("segmented", 8): 20.0, ("xl", 8): 24.0, ("srformer", 8): 29.0,
+        ("srformer_gated", 8): 21.0}
   cells = [{"name": f"{k}_{s}_{seed}", "group": k if s is None else f"{k}_s{s}_padded", "kind": k, "s": s, "schedule": "padded",
             "seed": seed, "rouge1": v + seed * 0.3, "rouge2": 5.0, "rougeL": 20.0, "rougeLsum": 20.0,
             "test_loss": 3.0, "source_gain": 0.6, "distinct_predictions": 480, "eval_examples": 500,
@@ -103,9 +104,11 @@ def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
              "verdict": sweep.verdict(groups), "cells_planned": [c["name"] for c in cells] + ["more"]}
   (tmp_path / "segment_sweep_cpu.json").write_text(json.dumps(payload))
   out = report.render("segment_sweep", str(tmp_path))
-  assert out.startswith("12 of 13 cells")
+  assert out.startswith("15 of 16 cells")
   assert "| segmented | 8 | padded | 3 | 20.30 [" in out and "| 17.27 |" in out  # the paper's Table 3
   assert "**the claim holds**" in out and "code at 0123456-dirty, fedcba9." in out
+  # a variant is tested by the same rule, beside the claim (here its interval overlaps segmented's)
+  assert "Variant srformer_gated (not the paper's): above segmented no; within 10% of full no." in out
   glance = report.render("glance_segment_sweep", str(tmp_path))
   assert "| srformer | 8 | padded | 3 | 29.30 [" in glance and "| 39.14 |" in glance
   cells = [dict(c, rouge1=29.0 + c["seed"]) if c["kind"] == "segmented" else c  # as good as srformer

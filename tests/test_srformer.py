@@ -1,5 +1,6 @@
 """SRformer cross-attention: the authors' fixtures, cache/teacher-forcing identity, limits, errors."""
 
+import dataclasses
 import json
 import os
 
@@ -27,7 +28,7 @@ def tiny(arch="t5", **kw):
               num_decoder_layers=2, relative_attention_num_buckets=8, dropout_rate=0.0,
               pad_token_id=0 if arch == "t5" else 1, eos_token_id=1 if arch == "t5" else 2,
               decoder_start_token_id=0 if arch == "t5" else 2, max_position_embeddings=128,
-              raf_threshold_init=0.05, raf_leak_init=0.4, raf_weight_init_std=0.5)
+              raf_threshold_init=0.05, raf_leak_init=0.4, raf_weight_init_std=0.5, raf_gate_init=0.5)
   base.update(kw)
   return ModelConfig(**base)
 
@@ -68,6 +69,30 @@ def test_cached_decoding_equals_teacher_forcing(arch, kind, faithful):
   s = 4 if faithful else 8
   config = tiny(arch, cross_attention=kind, segment_size=s, gen_len=12, faithful=faithful)
   _check_cache_identity(config, *batch())
+
+
+def test_gated_kind_starts_as_segmented_attention_and_opens_its_gate():
+  """srformer_gated with its gate at 0 is segmented attention (same parameters otherwise); the gate
+  gets a gradient there (RAF's linear does not yet), and an open gate adds the recurrent term."""
+  ids, mask, dec = batch()
+  gated = tiny(cross_attention="srformer_gated", segment_size=8, raf_gate_init=0.0)
+  params = init_params(gated, jax.random.key(3))
+  seg_params = jax.tree_util.tree_map_with_path(lambda p, x: x, params)
+  for layer in seg_params["decoder"].values():
+    if "layer_1" in layer:
+      for name in ("SNN_kv", "threshold", "leak", "gate"):
+        del layer["layer_1"]["EncDecAttention"][name]
+  apply = lambda cfg, p: build_model(cfg).apply({"params": p}, ids, mask, dec)  # noqa: E731
+  want = apply(dataclasses.replace(gated, cross_attention="segmented"), seg_params)
+  np.testing.assert_allclose(np.asarray(apply(gated, params)), np.asarray(want), atol=1e-6, rtol=0)
+
+  grads = jax.grad(lambda p: jnp.sum(apply(gated, p)[:, :, 5]))(params)
+  att = grads["decoder"]["block_0"]["layer_1"]["EncDecAttention"]
+  assert float(jnp.min(jnp.abs(att["gate"]))) > 0  # every head's gate can open
+  assert float(jnp.max(jnp.abs(att["SNN_kv"]["kernel"]))) == 0  # a closed gate passes nothing back
+  opened = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.5 if jax.tree_util.keystr(p).endswith("['gate']") else x, params)
+  assert float(jnp.max(jnp.abs(apply(gated, opened) - want))) > 1e-3
 
 
 def test_more_segments_than_decoder_positions_warns_and_still_agrees():

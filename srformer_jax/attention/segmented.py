@@ -5,7 +5,8 @@ The encoder output (length k, padded to m*s) is cut into m segments of size s. D
 
     (Q_t @ RAF(W (K^T V - K_i^T V_i))) / ||K||
 
-where ||K|| is the L2 norm over the sequence axis per head and feature. RAF advances once per segment
+where ||K|| is the L2 norm over the sequence axis per head and feature (`srformer_gated`, not the
+paper's: that term times tanh(g_h), a learnable gate per head that starts at 0). RAF advances once per segment
 change (`raf.raf_scan`). The training path is vectorised: queries are grouped by segment (a static
 gather) and all K_i^T V_i come from one einsum. Decoding runs the same scan once per input (the
 segments it visits depend only on the position) and each step reads one segment.
@@ -37,7 +38,7 @@ from flax import linen as nn
 from srformer_jax import layers
 from srformer_jax.attention import raf
 from srformer_jax.attention.projections import ProjectionsMixin
-from srformer_jax.config import RECURRENT_KINDS, ModelConfig
+from srformer_jax.config import GATED_KINDS, RECURRENT_KINDS, ModelConfig
 
 BART_CLAMP = 2.0  # the authors' BART code clamps K^T V and K_i^T V_i to [-2, 2]
 NORM_EPS = 1e-6   # default mode only: guards ||K|| = 0 (e.g. an all-padding example)
@@ -164,6 +165,10 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       self.leak = self.param(
           "leak", nn.with_logical_partitioning(nn.initializers.constant(c.raf_leak_init), (None,)),
           (1,), jnp.float32)
+    if c.cross_attention in GATED_KINDS:
+      self.gate = self.param(
+          "gate", nn.with_logical_partitioning(nn.initializers.constant(c.raf_gate_init), (None,)),
+          (c.num_heads,), jnp.float32)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
     self.attn_dropout = layers.Dropout(rate)
 
@@ -279,11 +284,15 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     rec = jnp.mean(jnp.abs(recurrent_read.astype(jnp.float32)))
     self.sow("intermediates", "recurrent_share", rec / jnp.maximum(seg + rec, 1e-30))
 
-  def _scale_by_key_norm(self, out, ks):
-    """out / ||K|| (per head and value feature): out [b, n, h, d, e], ks [b, m, s, h, e]."""
-    if self.config.cross_attention == "no_norm":
-      return out
-    return out / key_norm(ks, self.config.faithful)[:, None, :, None, :]
+  def _scale_recurrent(self, out, ks):
+    """out / ||K|| (per head and value feature), and for the gated kinds times tanh(g) per head:
+    out [b, n, h, d, e], ks [b, m, s, h, e]."""
+    c = self.config
+    if c.cross_attention != "no_norm":
+      out = out / key_norm(ks, c.faithful)[:, None, :, None, :]
+    if c.cross_attention in GATED_KINDS:
+      out = out * jnp.tanh(self.gate).astype(out.dtype)[:, None, None]  # [h, 1, 1]
+    return out
 
   @staticmethod
   def _recurrent_read(q, rec):
@@ -323,7 +332,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, plan.active), ks)
+      rec = self._scale_recurrent(self._trained_recurrent_outputs(ks, vs, plan.active), ks)
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
         rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
       read = self._recurrent_read(qg, rec)
@@ -347,7 +356,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       ctx = ctx + self._segment_softmax(qg, keys[rows, seg], vals[rows, seg], mask[rows, seg],
                                         deterministic)  # [b, q, s', h, d] per position
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_by_key_norm(self._trained_recurrent_outputs(ks, vs, visited), ks)  # [b,m,h,d,e]
+      rec = self._scale_recurrent(self._trained_recurrent_outputs(ks, vs, visited), ks)  # [b,m,h,d,e]
       read = self._recurrent_read(qg, rec[rows, seg])
       self._sow_recurrent_share(ctx, read)
       ctx = ctx + read
@@ -388,7 +397,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       visits = _decoding_visits(c.gen_len, m)
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._recurrent_outputs(ks, vs, visits)
-      state["rec"] = jnp.swapaxes(self._scale_by_key_norm(rec, ks), 0, 1)
+      state["rec"] = jnp.swapaxes(self._scale_recurrent(rec, ks), 0, 1)
     return state
 
   def step(self, x, state, t):
