@@ -271,7 +271,7 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
               invocations=timing["invocations"], wall_incomplete=timing.get("wall_incomplete", False),
-              git_commit=timing.get("git_commit"), workdir=workdir,
+              git_commit=timing.get("git_commit") and _code_commit(timing["git_commit"]), workdir=workdir,
               raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
               distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
@@ -502,17 +502,30 @@ def _relative(value):
   return value
 
 
+CODE = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/segment_sweep.py",
+        "benchmarks/common.py", "benchmarks/stats.py"]  # what a cell's result depends on
+
+
 def _git_commit() -> str:
-  """HEAD, with '-dirty' when the code (not the results) differs from it."""
+  """The last commit that changed the code (not the results), with '-dirty' when the code on disk
+  differs from HEAD: cells trained by the same code name the same commit."""
   try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    code = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/segment_sweep.py",
-            "benchmarks/common.py", "benchmarks/stats.py"]
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode != 0
-    return head + ("-dirty" if dirty else "")
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *CODE], cwd=REPO).returncode != 0
+    return _code_commit("HEAD") + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def _code_commit(commit: str) -> str:
+  """The last commit at or before `commit` that changed the code ('-dirty' kept); `commit` itself
+  when git cannot tell."""
+  base, dirty = (commit[:-len("-dirty")], "-dirty") if commit.endswith("-dirty") else (commit, "")
+  try:
+    out = subprocess.run(["git", "log", "-1", "--format=%H", base, "--", *CODE], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return commit
+  return (out or base) + dirty
 
 
 def _machine() -> dict:

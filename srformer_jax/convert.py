@@ -215,10 +215,12 @@ def params_to_state_dict(params: Mapping[str, Any], config: ModelConfig) -> dict
 def save_hf_checkpoint(params: Mapping[str, Any], config: ModelConfig, out_dir: str | os.PathLike,
                        include_srformer: bool = True) -> str:
   """Writes config.json + model.safetensors that `transformers` loads (SRformer tensors optional:
-  plain HF models ignore them with a warning)."""
+  plain HF models ignore them with a warning). Tied tensors are written once, under their canonical
+  name (as `save_pretrained` writes safetensors); loading ties the aliases again."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
-  sd = params_to_state_dict(params, config)
+  aliases = tied_aliases(config)
+  sd = {k: v for k, v in params_to_state_dict(params, config).items() if k not in aliases}
   if not include_srformer:
     sd = {k: v for k, v in sd.items() if not SRFORMER_PARAM.search(k)}
   tmp = os.path.join(out_dir, SAFETENSORS + ".tmp")

@@ -12,7 +12,7 @@ import torch
 
 from srformer_jax import (ConversionError, DecodeConfig, ModelConfig, build_model, generate_jit,
                           load_hf_checkpoint, save_hf_checkpoint)
-from srformer_jax.convert import load_state_dict, state_dict_to_params
+from srformer_jax.convert import load_state_dict, state_dict_to_params, tied_aliases
 from tests import checks, hf_models
 
 
@@ -45,6 +45,8 @@ def test_export_roundtrip_through_transformers(hf_dirs, tmp_path, name):
   ref = hf_dirs[name]
   config, params, _ = load_hf_checkpoint(ref.path)
   out = save_hf_checkpoint(params, config, tmp_path / "export")
+  written = set(load_state_dict(out))
+  assert written and not written & set(tied_aliases(config))  # each tied tensor once, as HF writes them
   reloaded = type(ref.model).from_pretrained(out).eval()
   ids, mask, dec = hf_models.inputs(seed=1)
   run = lambda m: m(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
