@@ -373,10 +373,36 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
             ["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
              "distinct", "paper R-1"])
   table = _table(header, rows)
-  return "\n\n".join([head, table, "- " + _verdict_line(d.get("verdict", {})),
+  bullets = "- " + _verdict_line(d.get("verdict", {}))
+  if not compact:
+    bullets += "".join("\n- " + line for line in _raf_lines(d))
+  return "\n\n".join([head, table, bullets,
                       r.files("segment_sweep_cpu.json", "segment_sweep_cpu_fig4.png")
                       + (" · " + r.files("segment_sweep_cpu_ablations.png")
                          if os.path.exists(r.path("segment_sweep_cpu_ablations.png")) else "")])
+
+
+def _raf_lines(d: dict) -> list[str]:
+  """Per group with RAF statistics: the recurrent share and (gated kinds) the learnt tanh(g) per
+  decoder layer, as ranges over seeds (and heads)."""
+  out = []
+  for g in _sweep_groups(d):
+    cells = [c for c in d["cells"] if c.get("group") == g["group"] and c.get("raf")]
+    if not cells:
+      continue
+    layers = list(cells[0]["raf"])
+    def rng(values, fmt=".2f"):
+      lo, hi = format(min(values), fmt), format(max(values), fmt)
+      return lo if lo == hi else f"{lo}–{hi}"
+    share = "; ".join(f"layer {i}: {rng([c['raf'][l]['recurrent_share'] for c in cells])}"
+                      for i, l in enumerate(layers))
+    line = f"{g['kind']} s = {g['s']} ({g['schedule']}): recurrent share {share}"
+    if "gate" in cells[0]["raf"][layers[0]]:
+      gates = "; ".join(f"layer {i}: {rng([x for c in cells for x in c['raf'][l]['gate']], '.3f')}"
+                        for i, l in enumerate(layers))
+      line += f"; learnt gate tanh(g) {gates}"
+    out.append(line + ".")
+  return out
 
 
 def reader(r: Results) -> str:

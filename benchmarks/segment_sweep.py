@@ -139,6 +139,8 @@ def parse_args():
                       "~1.6x the cells per hour of one 2-thread cell; keep 1 on a GPU; default: "
                       "the preset's)")
   p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the cells (default: jax's choice)")
+  p.add_argument("--collect", action="store_true",
+                 help="rewrite the JSON and PNGs from the finished cells only, training nothing")
   p.add_argument("--table", action="store_true",
                  help="print the README's markdown table from the JSON of this preset and exit")
   return p.parse_args()
@@ -369,8 +371,11 @@ def plot(groups: list[dict], out_dir: str, name: str):
                      if g["kind"] == kind and g["schedule"] == schedule and g.get(metric))
         if not pts:
           continue
-        ax.plot([p[0] for p in pts], [p[1]["mean"] for p in pts], ls, color=color, label=f"{kind} ({schedule})")
-        for x, c in pts:
+        # kinds side by side at each s (a small shift on the log axis) so their bars do not overlap
+        shift = 2 ** (0.05 * (list(styles).index(kind) - 1.5) + (0.02 if schedule == "length" else 0))
+        xs = [p[0] * shift for p in pts]
+        ax.plot(xs, [p[1]["mean"] for p in pts], ls, color=color, label=f"{kind} ({schedule})")
+        for x, (_, c) in zip(xs, pts):
           ax.errorbar([x], [c["mean"]], yerr=err(c), fmt="o", color=color, capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("segment size s")
@@ -478,7 +483,9 @@ def main():
   done: dict[str, dict] = {}
   commit = _git_commit()  # this invocation's; each cell records the one that trained it
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    futures = {pool.submit(run_cell, cell, args, runs, overrides): cell for cell in grid}
+    todo = [c for c in grid  # --collect: the finished cells (run_cell only collects those)
+            if not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json"))]
+    futures = {pool.submit(run_cell, cell, args, runs, overrides): cell for cell in todo}
     for future in concurrent.futures.as_completed(futures):
       done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
