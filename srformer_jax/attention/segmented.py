@@ -6,8 +6,8 @@ The encoder output (length k, padded to m*s) is cut into m segments of size s. D
     (Q_t @ RAF(W (K^T V - K_i^T V_i))) / ||K||
 
 where ||K|| is the L2 norm over the sequence axis per head and feature (`srformer_gated`, not the
-paper's: that term times tanh(g_h), a learnable gate per head that starts at 0). RAF advances once per segment
-change (`raf.raf_scan`). The training path is vectorised: queries are grouped by segment (a static
+paper's: that term times tanh(g_h), a learnable gate per head that starts at 0). RAF advances once
+per segment change (`raf.raf_scan`). The training path is vectorised: queries are grouped by segment (a static
 gather) and all K_i^T V_i come from one einsum. Decoding runs the same scan once per input (the
 segments it visits depend only on the position) and each step reads one segment.
 
