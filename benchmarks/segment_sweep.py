@@ -328,10 +328,13 @@ def verdict(groups: list[dict]) -> dict:
   if seg:
     out["segmented_below_full"] = bool(seg["rouge1"]["mean"] < full["rouge1"]["mean"]
                                        and stats.separated(seg["rouge1"], full["rouge1"]))
+  def against(g):  # a recurrent kind's two tests: above segmented (separated), within 10% of full
+    return {"above_segmented": bool(g["rouge1"]["mean"] > seg["rouge1"]["mean"]
+                                    and stats.separated(g["rouge1"], seg["rouge1"])),
+            "within_10pct_of_full": bool(g["rouge1"]["mean"] >= 0.9 * full["rouge1"]["mean"])}
+
   if seg and srf:
-    out["srformer_above_segmented"] = bool(srf["rouge1"]["mean"] > seg["rouge1"]["mean"]
-                                           and stats.separated(srf["rouge1"], seg["rouge1"]))
-    out["srformer_within_10pct_of_full"] = bool(srf["rouge1"]["mean"] >= 0.9 * full["rouge1"]["mean"])
+    out.update({f"srformer_{k}": v for k, v in against(srf).items()})
   if seg and srf and xl:
     lo, hi = sorted((seg["rouge1"]["mean"], srf["rouge1"]["mean"]))
     out["xl_between"] = bool(lo <= xl["rouge1"]["mean"] <= hi)
@@ -340,9 +343,7 @@ def verdict(groups: list[dict]) -> dict:
   for kind in VARIANTS:  # the same test for each variant, reported beside (never part of) the claim
     v = by.get(f"{kind}_s{s}_padded")
     if seg and v:
-      out[kind] = {"above_segmented": bool(v["rouge1"]["mean"] > seg["rouge1"]["mean"]
-                                           and stats.separated(v["rouge1"], seg["rouge1"])),
-                   "within_10pct_of_full": bool(v["rouge1"]["mean"] >= 0.9 * full["rouge1"]["mean"])}
+      out[kind] = against(v)
   return out
 
 
