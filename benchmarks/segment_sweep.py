@@ -403,6 +403,14 @@ def plot(groups: list[dict], out_dir: str, name: str):
             [(g["rouge1"]["hi"] if g["rouge1"].get("hi") is not None else g["rouge1"]["mean"]) - g["rouge1"]["mean"]
              for g in bars]]
     ax.bar(range(len(bars)), ys, yerr=yerr, capsize=3, color="tab:blue")
+    # references: what the ablations sit between (full attention; segmented attention at this s)
+    seg = [g for g in groups if g["kind"] == "segmented" and g["s"] == s and g["schedule"] == "padded"]
+    for ref, color, label in ((full, "k", "full attention"), (seg[0] if seg else None, "tab:red",
+                                                                f"segmented s = {s}")):
+      if ref and ref.get("rouge1"):
+        ax.axhline(ref["rouge1"]["mean"], color=color, ls=":", label=label)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(range(len(bars)), [g["kind"] for g in bars], rotation=20)
     ax.set_ylabel("ROUGE-1 (test)")
     ax.set_title(f"Ablations at s = {s} (cf. paper Table 4)")
