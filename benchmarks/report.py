@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 
 from benchmarks.stats import format_ci
@@ -347,6 +348,9 @@ def _sweep_groups(d: dict) -> list[dict]:
                                             order.get(g["kind"], 5), g["s"] or 0))
 
 
+_ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")  # segment_sweep.ABLATIONS (that imports jax)
+
+
 def segment_sweep(r: Results, compact: bool = False) -> str:
   """The grid fine-tuned from the reader: per group (kind, s, schedule) mean and 95% interval over
   seeds (bootstrap over test examples for one seed), the paper's figure beside it, and the verdict.
@@ -378,8 +382,38 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
     bullets += "".join("\n- " + line for line in _raf_lines(d))
   return "\n\n".join([head, table, bullets,
                       r.files("segment_sweep_cpu.json", "segment_sweep_cpu_fig4.png")
-                      + (" · " + r.files("segment_sweep_cpu_ablations.png")
-                         if os.path.exists(r.path("segment_sweep_cpu_ablations.png")) else "")])
+                      + (" · " + r.files("segment_sweep_cpu_ablations.png")  # drawn with the ablations' cells
+                         if any(g["kind"] in _ABLATIONS for g in d["groups"]) else "")])
+
+
+def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
+  """The fine-tuning budget, the third suspect of a claim that does not show: the same cells
+  fine-tuned longer (segment_sweep.py --tag), beside the grid's groups of the same kind, s and
+  schedule."""
+  d, base = r.load(f"segment_sweep_cpu_{tag}.json"), r.load("segment_sweep_cpu.json")
+  if d is None or base is None:
+    return (f"(not run yet: `python benchmarks/segment_sweep.py --preset cpu --reader benchmarks/reader/cpu_infill "
+            f"--tag {tag} --set train.num_steps=... --only ...`)")
+  rows = []
+  for g in _sweep_groups(d):
+    for src, x in ((base, next((b for b in base["groups"] if b["group"] == g["group"]), None)), (d, g)):
+      if x is None:
+        continue
+      cells = [c for c in src["cells"] if c["group"] == x["group"]]
+      rows.append([x["kind"], x["s"] or "–", cells[0]["steps"], len(x["seeds"]), format_ci(x["rouge1"]),
+                   format_ci(x["test_loss"], ".3f"), format_ci(x["source_gain"], ".3f"),
+                   f"{statistics.mean(c['final_train_loss'] for c in cells):.3f}",
+                   " / ".join(f"{v['recurrent_share']:.2f}" for v in cells[0]["raf"].values())
+                   if cells[0].get("raf") else "–"])
+  o = d["overrides"]
+  head = (f"The grid's cells (500 steps) beside the same cells fine-tuned {o['train.num_steps']} steps "
+          f"(seed 0, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
+          f"decay over the longer run, the same data order); 95% intervals as in the grid. "
+          f"{_machine(d.get('machine'))}; code at "
+          + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
+  table = _table(["kind", "s", "steps", "seeds", "ROUGE-1 (95% CI)", "test loss", "source gain",
+                  "final train loss", "recurrent share, per layer (seed 0)"], rows)
+  return "\n\n".join([head, table, r.files(f"segment_sweep_cpu_{tag}.json")])
 
 
 def _raf_lines(d: dict) -> list[str]:
@@ -616,6 +650,7 @@ RENDERERS = {
     "long_inputs_timing": long_inputs_timing,
     "segment_sweep_history": segment_sweep_history,
     "segment_sweep": segment_sweep,
+    "segment_sweep_budget": segment_sweep_budget,
     "glance_segment_sweep": lambda r: segment_sweep(r, compact=True),
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,

@@ -130,7 +130,11 @@ def parse_args():
   p.add_argument("--reader", default="",
                  help="the pretrained reader every cell fine-tunes from (a HF directory with spm.model, "
                       "made by benchmarks/reader.py); without it every cell trains from scratch")
-  p.add_argument("--runs", default=None, help="workdirs of the cells (default runs/segment_sweep_<preset>)")
+  p.add_argument("--tag", default="",
+                 help="a variant of the protocol under its own name: writes segment_sweep_<preset>_<tag>.* "
+                      "and trains in runs/segment_sweep_<preset>_<tag> (e.g. --tag steps1500 with --set "
+                      "train.num_steps=1500)")
+  p.add_argument("--runs", default=None, help="workdirs of the cells (default runs/<the output name>)")
   p.add_argument("--out", default=common.RESULTS, help="directory for the JSON and PNGs")
   p.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
   p.add_argument("--set", action="append", default=[],
@@ -458,12 +462,12 @@ def main():
   preset = PRESETS[preset_name]
   if args.workers is None:
     args.workers = preset.get("workers", 1)
-  if args.table:
-    suffix = "" if args.reader else "_scratch"
-    print(markdown_table(json.load(open(os.path.join(args.out, f"segment_sweep_{preset_name}{suffix}.json")))))
-    return
   # fine-tuned from the reader (the paper's protocol): segment_sweep_<preset>; from scratch: ..._scratch
-  name = f"segment_sweep_{preset_name}" + ("" if args.reader else "_scratch")
+  name = (f"segment_sweep_{preset_name}" + ("" if args.reader else "_scratch")
+          + (f"_{args.tag}" if args.tag else ""))
+  if args.table:
+    print(markdown_table(json.load(open(os.path.join(args.out, f"{name}.json")))))
+    return
   runs = args.runs or os.path.join(REPO, "runs", name)
   train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
   test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
@@ -502,7 +506,8 @@ def main():
       done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
       groups = aggregate(results)
-      payload = {"preset": preset_name, "overrides": {k: _relative(v) for k, v in overrides.items()},
+      payload = {"preset": preset_name, "tag": args.tag or None,
+                 "overrides": {k: _relative(v) for k, v in overrides.items()},
                  "protocol": "fine-tuned from the reader" if args.reader else "from scratch",
                  "reader": _relative(reader) if args.reader else None,
                  "git_commit": commit, "machine": _machine(), "paper_t5_small_cnndm": PAPER,

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -117,3 +118,34 @@ def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
   (tmp_path / "segment_sweep_cpu.json").write_text(json.dumps(dict(payload, groups=groups,
                                                                    verdict=sweep.verdict(groups))))
   assert "**not shown**" in report.render("segment_sweep", str(tmp_path))
+
+
+def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
+  """The longer-budget cells (segment_sweep.py --tag) are rendered beside the grid's groups of the
+  same kind and s, with their steps; `--tag` names the JSON that `--table` reads."""
+  from benchmarks import segment_sweep as sweep
+
+  def cell(kind, seed, steps, r1, loss):
+    return {"name": f"{kind}_s8_padded" + (f"_seed{seed}" if seed else ""), "group": f"{kind}_s8_padded",
+            "kind": kind, "s": 8, "schedule": "padded", "seed": seed, "rouge1": r1 + seed, "rouge2": 5.0,
+            "rougeL": 20.0, "rougeLsum": 20.0, "test_loss": loss, "source_gain": 0.4,
+            "distinct_predictions": 480, "eval_examples": 500, "steps": steps, "final_train_loss": loss + 0.3,
+            "wall_s": 600.0, "git_commit": "fedcba9876543210", "rouge1_per_example": [r1 - 1, r1 + 1] * 50,
+            "raf": {"layer0": {"raf_fired": 0.4, "recurrent_share": 0.99}} if kind == "srformer" else None}
+  base = [cell(k, seed, 500, r1, loss) for k, r1, loss in (("segmented", 24.0, 3.36), ("srformer", 23.0, 3.76))
+          for seed in (0, 1, 2)]
+  longer = [cell("segmented", 0, 1500, 25.0, 3.30), cell("srformer", 0, 1500, 26.0, 3.40)]
+  for name, cells in (("segment_sweep_cpu", base), ("segment_sweep_cpu_steps1500", longer)):
+    (tmp_path / f"{name}.json").write_text(json.dumps({
+        "overrides": {"train.num_steps": cells[0]["steps"], "train.learning_rate": 1e-3,
+                      "train.warmup_steps": 50},
+        "paper_t5_small_cnndm": sweep.PAPER, "cells": cells, "groups": sweep.aggregate(cells),
+        "verdict": {}, "cells_planned": [c["name"] for c in cells]}))
+  out = report.render("segment_sweep_budget", str(tmp_path))
+  assert "fine-tuned 1500 steps" in out
+  assert "| segmented | 8 | 500 | 3 | 25.00 [" in out and "| segmented | 8 | 1500 | 1 | 25.00 [" in out
+  assert "| srformer | 8 | 1500 | 1 | 26.00 [" in out and "| 3.400 | 0.400 | 3.700 | 0.99 |" in out
+  table = subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--reader=r", "--tag=steps1500",
+                          f"--out={tmp_path}", "--table"], cwd=report.REPO, capture_output=True, text=True,
+                         check=True).stdout
+  assert "| srformer | 8 | padded | 26.00 |" in table and "| 24.00 |" not in table
