@@ -406,8 +406,9 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
                    " / ".join(f"{v['recurrent_share']:.2f}" for v in cells[0]["raf"].values())
                    if cells[0].get("raf") else "–"])
   o = d["overrides"]
-  head = (f"The grid's cells (500 steps) beside the same cells fine-tuned {o['train.num_steps']} steps "
-          f"(seed 0, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
+  seeds = ", ".join(str(x) for x in sorted({c["seed"] for c in d["cells"]}))
+  head = (f"The grid's cells ({base['overrides']['train.num_steps']} steps) beside the same cells fine-tuned "
+          f"{o['train.num_steps']} steps (seed {seeds}, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
           f"decay over the longer run, the same data order); 95% intervals as in the grid. "
           f"{_machine(d.get('machine'))}; code at "
           + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
