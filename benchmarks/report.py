@@ -348,9 +348,6 @@ def _sweep_groups(d: dict) -> list[dict]:
                                             order.get(g["kind"], 5), g["s"] or 0))
 
 
-_ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")  # segment_sweep.ABLATIONS (that imports jax)
-
-
 def segment_sweep(r: Results, compact: bool = False) -> str:
   """The grid fine-tuned from the reader: per group (kind, s, schedule) mean and 95% interval over
   seeds (bootstrap over test examples for one seed), the paper's figure beside it, and the verdict.
@@ -383,7 +380,8 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
   return "\n\n".join([head, table, bullets,
                       r.files("segment_sweep_cpu.json", "segment_sweep_cpu_fig4.png")
                       + (" · " + r.files("segment_sweep_cpu_ablations.png")  # drawn with the ablations' cells
-                         if any(g["kind"] in _ABLATIONS for g in d["groups"]) else "")])
+                         if any(g["kind"] in d["paper_t5_small_cnndm"]["ablations_s64"] and g["kind"] != "srformer"
+                                for g in d["groups"]) else "")])
 
 
 def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
