@@ -316,14 +316,15 @@ def _paper_r1(paper: dict, g: dict) -> str:
   return "–"
 
 
-def _verdict_line(v: dict) -> str:
+def _verdict_line(v: dict, budget: str = "") -> str:
+  """The claim's rule as one line; `budget` (e.g. " (1500 steps)") names a variant protocol."""
   if not v:
-    return "Verdict: not yet (full attention and the smallest s are needed)."
+    return f"Verdict{budget}: not yet (full attention and the smallest s are needed)."
   parts = [f"{k.replace('_', ' ').replace('10pct', '10%')}: {'yes' if v[k] else 'no'}"
            for k in ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full",
                      "xl_between") if k in v]
   missing = [k for k in ("segmented_below_full", "srformer_above_segmented", "xl_between") if k not in v]
-  head = f"Verdict at s = {v['s']}: " + ("**the claim holds**" if v.get("holds") else
+  head = f"Verdict{budget} at s = {v['s']}: " + ("**the claim holds**" if v.get("holds") else
                                          "**not shown**" if not missing else "incomplete")
   line = head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + \
       "). Rule: " + v["rule"] + "."
@@ -412,7 +413,11 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
           + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
   table = _table(["kind", "s", "steps", "seeds", "ROUGE-1 (95% CI)", "test loss", "source gain",
                   "final train loss", "recurrent share, per layer (seed 0)"], rows)
-  return "\n\n".join([head, table, r.files(f"segment_sweep_cpu_{tag}.json")])
+  # the claim's rule on the longer run's own groups (written by segment_sweep.py with them)
+  verdict = "- " + _verdict_line(d.get("verdict", {}), f" ({o['train.num_steps']} steps)")
+  # the sweep writes its Fig. 4 with every JSON (a link that does not depend on what is on disk)
+  return "\n\n".join([head, table, verdict,
+                      r.files(f"segment_sweep_cpu_{tag}.json", f"segment_sweep_cpu_{tag}_fig4.png")])
 
 
 def _raf_lines(d: dict) -> list[str]:

@@ -134,17 +134,23 @@ def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
             "raf": {"layer0": {"raf_fired": 0.4, "recurrent_share": 0.99}} if kind == "srformer" else None}
   base = [cell(k, seed, 500, r1, loss) for k, r1, loss in (("segmented", 24.0, 3.36), ("srformer", 23.0, 3.76))
           for seed in (0, 1, 2)]
-  longer = [cell("segmented", 0, 1500, 25.0, 3.30), cell("srformer", 0, 1500, 26.0, 3.40)]
+  longer = [cell("segmented", 0, 1500, 25.0, 3.30), cell("srformer", 0, 1500, 26.0, 3.40),
+            dict(cell("full", 0, 1500, 28.0, 3.20), name="full", group="full", s=None)]
   for name, cells in (("segment_sweep_cpu", base), ("segment_sweep_cpu_steps1500", longer)):
+    groups = sweep.aggregate(cells)
     (tmp_path / f"{name}.json").write_text(json.dumps({
         "overrides": {"train.num_steps": cells[0]["steps"], "train.learning_rate": 1e-3,
                       "train.warmup_steps": 50},
-        "paper_t5_small_cnndm": sweep.PAPER, "cells": cells, "groups": sweep.aggregate(cells),
-        "verdict": {}, "cells_planned": [c["name"] for c in cells]}))
+        "paper_t5_small_cnndm": sweep.PAPER, "cells": cells, "groups": groups,
+        "verdict": sweep.verdict(groups), "cells_planned": [c["name"] for c in cells]}))
   out = report.render("segment_sweep_budget", str(tmp_path))
   assert "fine-tuned 1500 steps" in out
   assert "| segmented | 8 | 500 | 3 | 25.00 [" in out and "| segmented | 8 | 1500 | 1 | 25.00 [" in out
   assert "| srformer | 8 | 1500 | 1 | 26.00 [" in out and "| 3.400 | 0.400 | 3.700 | 0.99 |" in out
+  # the claim's rule on the longer run's own groups: segmented below full and srformer above it
+  # (bootstrap intervals over test examples), within 10% of full; xl not run at this budget
+  assert ("Verdict (1500 steps) at s = 8: incomplete (segmented below full: yes; srformer above segmented: "
+          "yes; srformer within 10% of full: yes; cells missing for xl_between)") in out
   table = subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--reader=r", "--tag=steps1500",
                           f"--out={tmp_path}", "--table"], cwd=report.REPO, capture_output=True, text=True,
                          check=True).stdout
