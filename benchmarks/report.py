@@ -349,21 +349,19 @@ def _sweep_groups(d: dict) -> list[dict]:
                                             order.get(g["kind"], 5), g["s"] or 0))
 
 
-def segment_sweep(r: Results, compact: bool = False) -> str:
+def segment_sweep(r: Results) -> str:
   """The grid fine-tuned from the reader: per group (kind, s, schedule) mean and 95% interval over
-  seeds (bootstrap over test examples for one seed), the paper's figure beside it, and the verdict.
-  compact (the README): ROUGE-1 and source gain only."""
+  seeds (bootstrap over test examples for one seed), the paper's figure beside it, and the verdict."""
   d = r.load("segment_sweep_cpu.json")
   if d is None:
     return ("(not run yet: `python benchmarks/segment_sweep.py --preset cpu --reader benchmarks/reader/cpu_infill`)")
   o = d["overrides"]
   rows = []
   for g in _sweep_groups(d):
-    key = [g["kind"], g["s"] or "–", g["schedule"] if g["s"] else "–", len(g["seeds"]), format_ci(g["rouge1"])]
-    more = [] if compact else [format_ci(g["rouge2"]), format_ci(g["rougeL"]), format_ci(g["test_loss"], ".3f")]
-    rows.append(key + more + [format_ci(g["source_gain"], ".3f")]
-                + ([] if compact else [format_ci(g["distinct_predictions"], ".0f")])
-                + [_paper_r1(d["paper_t5_small_cnndm"], g)])
+    rows.append([g["kind"], g["s"] or "–", g["schedule"] if g["s"] else "–", len(g["seeds"]), format_ci(g["rouge1"]),
+                 format_ci(g["rouge2"]), format_ci(g["rougeL"]), format_ci(g["test_loss"], ".3f"),
+                 format_ci(g["source_gain"], ".3f"), format_ci(g["distinct_predictions"], ".0f"),
+                 _paper_r1(d["paper_t5_small_cnndm"], g)])
   done, planned = len(d["cells"]), len(d["cells_planned"])
   head = (f"{done} of {planned} cells, each fine-tuned {o['train.num_steps']} steps of batch "
           f"{o['train.batch_size']} (lr {o['train.learning_rate']}) from the reader; test on "
@@ -371,13 +369,9 @@ def segment_sweep(r: Results, compact: bool = False) -> str:
           f"bootstrap over test examples (ROUGE-1) for one seed. Paper: T5-small on CNN/DailyMail. "
           f"{_machine(d.get('machine'))}; code at "
           + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
-  header = (["kind", "s", "schedule", "seeds", "ROUGE-1 (95% CI)", "source gain", "paper R-1"] if compact else
-            ["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
-             "distinct", "paper R-1"])
-  table = _table(header, rows)
-  bullets = "- " + _verdict_line(d.get("verdict", {}))
-  if not compact:
-    bullets += "".join("\n- " + line for line in _raf_lines(d))
+  table = _table(["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
+                  "distinct", "paper R-1"], rows)
+  bullets = "- " + _verdict_line(d.get("verdict", {})) + "".join("\n- " + line for line in _raf_lines(d))
   return "\n\n".join([head, table, bullets,
                       r.files("segment_sweep_cpu.json", "segment_sweep_cpu_fig4.png")
                       + (" · " + r.files("segment_sweep_cpu_ablations.png")  # drawn with the ablations' cells
@@ -405,9 +399,10 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
                    " / ".join(f"{v['recurrent_share']:.2f}" for v in cells[0]["raf"].values())
                    if cells[0].get("raf") else "–"])
   o = d["overrides"]
-  seeds = ", ".join(str(x) for x in sorted({c["seed"] for c in d["cells"]}))
+  seeds = sorted({c["seed"] for c in d["cells"]})
+  seeds = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(x) for x in seeds)
   head = (f"The grid's cells ({base['overrides']['train.num_steps']} steps) beside the same cells fine-tuned "
-          f"{o['train.num_steps']} steps (seed {seeds}, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
+          f"{o['train.num_steps']} steps ({seeds}, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
           f"decay over the longer run, the same data order); 95% intervals as in the grid. "
           f"{_machine(d.get('machine'))}; code at "
           + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
@@ -417,6 +412,28 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
   verdict = "- " + _verdict_line(d.get("verdict", {}), f" ({o['train.num_steps']} steps)")
   # the sweep writes its Fig. 4 with every JSON (a link that does not depend on what is on disk)
   return "\n\n".join([head, table, verdict,
+                      r.files(f"segment_sweep_cpu_{tag}.json", f"segment_sweep_cpu_{tag}_fig4.png")])
+
+
+def glance_segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
+  """The README's results table: the verdict cells fine-tuned longer, beside the paper's T5-small,
+  with the claim's verdict at that budget and the grid's at its own."""
+  d, base = r.load(f"segment_sweep_cpu_{tag}.json"), r.load("segment_sweep_cpu.json")
+  if d is None or base is None:
+    return segment_sweep_budget(r, tag)
+  o = d["overrides"]
+  rows = [[g["kind"], g["s"] or "–", len(g["seeds"]), format_ci(g["rouge1"]), format_ci(g["source_gain"], ".3f"),
+           _paper_r1(d["paper_t5_small_cnndm"], g)] for g in _sweep_groups(d)]
+  head = (f"{len(d['cells'])} cells, each fine-tuned {o['train.num_steps']} steps of batch {o['train.batch_size']} "
+          f"(lr {o['train.learning_rate']}, linear decay) from the reader; test on "
+          f"{d['cells'][0]['eval_examples']} DialogSum dialogues; 95% intervals: t over seeds, or a bootstrap "
+          f"over test examples for one seed. Paper: T5-small on CNN/DailyMail. {_machine(d.get('machine'))}; "
+          f"code at " + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
+  table = _table(["kind", "s", "seeds", "ROUGE-1 (95% CI)", "source gain", "paper R-1"], rows)
+  grid = _verdict_line(base.get("verdict", {}), f" ({base['overrides']['train.num_steps']} steps, the grid)")
+  bullets = ("- " + _verdict_line(d.get("verdict", {}), f" ({o['train.num_steps']} steps)")
+             + "\n- " + grid.split(" Rule:")[0])  # the rule is stated once, on the line above
+  return "\n\n".join([head, table, bullets,
                       r.files(f"segment_sweep_cpu_{tag}.json", f"segment_sweep_cpu_{tag}_fig4.png")])
 
 
@@ -655,7 +672,7 @@ RENDERERS = {
     "segment_sweep_history": segment_sweep_history,
     "segment_sweep": segment_sweep,
     "segment_sweep_budget": segment_sweep_budget,
-    "glance_segment_sweep": lambda r: segment_sweep(r, compact=True),
+    "glance_segment_sweep_budget": glance_segment_sweep_budget,
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,
     "reader_dropout_pilot": reader_dropout_pilot,
