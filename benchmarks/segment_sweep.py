@@ -384,6 +384,11 @@ def plot(groups: list[dict], out_dir: str, name: str):
         for x, (_, c) in zip(xs, pts):
           ax.errorbar([x], [c["mean"]], yerr=err(c), fmt="o", color=color, capsize=3)
     ax.set_xscale("log", base=2)
+    sizes = sorted({g["s"] for g in groups if g["s"]})
+    if sizes:  # ticks at the sizes measured, and room for the side-by-side shift when there is one
+      ax.set_xticks(sizes, [str(x) for x in sizes])
+      ax.minorticks_off()
+      ax.set_xlim(sizes[0] / 1.5, sizes[-1] * 1.5)
     ax.set_xlabel("segment size s")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
