@@ -138,7 +138,7 @@ def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
     groups = sweep.aggregate(cells)
     (tmp_path / f"{name}.json").write_text(json.dumps({
         "overrides": {"train.num_steps": cells[0]["steps"], "train.learning_rate": 1e-3,
-                      "train.warmup_steps": 50},
+                      "train.warmup_steps": 50, "train.batch_size": 16},
         "paper_t5_small_cnndm": sweep.PAPER, "cells": cells, "groups": groups,
         "verdict": sweep.verdict(groups), "cells_planned": [c["name"] for c in cells]}))
   out = report.render("segment_sweep_budget", str(tmp_path))
