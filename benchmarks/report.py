@@ -316,8 +316,9 @@ def _paper_r1(paper: dict, g: dict) -> str:
   return "–"
 
 
-def _verdict_line(v: dict, budget: str = "") -> str:
-  """The claim's rule as one line; `budget` (e.g. " (1500 steps)") names a variant protocol."""
+def _verdict_line(v: dict, budget: str = "", brief: bool = False) -> str:
+  """The claim's rule as one line; `budget` (e.g. " (1500 steps)") names a variant protocol; `brief`
+  leaves out the rule and the variants (for a second verdict under one that states them)."""
   if not v:
     return f"Verdict{budget}: not yet (full attention and the smallest s are needed)."
   parts = [f"{k.replace('_', ' ').replace('10pct', '10%')}: {'yes' if v[k] else 'no'}"
@@ -326,8 +327,10 @@ def _verdict_line(v: dict, budget: str = "") -> str:
   missing = [k for k in ("segmented_below_full", "srformer_above_segmented", "xl_between") if k not in v]
   head = f"Verdict{budget} at s = {v['s']}: " + ("**the claim holds**" if v.get("holds") else
                                          "**not shown**" if not missing else "incomplete")
-  line = head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + \
-      "). Rule: " + v["rule"] + "."
+  line = head + " (" + "; ".join(parts) + (f"; cells missing for {', '.join(missing)}" if missing else "") + ")."
+  if brief:
+    return line
+  line += " Rule: " + v["rule"] + "."
   for kind, t in v.items():  # variants (not the paper's), tested by the same rule beside the claim
     if isinstance(t, dict):
       line += (f" Variant {kind} (not the paper's): above segmented "
@@ -341,6 +344,11 @@ def _short_commit(commit) -> str:
   if not commit:
     return "?"
   return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _code_commits(cells: list[dict]) -> str:
+  """The commits the cells were trained at, once each."""
+  return ", ".join(sorted({_short_commit(c.get("git_commit")) for c in cells}))
 
 
 def _sweep_groups(d: dict) -> list[dict]:
@@ -367,8 +375,7 @@ def segment_sweep(r: Results) -> str:
           f"{o['train.batch_size']} (lr {o['train.learning_rate']}) from the reader; test on "
           f"{d['cells'][0]['eval_examples']} DialogSum dialogues; 95% intervals: t over seeds, or a "
           f"bootstrap over test examples (ROUGE-1) for one seed. Paper: T5-small on CNN/DailyMail. "
-          f"{_machine(d.get('machine'))}; code at "
-          + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
+          f"{_machine(d.get('machine'))}; code at {_code_commits(d['cells'])}.")
   table = _table(["kind", "s", "schedule", "seeds", "ROUGE-1", "ROUGE-2", "ROUGE-L", "test loss", "source gain",
                   "distinct", "paper R-1"], rows)
   bullets = "- " + _verdict_line(d.get("verdict", {})) + "".join("\n- " + line for line in _raf_lines(d))
@@ -404,8 +411,7 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
   head = (f"The grid's cells ({base['overrides']['train.num_steps']} steps) beside the same cells fine-tuned "
           f"{o['train.num_steps']} steps ({seeds}, lr {o['train.learning_rate']} with {o['train.warmup_steps']} warmup steps and linear "
           f"decay over the longer run, the same data order); 95% intervals as in the grid. "
-          f"{_machine(d.get('machine'))}; code at "
-          + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
+          f"{_machine(d.get('machine'))}; code at {_code_commits(d['cells'])}.")
   table = _table(["kind", "s", "steps", "seeds", "ROUGE-1 (95% CI)", "test loss", "source gain",
                   "final train loss", "recurrent share, per layer (seed 0)"], rows)
   # the claim's rule on the longer run's own groups (written by segment_sweep.py with them)
@@ -428,11 +434,12 @@ def glance_segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
           f"(lr {o['train.learning_rate']}, linear decay) from the reader; test on "
           f"{d['cells'][0]['eval_examples']} DialogSum dialogues; 95% intervals: t over seeds, or a bootstrap "
           f"over test examples for one seed. Paper: T5-small on CNN/DailyMail. {_machine(d.get('machine'))}; "
-          f"code at " + ", ".join(sorted({_short_commit(c.get("git_commit")) for c in d["cells"]})) + ".")
+          f"code at {_code_commits(d['cells'])}.")
   table = _table(["kind", "s", "seeds", "ROUGE-1 (95% CI)", "source gain", "paper R-1"], rows)
-  grid = _verdict_line(base.get("verdict", {}), f" ({base['overrides']['train.num_steps']} steps, the grid)")
-  bullets = ("- " + _verdict_line(d.get("verdict", {}), f" ({o['train.num_steps']} steps)")
-             + "\n- " + grid.split(" Rule:")[0])  # the rule is stated once, on the line above
+  # the rule is stated once, on the longer budget's line
+  grid = _verdict_line(base.get("verdict", {}), f" ({base['overrides']['train.num_steps']} steps, the grid)",
+                       brief=True)
+  bullets = "- " + _verdict_line(d.get("verdict", {}), f" ({o['train.num_steps']} steps)") + "\n- " + grid
   return "\n\n".join([head, table, bullets,
                       r.files(f"segment_sweep_cpu_{tag}.json", f"segment_sweep_cpu_{tag}_fig4.png")])
 
