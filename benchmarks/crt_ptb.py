@@ -257,16 +257,24 @@ def markdown(path: str) -> str:
   """The README table of a results JSON: per model, mean and 95% interval over seeds."""
   with open(path) as f:
     payload = json.load(f)
-  lines = ["| L | model | segment | seeds | test ppl (95% CI) | valid ppl | epochs | fwd FLOPs/token vs full |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| L | model | segment | seeds | test ppl (95% CI) | valid ppl | epochs | fwd FLOPs/token vs full "
+           "| train tokens/s (fastest seed) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   models = payload["aggregate"]["models"]
   full = {m["context_len"]: m for m in models if m["name"] == "full_L"}
+  # throughput: the fastest seed's, since other work on the machine only slows a run (some early
+  # runs shared it, or were resumed); every run's own figure is in the JSON
+  fastest = {}
+  for r in payload["runs"]:
+    key = (r["name"], r["context_len"])
+    fastest[key] = max(fastest.get(key, 0.0), r.get("train_tokens_per_s") or 0.0)
   for m in models:
     f = full.get(m["context_len"])
     rel = (f"{m['flops_per_token_without_output_layer'] / f['flops_per_token_without_output_layer']:.2f}x"
            if f else "")
     lines.append(f"| {m['context_len']} | {m['name']} | {m['segment_len']} | {m['test_ppl']['n']} | "
-                 f"{stats.format_ci(m['test_ppl'], '.1f')} | {stats.format_ci(m['valid_ppl'], '.1f')} | {m['epochs']['mean']:.1f} | {rel} |")
+                 f"{stats.format_ci(m['test_ppl'], '.1f')} | {stats.format_ci(m['valid_ppl'], '.1f')} | {m['epochs']['mean']:.1f} | {rel} | "
+                 f"{fastest.get((m['name'], m['context_len']), 0.0):,.0f} |")
   return "\n".join(lines)
 
 
