@@ -38,12 +38,14 @@ from benchmarks import common, stats  # noqa: E402
 # Per preset: the model and schedule shared by every run, the seeds, and the longer-context repeat.
 # cpu: d 128, 2 layers, L = 64; one epoch of PTB (~930k tokens) is ~450 steps of 32 x 64 tokens, so
 # 2000 steps is ~4.4 epochs, validated every 250 steps (~0.55 epoch). The L = 512 repeat keeps the
-# tokens per step of the same order (8 streams x 512) and the same number of epochs.
+# tokens per step (4 streams x 512), the steps and so the epochs: a first try with 8 streams x 512 for
+# 1000 steps (the same epochs in half the updates) left full L at 158 test ppl, worse than at L = 64
+# with an eighth of the context (results/crt_ptb_cpu_superseded/), i.e. short of updates.
 PRESETS = {
     "cpu": dict(context_len=64, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.1,
                 batch_size=32, num_steps=2000, learning_rate=2e-3, warmup_steps=100, eval_every=250,
                 patience=2, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
-                long=dict(context_len=512, batch_size=8, num_steps=1000, eval_every=125, seeds=(0, 1))),
+                long=dict(context_len=512, batch_size=4, num_steps=2000, eval_every=250, seeds=(0, 1))),
     # gpu: sized for minutes of one H100/H200, not run yet: 64 streams x 256 tokens (~16k tokens a
     # step, ~57 steps an epoch), at most 600 steps (~10 epochs) with early stopping; a few seconds of
     # compilation and ~5-10 ms a step, so ~10-20 s a run and the 27 runs in several minutes
