@@ -593,7 +593,11 @@ def crt_ptb(r: Results) -> str:
                    f"{g['segmented_L/4_over_full']:.3f}, intervals "
                    f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
     c = agg.get("claim", {}).get(context)
-    if c and c["seeds"] < 2:
+    if c and g and g["seeds"] >= 2 and not g["holds"]:  # no model uses the context: nothing to test
+      parts.append(f"claim not testable here: without the gate a memory has no context to carry "
+                   f"(crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f} with {c['seeds']} seed"
+                   f"{'s' if c['seeds'] > 1 else ''}, FLOPs vs full {c['crt_L/4_flops_over_full']:.2f}×)")
+    elif c and c["seeds"] < 2:
       parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {c['seeds']} seed for "
                    f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
     elif c:
