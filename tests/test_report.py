@@ -72,14 +72,15 @@ def test_placeholders_and_crt_ptb_from_a_results_file(tmp_path):
            "train_tokens_per_s": 1000.0}
           for k in (0, 1, 2) for n, s, p, f in (("full_L", 64, 200.0, 9e5), ("segmented_L/4", 16, 230.0, 8e5),
                                                ("crt_L/4", 16, 201.0, 1e6))]
-  # at a longer L the memory-less model does as well as full: the gate fails, so no claim is tested there
+  # at a longer L the memory-less model does as well as full: the gate fails, and the claim is flagged so
   runs += [{**r, "context_len": 512, "test_ppl": {"full_L": 210.0, "segmented_L/4": 205.0, "crt_L/4": 204.0}[r["name"]]
             + r["seed"], "train_tokens_per_s": 900.0 + r["seed"]} for r in runs if r["seed"] < 2]
   (tmp_path / "crt_ptb_cpu.json").write_text(json.dumps({"runs": runs, "aggregate": crt_ptb.aggregate(runs)}))
   out = report.render("crt_ptb", str(tmp_path))
   assert out.startswith(crt_ptb.markdown(str(tmp_path / "crt_ptb_cpu.json")))
   assert "- L = 64: gate holds" in out and "claim holds" in out
-  assert "- L = 512: gate does not hold" in out and "claim not testable here" in out
+  assert "- L = 512: gate does not hold" in out and "claim's rule not met but without the gate" in out
+  assert "crt_L/4 below segmented_L/4 with separated intervals: no (2 seeds)" in out
   assert "| 1,000 |" in out and "| 901 |" in out  # tokens/s: the fastest seed's
   (tmp_path / "default_job_cpu.json").write_text(json.dumps(
       {"first_loss": 7.5, "last_loss": 4.25, "steps": 600, "rouge1": 14.0, "rouge2": 2.0, "rougeL": 13.0,
