@@ -593,7 +593,7 @@ def crt_ptb(r: Results) -> str:
                    f"{g['segmented_L/4_over_full']:.3f}, intervals "
                    f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
     c = agg.get("claim", {}).get(context)
-    if c and g and g["seeds"] >= 2 and not g["holds"]:
+    if c and c["seeds"] >= 2 and g and not g["holds"]:  # (c["seeds"]: the fewest of the three)
       # full L does not use its context beyond L/4 here: matching it is a low bar, and what the
       # memory adds is CRT against the memory-less segments alone
       parts.append(f"claim's rule {'met' if c['holds'] else 'not met'} but without the gate, so matching full "
