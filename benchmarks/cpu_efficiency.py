@@ -27,8 +27,10 @@ Measure on an idle machine (nothing else running): the JSON records the load ave
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +45,30 @@ QUICK = dict(sweep=dict(SWEEP, d_model=32, num_heads=2, d_kv=16, d_ff=64, layers
              t5=dict(batch=1, k=32, q=8))
 GOALS = {"sweep/full": 0.5, "sweep/srformer_s8": 0.5, "t5_small": 0.6}
 REFERENCE_FILE = "cpu_efficiency_reference_flops.json"
+BF16 = "_bf16"  # suffix of the rows run with bfloat16 compute (ModelConfig.dtype; params stay float32)
+XLA_GRAD = "_xla_dense_grad"  # suffix of the rows run with XLA's own gradient of every dense layer (ablation)
+
+
+def _base(name: str) -> str:
+  """The row whose step a variant row computes (same reference flops)."""
+  for suffix in (BF16, XLA_GRAD):
+    name = name.removesuffix(suffix)
+  return name
+
+
+@contextlib.contextmanager
+def _dense_grad(name: str):
+  """For an `_xla_dense_grad` row: every dense layer built inside uses `lax.dot_general` and JAX's
+  own gradient instead of `layers.dense_dot_general` (the code before that change, side by side)."""
+  import jax
+  from srformer_jax import layers
+  keep = layers.dense_dot_general
+  if name.endswith(XLA_GRAD):
+    layers.dense_dot_general = jax.lax.dot_general  # looked up by layers.dense when a model is set up
+  try:
+    yield
+  finally:
+    layers.dense_dot_general = keep
 
 
 def matmul_peak(jax, repeats: int, n: int = 1024) -> dict:
@@ -50,7 +76,11 @@ def matmul_peak(jax, repeats: int, n: int = 1024) -> dict:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
   t = common.time_fn(lambda: f(a, a), max(repeats, 20))
-  return {"n": n, "median_s": t["median_s"], "flops_per_s": 2.0 * n ** 3 / t["median_s"]}
+  b = a.astype(jnp.bfloat16)  # bfloat16 inputs, float32 accumulation (AMX / AVX512-BF16 where the CPU has it)
+  g = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  tb = common.time_fn(lambda: g(b, b), max(repeats, 20))
+  return {"n": n, "median_s": t["median_s"], "flops_per_s": 2.0 * n ** 3 / t["median_s"],
+          "bf16_median_s": tb["median_s"], "bf16_flops_per_s": 2.0 * n ** 3 / tb["median_s"]}
 
 
 def _flops(compiled) -> float:
@@ -64,6 +94,100 @@ def _time_compiled(fn, args, repeats: int) -> dict:
   compiled = jax.jit(fn).lower(*args).compile()
   t = common.time_fn(lambda: compiled(*args), repeats)
   return {"median_s": t["median_s"], "flops": _flops(compiled)}
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_CONTAINERS = ("while", "conditional", "call")
+
+
+def _hlo_index(hlo_text: str) -> dict:
+  """HLO instruction name -> (opcode, opcodes inside its fused computation, op_name of its metadata)."""
+  comps, instrs, comp = {}, {}, None
+  for line in hlo_text.splitlines():
+    if line.startswith("%") or line.startswith("ENTRY") or re.match(r"^[\w.\-]+ \(", line):
+      comp = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      comps[comp] = []
+      continue
+    m = _INSTR.match(line)
+    if not m or comp is None:
+      continue
+    name, opcode = m.groups()
+    comps[comp].append(opcode)
+    called = re.search(r"calls=%?([\w.\-]+)", line)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    instrs[name] = (opcode, called.group(1) if called else None, op_name.group(1) if op_name else "")
+  return {n: (op, tuple(comps.get(c, ())) if c else (), on) for n, (op, c, on) in instrs.items()}
+
+
+def _category(opcode: str, body: tuple, op_name: str) -> str:
+  ops = set(body) | {opcode}
+  if opcode in _CONTAINERS:
+    return "loop control"  # a while loop's own time: its body's ops are counted on their own
+  if ops & {"dot", "convolution"} or opcode == "custom-call" and "matmul" in op_name:
+    kind = "matmul"
+  elif "random_bits" in op_name or "threefry" in op_name or "rng-bit-generator" in ops:
+    kind = "dropout rng"
+  elif ops & {"scatter", "gather", "dynamic-slice", "dynamic-update-slice"}:
+    kind = "gather/scatter/slice"
+  elif ops <= {"copy", "transpose", "bitcast", "parameter", "fusion"}:
+    kind = "copy/transpose"
+  elif "reduce" in ops:
+    kind = "reduce"
+  else:
+    kind = "elementwise"
+  return kind
+
+
+def profile_summary(call, hlo_text: str, steps: int = 3, top: int = 12) -> dict:
+  """Where a compiled step's time goes, from a profiler trace of `steps` calls of `call()`.
+
+  Each XLA op's self time (its duration less the ops nested in it, so a scan's while loop counts
+  only its own overhead) per step, summed over the CPU threads that ran it; `top` ops by time with
+  their kind (matmul, elementwise, reduce, ...), whether JAX's op_name marks them as part of the
+  backward pass (`transpose(...)`), and the share of each kind.
+  """
+  import glob
+  import tempfile
+
+  import jax
+  from jax.profiler import ProfileData
+  common.block(call())
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      for _ in range(steps):
+        common.block(call())
+    data = ProfileData.from_file(glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+  index = _hlo_index(hlo_text)
+  self_ns: dict = {}
+  for plane in data.planes:
+    if plane.name != "/host:CPU":
+      continue
+    for line in plane.lines:
+      events = sorted(((e.start_ns, e.duration_ns, dict(e.stats).get("hlo_op")) for e in line.events),
+                      key=lambda e: (e[0], -e[1]))
+      stack = []  # [end_ns, hlo op name or None] of the events enclosing the current one
+      for start, dur, name in events:
+        while stack and stack[-1][0] <= start:
+          stack.pop()
+        if name is not None:
+          self_ns[name] = self_ns.get(name, 0.0) + dur
+          if stack and stack[-1][1] is not None:  # nested in an op (a while loop's body): not its own time
+            self_ns[stack[-1][1]] -= dur
+        stack.append([start + dur, name if name is not None else (stack[-1][1] if stack else None)])
+  total = sum(self_ns.values())
+  kinds: dict = {}
+  rows = []
+  for name, ns in sorted(self_ns.items(), key=lambda kv: -kv[1]):
+    opcode, body, op_name = index.get(name, ("?", (), ""))
+    kind = _category(opcode, body, op_name)
+    kinds[kind] = kinds.get(kind, 0.0) + ns
+    if len(rows) < top:
+      rows.append({"op": name, "kind": kind, "backward": "transpose(" in op_name,
+                   "ms_per_step": ns / steps / 1e6, "share": ns / total, "op_name": op_name[-160:]})
+  backward = sum(ns for n, ns in self_ns.items() if "transpose(" in index.get(n, ("", (), ""))[2])
+  return {"op_ms_per_step": total / steps / 1e6, "backward_share": backward / total if total else 0.0,
+          "kind_share": {k: v / total for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+          "top_ops": rows}
 
 
 def _optimizer(lr: float = 1e-3):
@@ -103,6 +227,7 @@ def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
     out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
     if label == "step":
       out["xla_flops"] = _flops(compiled)
+      out["profile"] = profile_summary(step, compiled.as_text())
       params = holder["state"].params
       fwd = lambda p, b, r: loss_and_metrics(model, p, b, r, False)[0]  # noqa: E731
       out["fwd_s"] = _time_compiled(fwd, (params, sharded, key), repeats)["median_s"]
@@ -171,7 +296,9 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
       import jax.numpy as jnp
       with trainer.context():
         lowered = trainer._step.lower(holder["state"], put(x), put(x), jnp.asarray(False), key)
-      out["xla_flops"] = _flops(lowered.compile())
+      compiled = lowered.compile()
+      out["xla_flops"] = _flops(compiled)
+      out["profile"] = profile_summary(step, compiled.as_text())
       carry = init_carry(config, s["batch"])
       params = holder["state"].params
 
@@ -200,7 +327,8 @@ def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 
 
 
 def finish(row: dict, peak: float, reference: dict) -> dict:
-  ref = reference.setdefault(row["name"], row["xla_flops"])
+  # a variant row (bfloat16, XLA's dense gradient) computes its base row's step: the same reference flops
+  ref = reference.setdefault(_base(row["name"]), row["xla_flops"])
   row.update(reference_flops=ref, tokens_per_s=row["tokens"] / row["step_s"],
              achieved_flops_per_s=ref / row["step_s"], share_of_peak=ref / row["step_s"] / peak,
              time_split={"forward": row["fwd_s"] / row["step_s"],
@@ -220,7 +348,9 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   import numpy as np
   plt = common.plt()
   train = [r for r in rows if "share_of_peak" in r]
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(train) + 2.5))
+  profiled = any("profile" in r for r in train)
+  fig, axes = plt.subplots(1, 3 if profiled else 2, figsize=(17 if profiled else 12, 0.45 * len(train) + 2.5))
+  ax1, ax2 = axes[:2]
   y = np.arange(len(train))
   ax1.barh(y, [r["share_of_peak"] for r in train], color="tab:blue")
   for i, r in enumerate(train):
@@ -241,6 +371,19 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   ax2.set_xlabel("share of the step time")
   ax2.invert_yaxis()
   ax2.legend(fontsize=7, loc="lower right")
+  if profiled:  # the profiler's op time by kind of op
+    ax3 = axes[2]
+    kinds = sorted({k for r in train for k in r.get("profile", {}).get("kind_share", {})},
+                   key=lambda k: -sum(r.get("profile", {}).get("kind_share", {}).get(k, 0.0) for r in train))
+    left = np.zeros(len(train))
+    for kind in kinds:
+      vals = np.array([r.get("profile", {}).get("kind_share", {}).get(kind, 0.0) for r in train])
+      ax3.barh(y, vals, left=left, label=kind)
+      left += vals
+    ax3.set_yticks(y, [""] * len(train))
+    ax3.set_xlabel("share of the profiled op time, by kind of op")
+    ax3.invert_yaxis()
+    ax3.legend(fontsize=7, loc="lower right")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   common.save_figure(fig, path)
@@ -264,33 +407,48 @@ def main():
       reference = json.load(f).get(name, {})
   load_before = os.getloadavg()
   peak = matmul_peak(jax, repeats)
-  print(f"matmul 1024x1024 f32: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  print(f"matmul 1024x1024 f32: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 inputs: "
+        f"{peak['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   rows = []
   for label, kw, ragged in (("sweep/full", dict(cross_attention="full"), False),
                             ("sweep/segmented_s8", dict(cross_attention="segmented", segment_size=8), False),
                             ("sweep/xl_s8", dict(cross_attention="xl", segment_size=8), False),
                             ("sweep/srformer_s8", dict(cross_attention="srformer", segment_size=8), False),
                             ("sweep/srformer_s8_length", dict(cross_attention="srformer", segment_size=8,
-                                                              segment_schedule="length"), True)):
+                                                              segment_schedule="length"), True),
+                            ("sweep/full" + XLA_GRAD, dict(cross_attention="full"), False),
+                            ("sweep/srformer_s8" + XLA_GRAD, dict(cross_attention="srformer", segment_size=8), False),
+                            ("sweep/full" + BF16, dict(cross_attention="full", dtype="bfloat16"), False),
+                            ("sweep/srformer_s8" + BF16, dict(cross_attention="srformer", segment_size=8,
+                                                              dtype="bfloat16"), False)):
     if want(label):
       batch = seq2seq_batch(sweep["batch"], sweep["k"], sweep["q"], sweep["vocab"], ragged)
-      rows.append(finish(seq2seq_row(jax, label, sweep_config(sweep, **kw), batch, repeats),
-                         peak["flops_per_s"], reference))
+      with _dense_grad(label):
+        rows.append(finish(seq2seq_row(jax, label, sweep_config(sweep, **kw), batch, repeats),
+                           peak["flops_per_s"], reference))
   for label, memory, fraction, overrides in (("crt/full_L", "none", "full", {}),
                                              ("crt/segmented_L/4", "none", "quarter", {}),
                                              ("crt/crt_L/4", "crt", "quarter", {}),
-                                             ("crt/xl_L/2", "xl", "half", {})):
+                                             ("crt/xl_L/2", "xl", "half", {}),
+                                             ("crt/crt_L/4" + XLA_GRAD, "crt", "quarter", {}),
+                                             ("crt/crt_L/4" + BF16, "crt", "quarter", dict(dtype="bfloat16"))):
     if want(label):
-      rows.append(finish(crt_row(jax, label, memory, fraction, overrides, crt, repeats), peak["flops_per_s"],
-                         reference))
-  if want("t5_small"):
-    from benchmarks import models
-    mc = models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
-    if args.quick:
-      mc = sweep_config(QUICK["sweep"])
-    batch = seq2seq_batch(t5["batch"], t5["k"], t5["q"], mc.vocab_size, ragged=False)
-    rows.append(finish(seq2seq_row(jax, "t5_small", mc, batch, min(repeats, 3)), peak["flops_per_s"],
-                       reference))
+      with _dense_grad(label):
+        rows.append(finish(crt_row(jax, label, memory, fraction, overrides, crt, repeats), peak["flops_per_s"],
+                           reference))
+  for label in ("t5_small", "t5_small" + XLA_GRAD, "t5_small" + BF16):
+    if want(label):
+      import dataclasses
+
+      from benchmarks import models
+      mc = models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
+      if args.quick:
+        mc = sweep_config(QUICK["sweep"])
+      if label.endswith(BF16):
+        mc = dataclasses.replace(mc, dtype="bfloat16")
+      batch = seq2seq_batch(t5["batch"], t5["k"], t5["q"], mc.vocab_size, ragged=False)
+      with _dense_grad(label):
+        rows.append(finish(seq2seq_row(jax, label, mc, batch, min(repeats, 3)), peak["flops_per_s"], reference))
   for beams in (2, 4):
     if want(f"decode/beam{beams}"):
       rows.append(decode_row(jax, beams, sweep, min(repeats, 3)))

@@ -174,12 +174,18 @@ def cpu_efficiency(r: Results) -> str:
     speed = _x(row["speedup_vs_before"]) if "speedup_vs_before" in row else "–"
     if "step_s" in row:
       goal = f"{row['goal_share_of_peak']:.0%}" if "goal_share_of_peak" in row else "–"
+      prof = row.get("profile")
+      where = "–" if prof is None else (
+          f"{prof['kind_share'].get('matmul', 0.0):.0%} / {prof['backward_share']:.0%}; "
+          + ", ".join(f"{k} {v:.0%}" for k, v in list(prof["kind_share"].items())[:3] if k != "matmul"))
       rows.append([f"`{row['name']}` step", before, _secs(row["step_s"]), speed, f"{row['share_of_peak']:.0%}", goal,
-                   f"{row['time_split']['dropout']:.0%}"])
+                   f"{row['time_split']['dropout']:.0%}", where])
     else:
-      rows.append([f"`{row['name']}`, 500 dialogues", before, _secs(row["test_set_s"]), speed, "–", "2× faster", "–"])
+      rows.append([f"`{row['name']}`, 500 dialogues", before, _secs(row["test_set_s"]), speed, "–", "2× faster", "–",
+                   "–"])
   peak = d["matmul_peak"]["flops_per_s"] / 1e9
-  table = _table(["row", "before", "now", "speed-up", "share of matmul peak", "goal", "dropout's share"], rows)
+  table = _table(["row", "before", "now", "speed-up", "share of matmul peak", "goal", "dropout's share",
+                  "op time in matmuls / in backward; other kinds"], rows)
   return (table + f"\n\nMatmul peak {peak:.0f} GFLOP/s ({_machine(d['machine'])}); load average before "
           f"{d['load_avg_before'][0]:.2f}. " + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 

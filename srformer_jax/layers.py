@@ -6,6 +6,7 @@ linears, `embedding` for embeddings) so that checkpoint conversion is a renaming
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -56,6 +57,46 @@ def dropout_keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> ja
   return (bytes_ >= jnp.uint8(threshold)).reshape(shape)
 
 
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for `nn.Dense` (`[..., d_in] x [d_in, d_out]`), whose weight gradient is
+  computed as `(g^T x)^T`: the same products and sums as XLA's own gradient, laid out so that XLA:CPU
+  reads every operand as it is stored.
+
+  Why: for `x @ w`, JAX's gradient `x^T g` made XLA:CPU write the cotangent `g` transposed (a
+  `[d_out, tokens]` copy) and fuse the elementwise backward that produces it (activation derivative,
+  gate, dropout mask) into that transposing loop, reading each input with a stride of d_out. In the
+  sweep model's gated feed-forward those fusions were about a third of the float32 train step; the
+  block's forward + backward is ~3x faster this way. Other contractions go to `lax.dot_general`.
+  """
+  (lc, rc), (lb, rb) = dimension_numbers
+  if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ()) or rhs.ndim != 2 \
+      or preferred_element_type is not None:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  return _dense_matmul(lhs, rhs, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_matmul(x, w, precision):
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+def _dense_matmul_fwd(x, w, precision):
+  return _dense_matmul(x, w, precision), (x, w)
+
+
+def _dense_matmul_bwd(precision, res, g):
+  x, w = res                                                                      # [..., d_in], [d_in, d_out]
+  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)  # [..., d_in]
+  g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])                # [tokens, d_out], [tokens, d_in]
+  # t: tokens, i: d_in, o: d_out
+  dw = jnp.einsum("to,ti->oi", g2, x2, precision=precision).T                     # [d_in, d_out]
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
 def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, dtype,
           name: str | None = None, init_std: float | None = None) -> nn.Dense:
   """A `nn.Dense` whose kernel (and bias) carry logical axis names."""
@@ -70,6 +111,7 @@ def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
       param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+      dot_general=dense_dot_general,
       name=name,
   )
 

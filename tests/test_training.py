@@ -133,6 +133,38 @@ def test_dropout_keep_rate_scale_and_independence(rate):
   assert np.array_equal(np.asarray(Dropout(0.0).apply({}, x, deterministic=False)), np.asarray(x))
   assert not np.asarray(Dropout(1.0).apply({}, x, deterministic=False)).any()
 
+
+@pytest.mark.parametrize("shape,dtype", [((5, 7), "float32"), ((3, 4, 7), "float32"), ((3, 4, 7), "bfloat16")])
+def test_dense_dot_general_is_the_matmul_and_its_gradient(shape, dtype):
+  """layers.dense_dot_general (the weight gradient laid out for XLA:CPU) computes what nn.Dense with
+  lax.dot_general computes: outputs and both gradients, through a bias, a cast and an activation."""
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from srformer_jax import layers
+  dt = jnp.dtype(dtype)
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours = layers.dense(6, (None, None), use_bias=True, dtype=dt)
+  xla = nn.Dense(6, use_bias=True, dtype=dt, param_dtype=jnp.float32)
+  assert ours.dot_general is layers.dense_dot_general
+  params = xla.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+
+  def loss(module, p, x):
+    return jnp.sum(jnp.tanh(module.apply({"params": p}, x).astype(jnp.float32)) ** 2)
+
+  tol = 1e-5 if dtype == "float32" else 2e-2
+  np.testing.assert_allclose(ours.apply(params, x).astype(np.float32), xla.apply(params, x).astype(np.float32),
+                             rtol=tol, atol=tol)
+  (g_ours, gx_ours), (g_xla, gx_xla) = (jax.grad(loss, argnums=(1, 2))(m, params["params"], x) for m in (ours, xla))
+  for a, b in zip(jax.tree.leaves((g_ours, gx_ours)), jax.tree.leaves((g_xla, gx_xla))):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+  # a contraction that is not a dense layer's goes to lax.dot_general unchanged
+  a, b = jax.random.normal(jax.random.key(2), (4, 3)), jax.random.normal(jax.random.key(3), (4, 5))
+  dims = (((0,), (0,)), ((), ()))
+  np.testing.assert_array_equal(layers.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+
+
 def docstring_cfg(num_steps=6, save_every=3):
   cfg = base.base_config()
   cfg.model.init_from = ""
