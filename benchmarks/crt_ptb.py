@@ -175,7 +175,8 @@ def aggregate(runs: list[dict]) -> dict:
                                                         if r.get("train_tokens_per_s")] or [0.0]),
                    # the table's throughput: other work on the machine only slows a run (some early
                    # runs shared it, or were resumed), so the fastest seed is the model's own speed
-                   "train_tokens_per_s_fastest": max(r.get("train_tokens_per_s") or 0.0 for r in rs)})
+                   "train_tokens_per_s_fastest": max(r.get("train_tokens_per_s") or 0.0 for r in rs),
+                   "runs_with_dense_dot_general": sum("dense_weight_grad" in r for r in rs)})
   out = {"models": models, "gate": {}, "claim": {}}
   by = {(m["name"], m["context_len"]): m for m in models}
   for context in sorted({m["context_len"] for m in models}):
@@ -273,8 +274,17 @@ def markdown(path: str) -> str:
            if f else "")
     lines.append(f"| {m['context_len']} | {m['name']} | {m['segment_len']} | {m['test_ppl']['n']} | "
                  f"{stats.format_ci(m['test_ppl'], '.1f')} | {stats.format_ci(m['valid_ppl'], '.1f')} | {m['epochs']['mean']:.1f} | {rel} | "
-                 f"{m['train_tokens_per_s_fastest']:,.0f} |")
+                 f"{m['train_tokens_per_s_fastest']:,.0f}{_code_mark(m)} |")
+  if any(_code_mark(m) for m in models):
+    lines += ["", "Tokens/s marked *: trained after the dense layers' weight gradient was laid out for XLA:CPU "
+              "(`layers.dense_dot_general`), a faster step computing the same gradient; compare speeds only "
+              "between rows with the same mark (`benchmarks/cpu_efficiency.py` times models side by side)."]
   return "\n".join(lines)
+
+
+def _code_mark(m: dict) -> str:
+  n, k = m.get("runs_with_dense_dot_general", 0), m["test_ppl"]["n"]
+  return "" if n == 0 else " *" if n == k else f" * ({n} of {k} runs)"
 
 
 def main():
@@ -367,7 +377,10 @@ def main():
            # wall-clock figures of a run that shared them are not speeds of the model
            "load_avg_15min_at_end": os.getloadavg()[2], **forward_flops_per_token(model_config),
            # the dropout rate the model applied (layers.Dropout rounds it to a multiple of 1/256)
-           "dropout": "byte", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate)}
+           "dropout": "byte", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate),
+           # dense layers' weight gradient as (g^T x)^T (layers.dense_dot_general): the same numbers,
+           # a faster step on a CPU; runs without this field trained with XLA's own gradient
+           "dense_weight_grad": "layers.dense_dot_general"}
     os.makedirs(rows_dir, exist_ok=True)
     tmp = done(run) + ".tmp"
     with open(tmp, "w") as f:

@@ -82,6 +82,15 @@ def test_placeholders_and_crt_ptb_from_a_results_file(tmp_path):
   assert "- L = 512: gate does not hold" in out and "claim's rule not met but without the gate" in out
   assert "crt_L/4 below segmented_L/4 with separated intervals: no (2 seeds)" in out
   assert "| 1,000 |" in out and "| 901 |" in out  # tokens/s: the fastest seed's
+  assert "marked *" not in out
+  # runs trained with layers.dense_dot_general have their speed marked (all of a model's runs, or some)
+  for r in runs:
+    if r["context_len"] == 512 and (r["name"] == "crt_L/4" or r["name"] == "full_L" and r["seed"] == 1):
+      r["dense_weight_grad"] = "layers.dense_dot_general"
+  (tmp_path / "crt_ptb_cpu.json").write_text(json.dumps({"runs": runs, "aggregate": crt_ptb.aggregate(runs)}))
+  out = report.render("crt_ptb", str(tmp_path))
+  assert "| 901 * |" in out and "| 901 * (1 of 2 runs) |" in out and "| 1,000 |" in out
+  assert "Tokens/s marked *" in out
   (tmp_path / "default_job_cpu.json").write_text(json.dumps(
       {"first_loss": 7.5, "last_loss": 4.25, "steps": 600, "rouge1": 14.0, "rouge2": 2.0, "rougeL": 13.0,
        "wall_s": 300.0, "machine": {"cpu": "x86_64", "cpu_count": 2}}))
