@@ -318,3 +318,24 @@ def test_stats_intervals():
   assert not stats.separated({"lo": None, "hi": None}, {"lo": 1.5, "hi": 2})
   boot = stats.bootstrap_ci(np.arange(100.0))
   assert boot["lo"] < 49.5 < boot["hi"] and boot["hi"] - boot["lo"] < 20
+
+
+@pytest.mark.parametrize("name", ["crt", "crt_raf", "xl"])
+def test_bfloat16_compute_trains_with_a_float32_carry(name):
+  """dtype="bfloat16" (mixed precision): the scanned window runs forward and backward, the carried
+  memory stays float32 across segments, and the loss is close to the float32 model's."""
+  config = tiny(**VARIANTS[name])
+  model32, params = setup(config)
+  model16 = stream.build_model(dataclasses.replace(config, dtype="bfloat16"))
+  x = tokens(2, 3 * L)
+  carry = init_carry(config, 2)
+
+  def loss(model, p):
+    ce, new = stream.scan_segments(model, p, x, carry, x, deterministic=True)
+    return ce.mean(), new
+
+  (l16, new16), g16 = jax.value_and_grad(lambda p: loss(model16, p), has_aux=True)(params)
+  (l32, _), _ = jax.value_and_grad(lambda p: loss(model32, p), has_aux=True)(params)
+  assert jax.tree.map(lambda a: a.dtype, new16) == jax.tree.map(lambda a: a.dtype, carry)
+  assert all(bool(jnp.isfinite(g).all()) and g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+  np.testing.assert_allclose(float(l16), float(l32), rtol=2e-2)

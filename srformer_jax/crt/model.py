@@ -239,7 +239,10 @@ class CRTLM(nn.Module):
     c = self.config
     if c.memory == "crt":
       xs = out if c.memory_update == "sequence" else jnp.mean(out, axis=1, keepdims=True)
-      return {"mem": self.update_memory(carry["mem"], xs)}
+      new = self.update_memory(carry["mem"], xs)
+      # the carried state keeps its own dtype (float32 by default) whatever the compute dtype: a
+      # scan's carry must not change type, and the memory crosses the whole stream
+      return {"mem": jax.tree.map(lambda n, o: n.astype(o.dtype), new, carry["mem"])}
     if c.memory == "xl":
       m = c.memory_len
       h = jnp.stack([x[:, n_mem:] for x in layer_inputs], axis=1)  # [b, layers, l, D]
