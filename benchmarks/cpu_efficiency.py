@@ -349,8 +349,9 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   plt = common.plt()
   train = [r for r in rows if "share_of_peak" in r]
   profiled = any("profile" in r for r in train)
-  fig, axes = plt.subplots(1, 3 if profiled else 2, figsize=(17 if profiled else 12, 0.45 * len(train) + 2.5))
+  fig, axes = plt.subplots(1, 3 if profiled else 2, figsize=(17 if profiled else 12, 0.45 * len(train) + 3.5))
   ax1, ax2 = axes[:2]
+  below = -0.5 / (0.75 * (0.45 * len(train) + 3.5))  # legends under the x labels: ~0.5 inch, in axes units
   y = np.arange(len(train))
   ax1.barh(y, [r["share_of_peak"] for r in train], color="tab:blue")
   for i, r in enumerate(train):
@@ -370,7 +371,7 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   ax2.set_yticks(y, [""] * len(train))
   ax2.set_xlabel("share of the step time")
   ax2.invert_yaxis()
-  ax2.legend(fontsize=7, loc="lower right")
+  ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=2)
   if profiled:  # the profiler's op time by kind of op
     ax3 = axes[2]
     kinds = sorted({k for r in train for k in r.get("profile", {}).get("kind_share", {})},
@@ -383,7 +384,7 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
     ax3.set_yticks(y, [""] * len(train))
     ax3.set_xlabel("share of the profiled op time, by kind of op")
     ax3.invert_yaxis()
-    ax3.legend(fontsize=7, loc="lower right")
+    ax3.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=4)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   common.save_figure(fig, path)
