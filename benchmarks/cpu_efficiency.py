@@ -9,19 +9,23 @@ experiment. Rows (the experiments' own shapes, dropout as they use it):
   crt/<model>       the WordPTB protocol's LM (d 128, 2 layers, L 64, batch 32, dropout 0.1): full
                     context, segmented L/4, CRT L/4, XL L/2
   t5_small          T5-small, full attention, batch 4, k 512, q 128, dropout 0.1
+  <row>_xla_dense_grad   the same step with XLA's own gradient of every dense layer (lax.dot_general
+                    instead of layers.dense_dot_general): the code before that change, in the same run
+  <row>_bf16        the same step with bfloat16 compute (float32 parameters)
 
 Per row: median step time, tokens/s, XLA-counted flops of the compiled step, their share of the
-1024x1024 float32 matmul's FLOP/s measured first in the same process, and where the time goes,
+1024x1024 float32 matmul's FLOP/s measured first in the same process (and the bfloat16 one's), and where the time goes,
 measured by ablation: forward alone, forward + backward, the whole step, and the step without
 dropout (so backward = fwd_bwd - fwd, optimizer and guard = step - fwd_bwd, dropout = step -
-step_without_dropout). The share uses the flops of the reference step (the first recorded run for
+step_without_dropout), and by a profile of three steps (`profile_summary`: each XLA op's own time
+by kind of op, the backward pass's share, the top ops). The share uses the flops of the reference step (the first recorded run for
 these shapes, `cpu_efficiency_reference_flops.json`), so a faster step raises it and a rewrite that
 computes less cannot lower it. Also the sweep model's beam search (beam 2 and 4, batch 50, k 256,
 64 new tokens): seconds for the sweep's 500 test dialogues.
 
 Measure on an idle machine (nothing else running): the JSON records the load average.
 
-  python benchmarks/cpu_efficiency.py                 # ~10 min on a 2-core CPU
+  python benchmarks/cpu_efficiency.py                 # ~20 min on a 2-core CPU
   python benchmarks/cpu_efficiency.py --quick         # smoke test (tiny shapes)
 """
 
@@ -120,22 +124,18 @@ def _hlo_index(hlo_text: str) -> dict:
 
 
 def _category(opcode: str, body: tuple, op_name: str) -> str:
-  ops = set(body) | {opcode}
   if opcode in _CONTAINERS:
     return "loop control"  # a while loop's own time: its body's ops are counted on their own
+  ops = set(body) | {opcode}
   if ops & {"dot", "convolution"} or opcode == "custom-call" and "matmul" in op_name:
-    kind = "matmul"
-  elif "random_bits" in op_name or "threefry" in op_name or "rng-bit-generator" in ops:
-    kind = "dropout rng"
-  elif ops & {"scatter", "gather", "dynamic-slice", "dynamic-update-slice"}:
-    kind = "gather/scatter/slice"
-  elif ops <= {"copy", "transpose", "bitcast", "parameter", "fusion"}:
-    kind = "copy/transpose"
-  elif "reduce" in ops:
-    kind = "reduce"
-  else:
-    kind = "elementwise"
-  return kind
+    return "matmul"
+  if "random_bits" in op_name or "threefry" in op_name or "rng-bit-generator" in ops:
+    return "dropout rng"
+  if ops & {"scatter", "gather", "dynamic-slice", "dynamic-update-slice"}:
+    return "gather/scatter/slice"
+  if ops <= {"copy", "transpose", "bitcast", "parameter", "fusion"}:
+    return "copy/transpose"
+  return "reduce" if "reduce" in ops else "elementwise"
 
 
 def profile_summary(call, hlo_text: str, steps: int = 3, top: int = 12) -> dict:
@@ -374,11 +374,11 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=2)
   if profiled:  # the profiler's op time by kind of op
     ax3 = axes[2]
-    kinds = sorted({k for r in train for k in r.get("profile", {}).get("kind_share", {})},
-                   key=lambda k: -sum(r.get("profile", {}).get("kind_share", {}).get(k, 0.0) for r in train))
+    shares = [r.get("profile", {}).get("kind_share", {}) for r in train]
+    kinds = sorted({k for sh in shares for k in sh}, key=lambda k: -sum(sh.get(k, 0.0) for sh in shares))
     left = np.zeros(len(train))
     for kind in kinds:
-      vals = np.array([r.get("profile", {}).get("kind_share", {}).get(kind, 0.0) for r in train])
+      vals = np.array([sh.get(kind, 0.0) for sh in shares])
       ax3.barh(y, vals, left=left, label=kind)
       left += vals
     ax3.set_yticks(y, [""] * len(train))
@@ -437,11 +437,11 @@ def main():
       with _dense_grad(label):
         rows.append(finish(crt_row(jax, label, memory, fraction, overrides, crt, repeats), peak["flops_per_s"],
                            reference))
+  import dataclasses
+
+  from benchmarks import models
   for label in ("t5_small", "t5_small" + XLA_GRAD, "t5_small" + BF16):
     if want(label):
-      import dataclasses
-
-      from benchmarks import models
       mc = models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
       if args.quick:
         mc = sweep_config(QUICK["sweep"])

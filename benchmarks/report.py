@@ -175,8 +175,8 @@ def cpu_efficiency(r: Results) -> str:
   for row in d["rows"]:
     before = _secs(row["before_step_s"] if "step_s" in row else row["before_test_set_s"]) \
         if "speedup_vs_before" in row else "–"
-    speed = (f"{_x(row['speedup_vs_before'])} ({_x(row['speedup_vs_before'] * scale)})"
-             if "speedup_vs_before" in row and scale else "–")
+    speed = "–" if "speedup_vs_before" not in row else _x(row["speedup_vs_before"]) + (
+        f" ({_x(row['speedup_vs_before'] * scale)})" if scale else "")
     if "step_s" in row:
       goal = f"{row['goal_share_of_peak']:.0%}" if "goal_share_of_peak" in row else "–"
       prof = row.get("profile")
@@ -192,10 +192,10 @@ def cpu_efficiency(r: Results) -> str:
   table = _table(["row", "before", "now", "speed-up (per matmul peak)", "share of matmul peak", "goal", "dropout's share",
                   "op time in matmuls / in backward; other kinds"], rows)
   before_peak = f", {old['matmul_peak']['flops_per_s'] / 1e9:.0f} in the run before" if old else ""
+  bf16 = d["matmul_peak"].get("bf16_flops_per_s")
+  bf16 = f"; bfloat16 inputs {bf16 / 1e9:.0f} GFLOP/s" if bf16 else ""
   return (table + f"\n\nMatmul peak {peak:.0f} GFLOP/s{before_peak} ({_machine(d['machine'])}); load average "
-          f"before {d['load_avg_before'][0]:.2f}; bfloat16 inputs "
-          f"{d['matmul_peak'].get('bf16_flops_per_s', float('nan')) / 1e9:.0f} GFLOP/s. "
-          + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
+          f"before {d['load_avg_before'][0]:.2f}{bf16}. " + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 
 
 def cross_attention_cost(r: Results) -> str:
