@@ -45,7 +45,7 @@ PRESETS = {
     "cpu": dict(context_len=64, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.1,
                 batch_size=32, num_steps=2000, learning_rate=2e-3, warmup_steps=100, eval_every=250,
                 patience=2, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
-                long=dict(context_len=512, batch_size=4, num_steps=2000, eval_every=250, seeds=(0, 1))),
+                long=dict(context_len=512, batch_size=4, num_steps=2000, eval_every=250, seeds=(0, 1, 2))),
     # gpu: sized for minutes of one H100/H200, not run yet: 64 streams x 256 tokens (~16k tokens a
     # step, ~57 steps an epoch), at most 600 steps (~10 epochs) with early stopping; a few seconds of
     # compilation and ~5-10 ms a step, so ~10-20 s a run and the 27 runs in several minutes
@@ -176,7 +176,8 @@ def aggregate(runs: list[dict]) -> dict:
                    # the table's throughput: other work on the machine only slows a run (some early
                    # runs shared it, or were resumed), so the fastest seed is the model's own speed
                    "train_tokens_per_s_fastest": max(r.get("train_tokens_per_s") or 0.0 for r in rs),
-                   "runs_with_dense_dot_general": sum("dense_weight_grad" in r for r in rs)})
+                   "runs_with_dense_dot_general": sum("dense_weight_grad" in r for r in rs),
+                   "runs_with_huge_pages": sum(bool(r.get("malloc_huge_pages")) for r in rs)})
   out = {"models": models, "gate": {}, "claim": {}}
   by = {(m["name"], m["context_len"]): m for m in models}
   for context in sorted({m["context_len"] for m in models}):
@@ -279,12 +280,22 @@ def markdown(path: str) -> str:
     lines += ["", "Tokens/s marked *: trained after the dense layers' weight gradient was laid out for XLA:CPU "
               "(`layers.dense_dot_general`), a faster step computing the same gradient; compare speeds only "
               "between rows with the same mark (`benchmarks/cpu_efficiency.py` times models side by side)."]
+  if any("†" in _code_mark(m) for m in models):
+    lines += ["Tokens/s marked †: trained with glibc's malloc on huge pages (`srformer_jax/host_malloc.py`), "
+              "about 1.2x faster steps at these sizes (`benchmarks/cpu_allocator.py`); the fastest seed may be "
+              "one of those runs."]
   return "\n".join(lines)
 
 
+CODE_MARKS = (("runs_with_dense_dot_general", "*"), ("runs_with_huge_pages", "†"))
+
+
 def _code_mark(m: dict) -> str:
-  n, k = m.get("runs_with_dense_dot_general", 0), m["test_ppl"]["n"]
-  return "" if n == 0 else " *" if n == k else f" * ({n} of {k} runs)"
+  """Which of the model's runs trained with the later, faster steps (their tokens/s differ)."""
+  k = m["test_ppl"]["n"]
+  marks = [sym if m.get(key, 0) == k else f"{sym} ({m[key]} of {k} runs)"
+           for key, sym in CODE_MARKS if m.get(key, 0)]
+  return " " + " ".join(marks) if marks else ""
 
 
 def main():
@@ -380,7 +391,9 @@ def main():
            "dropout": "byte", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate),
            # dense layers' weight gradient as (g^T x)^T (layers.dense_dot_general): the same numbers,
            # a faster step on a CPU; runs without this field trained with XLA's own gradient
-           "dense_weight_grad": "layers.dense_dot_general"}
+           "dense_weight_grad": "layers.dense_dot_general",
+           # glibc's malloc on huge pages (srformer_jax.host_malloc), a faster CPU step
+           "malloc_huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
     os.makedirs(rows_dir, exist_ok=True)
     tmp = done(run) + ".tmp"
     with open(tmp, "w") as f:
@@ -393,4 +406,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from srformer_jax import host_malloc
+  host_malloc.reexec_with_huge_pages()  # as train.py does: the experiments run as the jobs do
   main()

@@ -291,4 +291,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from srformer_jax import host_malloc
+  host_malloc.reexec_with_huge_pages()  # as train.py does: the experiments run as the jobs do
   main()

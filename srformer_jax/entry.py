@@ -109,8 +109,12 @@ _CONFIG_DEFAULT = "configs/default.py"
 
 def run(main):
   """absl's app.run(main), with user errors (and config overrides naming no field) reported in
-  one line unless --verbose is given."""
+  one line unless --verbose is given. First re-executes the process with glibc's malloc on huge
+  pages (`host_malloc`; `SRFORMER_JAX_HUGE_PAGES=0` turns that off)."""
   from absl import app
+
+  from srformer_jax import host_malloc
+  host_malloc.reexec_with_huge_pages()
   try:
     app.run(main)
   except SystemExit:

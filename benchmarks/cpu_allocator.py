@@ -1,0 +1,225 @@
+"""The experiments' CPU steps with and without glibc's malloc on huge pages, in interleaved processes.
+
+XLA:CPU takes each step's temporary buffers from malloc afresh; with 4 KiB pages the kernel faults in
+and zeroes them again every step (`srformer_jax/host_malloc.py`). The command-line jobs therefore
+re-execute themselves with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`. This measures what that buys:
+each round runs one child process per setting (the tunable off, then on; the order alternates
+between rounds, so a drift of the machine's speed falls on both), and each child times the same
+rows: the segment sweep's train step (full and SRformer s = 8, cpu_efficiency.py's shapes), the
+WordPTB CRT L/4 step, T5-small's step (batch 4, k 512) and the sweep model's beam-2 search on one
+batch. Per row and setting: the median step time, CPU time per step (user, system) and minor page
+faults per step; per row, the speed-up of each round (off / on) and their mean.
+
+Measure on an idle machine (nothing else running): the JSON records the load average.
+
+  python benchmarks/cpu_allocator.py            # ~8 min on a 2-core CPU
+  python benchmarks/cpu_allocator.py --quick    # smoke test (tiny shapes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
+
+ROWS = ("sweep/full", "sweep/srformer_s8", "crt/crt_L/4", "t5_small", "decode/beam2")
+SETTINGS = ("4 KiB pages", "huge pages")
+TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def _sizes(quick: bool):
+  from benchmarks import cpu_efficiency as ce
+  if quick:
+    return ce.QUICK["sweep"], ce.QUICK["crt"], ce.QUICK["t5"]
+  return ce.SWEEP, ce.CRT, ce.T5S
+
+
+def make_step(jax, name: str, quick: bool):
+  """A zero-argument callable running one step of row `name` (its result to block on)."""
+  import numpy as np
+  from benchmarks import cpu_efficiency as ce
+  from srformer_jax import sharding
+  from srformer_jax.model import build_model
+  from srformer_jax.train_lib import Trainer
+  sweep, crt, t5 = _sizes(quick)
+  key = jax.random.key(1)
+  if name in ("sweep/full", "sweep/srformer_s8", "t5_small"):
+    if name == "t5_small" and not quick:
+      from benchmarks import models
+      mc, s = models.t5_small(dropout_rate=0.1, gen_len=t5["q"]), dict(t5, vocab=None)
+      s["vocab"] = mc.vocab_size
+    else:
+      kw = dict(cross_attention="full") if name != "sweep/srformer_s8" else dict(cross_attention="srformer",
+                                                                                   segment_size=8)
+      mc, s = ce.sweep_config(sweep, **kw), (sweep if name != "t5_small" else dict(sweep, **t5))
+    batch = ce.seq2seq_batch(s["batch"], s["k"], s["q"], s["vocab"], ragged=False)
+    tx, schedule = ce._optimizer()
+    trainer = Trainer(build_model(mc), tx, schedule, sharding.make_mesh((1, 1, 1)))
+    holder = {"state": trainer.init_state(jax.random.key(0))}
+    sharded = trainer.shard_batch(batch)
+
+    def step():
+      holder["state"], m = trainer.step(holder["state"], sharded, key)
+      return m["loss"]
+    return step
+  if name == "crt/crt_L/4":
+    from configs import lm_ptb
+    from srformer_jax.crt import stream
+    from srformer_jax.crt import train as lm_train
+    cfg = lm_ptb.lm_config("crt", "quarter", context_len=crt["context"])
+    cfg.model.update(d_model=crt["d_model"], num_heads=crt["num_heads"], d_ff=crt["d_ff"],
+                     num_layers=crt["layers"], dropout_rate=0.1)
+    cfg.train.update(batch_size=crt["batch"], num_steps=1000, learning_rate=2e-3, warmup_steps=100)
+    model = stream.build_model(lm_train.model_config(cfg, crt["vocab"]))
+    tx, schedule = lm_train.make_optimizer(cfg)
+    trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), crt["batch"], 0)
+    holder = {"state": trainer.init_state(jax.random.key(0))}
+    x = np.random.default_rng(0).integers(0, crt["vocab"], (crt["batch"], crt["context"])).astype(np.int32)
+
+    def step():
+      holder["state"], m = trainer.step(holder["state"], x, x, False, key)
+      return m["loss"]
+    return step
+  if name == "decode/beam2":
+    from srformer_jax import DecodeConfig, generate_jit, init_params
+    mc = ce.sweep_config(sweep, cross_attention="srformer", segment_size=8)
+    model, params = build_model(mc), init_params(mc, jax.random.key(0))
+    b = ce.seq2seq_batch(min(50, max(sweep["batch"], 2)), sweep["k"], sweep["q"], sweep["vocab"], ragged=True)
+    dc = DecodeConfig(max_len=sweep["q"], num_beams=2, length_penalty=1.0, no_repeat_ngram_size=3)
+    return lambda: generate_jit(model, params, b["input_ids"], b["attention_mask"], dc)
+  raise ValueError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+
+
+def measure(fn, repeats: int) -> dict:
+  """Median wall time of `repeats` calls after a warm-up, and per call: user and system CPU seconds
+  and minor page faults of this process."""
+  for _ in range(2):
+    common.block(fn())
+  times = []
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    common.block(fn())
+    times.append(time.perf_counter() - t0)
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  return {"step_s": statistics.median(times), "user_s": (r1.ru_utime - r0.ru_utime) / repeats,
+          "sys_s": (r1.ru_stime - r0.ru_stime) / repeats, "minor_faults": (r1.ru_minflt - r0.ru_minflt) / repeats}
+
+
+def child(args) -> None:
+  jax = common.setup_platform(args.platform)
+  out = {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "rows": {}}
+  for name in args.rows.split(","):
+    fn = make_step(jax, name, args.quick)
+    out["rows"][name] = measure(fn, max(2, args.repeats // 3) if name in ("t5_small", "decode/beam2") else args.repeats)
+  print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_child(args, huge: bool) -> dict:
+  env = dict(os.environ, SRFORMER_JAX_HUGE_PAGES="0")
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb")]
+  env["GLIBC_TUNABLES"] = ":".join(tunables + ([TUNABLE] if huge else []))
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", args.rows, "--platform", args.platform,
+         "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    sys.exit(f"cpu_allocator: the child process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def summarize(rounds: list[dict]) -> list[dict]:
+  """Per row: each setting's median over rounds of step time, CPU time and faults; the per-round
+  speed-up (4 KiB step / huge-page step) and its mean."""
+  rows = []
+  for name in rounds[0][SETTINGS[0]]["rows"]:
+    row = {"name": name}
+    for setting in SETTINGS:
+      ms = [r[setting]["rows"][name] for r in rounds]
+      row[setting] = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+    ratios = [r[SETTINGS[0]]["rows"][name]["step_s"] / r[SETTINGS[1]]["rows"][name]["step_s"] for r in rounds]
+    row.update(speedup_per_round=ratios, speedup=statistics.fmean(ratios))
+    rows.append(row)
+  return rows
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  names = [r["name"] for r in rows]
+  y = np.arange(len(rows))
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8))
+  a.barh(y, [r["speedup"] for r in rows], color="tab:green")
+  for i, r in enumerate(rows):
+    a.plot(r["speedup_per_round"], [i] * len(r["speedup_per_round"]), "k|", markersize=12)
+    a.text(r["speedup"], i, f" {r['speedup']:.2f}x", va="center")
+  a.axvline(1.0, color="k", lw=0.8)
+  a.set(yticks=y, yticklabels=names, xlabel="step time, 4 KiB pages / huge pages (bars: mean, ticks: rounds)")
+  a.invert_yaxis()
+  h = 0.38
+  for k, (setting, color) in enumerate(zip(SETTINGS, ("tab:gray", "tab:green"))):
+    b.barh(y + (k - 0.5) * h, [r[setting]["sys_s"] / r[setting]["step_s"] for r in rows], h, color=color,
+           label=setting)
+  b.set(yticks=y, yticklabels=[], xlabel="system CPU time per step / step time (cores)")
+  b.invert_yaxis()
+  b.legend(loc="lower right")
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main():
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--rounds", type=int, default=2, help="child-process pairs (off/on, order alternating)")
+  p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+  p.add_argument("--child", action="store_true", help=argparse_suppress())
+  args = p.parse_args()
+  if args.quick:
+    args.repeats, args.rounds = min(args.repeats, 3), min(args.rounds, 1)
+  if args.child:
+    return child(args)
+  unknown = set(args.rows.split(",")) - set(ROWS)
+  if unknown:
+    sys.exit(f"cpu_allocator: unknown row(s) {', '.join(sorted(unknown))}; rows: {', '.join(ROWS)}")
+  load_before = os.getloadavg()
+  rounds = []
+  for i in range(args.rounds):
+    order = (False, True) if i % 2 == 0 else (True, False)
+    result = {}
+    for huge in order:
+      result[SETTINGS[huge]] = run_child(args, huge)
+      print(f"round {i + 1}/{args.rounds}, {SETTINGS[huge]}: " + ", ".join(
+          f"{n} {m['step_s'] * 1e3:.0f} ms" for n, m in result[SETTINGS[huge]]["rows"].items()), flush=True)
+    rounds.append(result)
+  rows = summarize(rounds)
+  jax = common.setup_platform(args.platform)
+  name = "quick" if args.quick else args.platform
+  payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+             "tunable": TUNABLE, "rounds": rounds, "rows": rows,
+             "note": "each round: one child process per setting, the same rows; speedup = step time with "
+                     "4 KiB pages / with huge pages (glibc.malloc.hugetlb=1), per round and mean; step_s, "
+                     "user_s, sys_s, minor_faults: per step, median over rounds."}
+  common.write(args.out, f"cpu_allocator_{name}", payload)
+  plot(rows, os.path.join(args.out, f"cpu_allocator_{name}.png"),
+       f"glibc malloc on huge pages, {payload['machine']['cpu']} x{payload['machine']['cpu_count']}")
+  for r in rows:
+    print(f"{r['name']}: {r['speedup']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speedup_per_round'])})")
+
+
+def argparse_suppress():
+  import argparse
+  return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+  main()
