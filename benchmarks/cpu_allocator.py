@@ -161,7 +161,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   a.barh(y, [r["speedup"] for r in rows], color="tab:green")
   for i, r in enumerate(rows):
     a.plot(r["speedup_per_round"], [i] * len(r["speedup_per_round"]), "k|", markersize=12)
-    a.text(r["speedup"], i, f" {r['speedup']:.2f}x", va="center")
+    a.text(0.02, i, f"{r['speedup']:.2f}x", va="center", color="white", fontweight="bold")
   a.axvline(1.0, color="k", lw=0.8)
   a.set(yticks=y, yticklabels=names, xlabel="step time, 4 KiB pages / huge pages (bars: mean, ticks: rounds)")
   a.invert_yaxis()

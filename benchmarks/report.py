@@ -198,6 +198,25 @@ def cpu_efficiency(r: Results) -> str:
           f"before {d['load_avg_before'][0]:.2f}{bf16}. " + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 
 
+def cpu_allocator(r: Results) -> str:
+  """The CPU steps with and without glibc's malloc on huge pages, interleaved processes."""
+  d = r.load("cpu_allocator_cpu.json")
+  if d is None:
+    return "(not measured yet)"
+  rows = []
+  for x in d["rows"]:
+    small, huge = x["4 KiB pages"], x["huge pages"]
+    rows.append([f"`{x['name']}`", _secs(small["step_s"]), _secs(huge["step_s"]),
+                 f"{x['speedup']:.2f}× ({', '.join(f'{v:.2f}' for v in x['speedup_per_round'])})",
+                 f"{small['minor_faults']:,.0f} → {huge['minor_faults']:,.0f}",
+                 f"{small['sys_s'] / small['step_s']:.2f} → {huge['sys_s'] / huge['step_s']:.2f}"])
+  table = _table(["row", "4 KiB pages", "huge pages", "speed-up (per round)", "page faults per step",
+                  "system CPU (cores)"], rows)
+  return (f"{table}\n\n{len(d['rounds'])} rounds of one process per setting, order alternating; medians over "
+          f"rounds; {_machine(d.get('machine'))}, load average before {d['load_avg_before'][0]:.2f}. "
+          f"{r.files('cpu_allocator_cpu.json', 'cpu_allocator_cpu.png')}")
+
+
 def cross_attention_cost(r: Results) -> str:
   """Table 1: XLA flops and bytes of one head's cross-attention, and fwd+bwd temporaries."""
   gpu, cpu = r.load("cross_attention_cost_gpu.json"), r.load("cross_attention_cost_cpu.json")
@@ -691,6 +710,7 @@ RENDERERS = {
     "input_pipeline": input_pipeline,
     "grain_pipeline": grain_pipeline,
     "cpu_efficiency": cpu_efficiency,
+    "cpu_allocator": cpu_allocator,
     "cross_attention_cost": cross_attention_cost,
     "decode_scaling": decode_scaling,
     "decode_scaling_init": decode_scaling_init,

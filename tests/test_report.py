@@ -179,3 +179,21 @@ def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
                           f"--out={tmp_path}", "--table"], cwd=report.REPO, capture_output=True, text=True,
                          check=True).stdout
   assert "| srformer | 8 | padded | 26.00 |" in table and "| 24.00 |" not in table
+
+
+def test_cpu_allocator_from_the_benchmark_summary(tmp_path):
+  """The table reads cpu_allocator.summarize's rows: per-round speed-ups, faults and system time."""
+  from benchmarks import cpu_allocator
+  assert report.render("cpu_allocator", str(tmp_path)) == "(not measured yet)"
+
+  def child(step, faults):
+    return {"rows": {"sweep/full": {"step_s": step, "user_s": 0.5, "sys_s": step / 4, "minor_faults": faults}}}
+  rounds = [{"4 KiB pages": child(0.40, 90000), "huge pages": child(0.32, 500)},
+            {"huge pages": child(0.30, 600), "4 KiB pages": child(0.36, 92000)}]
+  rows = cpu_allocator.summarize(rounds)
+  assert rows[0]["speedup_per_round"] == pytest.approx([1.25, 1.2])
+  (tmp_path / "cpu_allocator_cpu.json").write_text(json.dumps(
+      {"rounds": rounds, "rows": rows, "load_avg_before": [0.1, 0.2, 0.3], "machine": {"cpu": "x86_64", "cpu_count": 2}}))
+  out = report.render("cpu_allocator", str(tmp_path))
+  assert "| `sweep/full` | 380 ms | 310 ms | 1.23× (1.25, 1.20) | 91,000 → 550 | 0.25 → 0.25 |" in out
+  assert "2 rounds" in out and "2-core x86_64 CPU" in out
