@@ -485,4 +485,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from srformer_jax import host_malloc
+  host_malloc.reexec_with_huge_pages()  # the steps as the experiments run them (cpu_allocator.py: with / without)
   main()

@@ -705,6 +705,24 @@ def glance_pipeline(r: Results) -> str:
                   f"{s['guard_cost']:.1%}", r.files("input_pipeline_cpu.json", "input_pipeline_cpu.png")]])
 
 
+def glance_cpu_efficiency(r: Results) -> str:
+  """The experiments' CPU train steps (and beam search) against their goals."""
+  d = r.load("cpu_efficiency_cpu.json")
+  if d is None:
+    return "(not measured yet)"
+  rows = []
+  for row in d["rows"]:
+    if "goal_share_of_peak" in row:
+      rows.append([f"`{row['name']}` step", _secs(row["step_s"]), f"{row['share_of_peak']:.0%} of the matmul peak",
+                   f"{row['goal_share_of_peak']:.0%}"])
+    elif row["name"] == "decode/beam2" and "speedup_vs_before" in row:
+      rows.append(["beam 2, 500 test dialogues", _secs(row["test_set_s"]),
+                   f"{_x(row['speedup_vs_before'])} faster than before", "2×"])
+  return _table(["row", "time", "measured", "goal"], rows) + (
+      f"\n\n{_machine(d['machine'])}, matmul peak {d['matmul_peak']['flops_per_s'] / 1e9:.0f} GFLOP/s; "
+      + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
+
+
 RENDERERS = {
     "default_job": default_job,
     "input_pipeline": input_pipeline,
@@ -735,6 +753,7 @@ RENDERERS = {
     "glance_cost": glance_cost,
     "glance_long_inputs": glance_long_inputs,
     "glance_pipeline": glance_pipeline,
+    "glance_cpu_efficiency": glance_cpu_efficiency,
 }
 
 
