@@ -11,7 +11,8 @@ glibc >= 2.35 can ask for transparent huge pages on its own mappings (the tunabl
 Tunables are read when the process starts, so the job re-executes itself (same interpreter, same
 command line) with the tunable added to `GLIBC_TUNABLES`, before it has started any work. It does
 nothing where that cannot help (not glibc >= 2.35 on Linux, huge pages disabled) or was already
-decided: the tunable already present, or `SRFORMER_JAX_HUGE_PAGES=0` in the environment.
+decided: the tunable already present, or `SRFORMER_JAX_HUGE_PAGES=0` in the environment; and
+never in an interactive session (no `__main__` script).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def reexec_with_huge_pages() -> None:
   """Re-executes this process with glibc's malloc on huge pages, or returns when there is nothing to
   do. Call it first thing in a command-line entry point (`if __name__ == "__main__":`), never from
   library code: the process is replaced."""
+  main = sys.modules.get("__main__")
+  if sys.flags.interactive or not getattr(main, "__file__", None):
+    return  # an interactive session or notebook, not a script: never replace it
   env = reexec_plan()
   if env is None:
     return

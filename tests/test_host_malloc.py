@@ -59,3 +59,12 @@ def test_reexecutes_once_with_the_same_arguments(tmp_path):
 
 def test_opt_out_runs_once(tmp_path):
   assert _run(tmp_path, **{host_malloc.OPT_OUT: "0"}) == ["start ['--flag', 'a b']", "tunables "]
+
+
+def test_never_replaces_an_interactive_process():
+  code = (f"import sys; sys.path.insert(0, {REPO!r}); from srformer_jax import host_malloc; "
+          "print('start'); host_malloc.reexec_with_huge_pages(); print('still here')")
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_malloc.OPT_OUT)}
+  out = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=60,
+                       check=True).stdout.splitlines()
+  assert out == ["start", "still here"]
