@@ -1,10 +1,7 @@
 """3. Against the peer: Hugging Face transformers PyTorch T5 vs ours (full and SRformer).
 
 Same random T5-small weights (converted from the torch model), same inputs: greedy generation of
-128 tokens (EOS banned, so both generate all of them) and one AdamW training step. Every
-implementation is compiled / warmed up first, then timed in `--rounds` interleaved rounds (each
-round: `--repeats` calls of each, in turn), so that a drift of the machine's speed falls on all of
-them; speed-ups are per round, and the JSON keeps every round.
+128 tokens (EOS banned, so both generate all of them) and one AdamW training step.
 """
 
 import os
@@ -21,10 +18,7 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--source_len", type=int, default=512)
   p.add_argument("--new_tokens", type=int, default=128)
-  p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
   args = p.parse_args()
-  if args.quick:
-    args.rounds = min(args.rounds, 2)
   jax = common.setup_platform(args.platform)
   import statistics
 
@@ -56,82 +50,64 @@ def main():
     if device == "cuda":
       torch.cuda.synchronize()
 
-  t_ids, t_mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
-
-  def hf_generate():
-    with torch.no_grad():
-      hf.generate(input_ids=t_ids, attention_mask=t_mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                  num_beams=1)
+  def torch_time(fn):
+    fn()
     sync()
+    times = []
+    for _ in range(args.repeats):
+      t0 = time.perf_counter()
+      fn()
+      sync()
+      times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+  t_ids, t_mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+  with torch.no_grad():
+    hf_gen = torch_time(lambda: hf.generate(input_ids=t_ids, attention_mask=t_mask, max_new_tokens=n,
+                                            min_new_tokens=n, do_sample=False, num_beams=1))
+  hf.train()
   opt = torch.optim.AdamW(hf.parameters(), lr=5e-5)
   t_labels = torch.tensor(labels, device=device)
 
-  def hf_step():
-    hf.train()
+  def torch_step():
     opt.zero_grad()
     loss = hf(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
     loss.backward()
     opt.step()
-    hf.eval()
-    sync()
 
-  # name -> a call that returns when its work is done (the first call compiles / warms up)
-  calls = {("hf_torch", "full", "generate"): hf_generate, ("hf_torch", "full", "train_step"): hf_step}
-  compile_s = {}
+  hf_train = torch_time(torch_step)
+  rows = [dict(impl="hf_torch", kind="full", generate_s=hf_gen, train_step_s=hf_train)]
+  print(f"HF torch       generate {hf_gen:.3f} s   train step {hf_train:.3f} s", flush=True)
+
   for kind in ("full", "srformer"):
     config, params, _ = load_hf_checkpoint(ckpt, cross_attention=kind, segment_size=64, gen_len=n,
                                            dropout_rate=0.0)
     model = build_model(config)
     dc = DecodeConfig(max_len=n, min_len=n)
+    gen = common.time_fn(lambda: generate_jit(model, params, jnp.asarray(ids), jnp.asarray(mask), dc),
+                         args.repeats)
     trainer = Trainer(model, optax.adamw(5e-5), optax.constant_schedule(5e-5), sharding.make_mesh((1, 1, 1)))
     holder = {"state": trainer.init_state(jax.random.key(0), params)}
     batch = trainer.shard_batch({"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32),
                                  "labels": labels.astype(np.int32),
                                  "label_mask": np.ones_like(labels, np.int32)})
 
-    def gen(model=model, params=params, dc=dc):
-      common.block(generate_jit(model, params, jnp.asarray(ids), jnp.asarray(mask), dc))
-
-    def step(trainer=trainer, holder=holder, batch=batch):  # Trainer.step: the jitted step with its guard
+    def step():  # Trainer.step: the jitted step with its divergence flag (default: no bad step yet)
       holder["state"], m = trainer.step(holder["state"], batch, jax.random.key(1))
-      common.block(m["loss"])
+      return m["loss"]
 
-    calls[("srformer_jax", kind, "generate")], calls[("srformer_jax", kind, "train_step")] = gen, step
-  for key, fn in calls.items():
-    t0 = time.perf_counter()
-    fn()
-    compile_s[key] = time.perf_counter() - t0
-  per_round = {key: [] for key in calls}
-  for i in range(args.rounds):
-    for key, fn in calls.items():
-      times = []
-      for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-      per_round[key].append(statistics.median(times))
-    print(f"round {i + 1}/{args.rounds}: " + ", ".join(
-        f"{impl} {kind} {what} {per_round[(impl, kind, what)][-1]:.3f} s" for impl, kind, what in calls), flush=True)
-  rows = []
-  for impl, kind in (("hf_torch", "full"), ("srformer_jax", "full"), ("srformer_jax", "srformer")):
-    row = dict(impl=impl, kind=kind)
-    for what in ("generate", "train_step"):
-      mine, theirs = per_round[(impl, kind, what)], per_round[("hf_torch", "full", what)]
-      label = "generate" if what == "generate" else "train"
-      ratios = [t / m for t, m in zip(theirs, mine)]
-      row.update({f"{what}_s": statistics.median(mine), f"{what}_s_per_round": mine,
-                  f"{label}_speedup_vs_hf": statistics.median(ratios), f"{label}_speedup_per_round": ratios})
-      if impl == "srformer_jax":
-        row[f"{label}_compile_s"] = compile_s[(impl, kind, what)]
-    rows.append(row)
-    print(f"{impl:<13} {kind:<9} generate {row['generate_s']:.3f} s   train step {row['train_step_s']:.3f} s  "
-          f"(vs HF: generate x{row['generate_speedup_vs_hf']:.2f}, train x{row['train_speedup_vs_hf']:.2f})",
+    tr = common.time_fn(step, args.repeats)
+    rows.append(dict(impl="srformer_jax", kind=kind, generate_s=gen["median_s"], train_step_s=tr["median_s"],
+                     generate_compile_s=gen["first_call_s"], train_compile_s=tr["first_call_s"]))
+    print(f"ours {kind:<9} generate {gen['median_s']:.3f} s   train step {tr['median_s']:.3f} s  "
+          f"(speedup vs HF: generate x{hf_gen / gen['median_s']:.2f}, train x{hf_train / tr['median_s']:.2f})",
           flush=True)
+  for r in rows:
+    r["generate_speedup_vs_hf"] = hf_gen / r["generate_s"]
+    r["train_speedup_vs_hf"] = hf_train / r["train_step_s"]
   common.write(args.out, f"vs_hf_torch_{args.platform}",
                {"machine": common.machine(jax), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                "batch": b, "source_len": k, "new_tokens": n, "rounds": args.rounds, "repeats": args.repeats,
-                "rows": rows})
+                "batch": b, "source_len": k, "new_tokens": n, "rows": rows})
   plt = common.plt()
   fig, axes = plt.subplots(1, 2, figsize=(9, 4))
   labels_ = [f"{r['impl']}\n{r['kind']}" for r in rows]
@@ -147,6 +123,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from srformer_jax import host_malloc
-  host_malloc.reexec_with_huge_pages()  # as the jobs run (PyTorch, in the same process, gets it too)
   main()
