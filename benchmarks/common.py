@@ -29,12 +29,12 @@ def setup_platform(name: str):
 
 
 def machine(jax) -> dict:
+  from srformer_jax import host_malloc
   dev = jax.devices()[0]
   info = {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)),
           "device_count": jax.device_count(), "jax": jax.__version__,
           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-          # glibc's malloc on huge pages (srformer_jax.host_malloc): faster CPU steps
-          "malloc_huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
+          "malloc_huge_pages": host_malloc.in_force()}  # glibc's malloc on huge pages: faster CPU steps
   return info
 
 

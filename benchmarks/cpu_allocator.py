@@ -18,6 +18,7 @@ Measure on an idle machine (nothing else running): the JSON records the load ave
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -31,7 +32,6 @@ from benchmarks import common  # noqa: E402
 
 ROWS = ("sweep/full", "sweep/srformer_s8", "crt/crt_L/4", "t5_small", "decode/beam2")
 SETTINGS = ("4 KiB pages", "huge pages")
-TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 def _sizes(quick: bool):
@@ -123,9 +123,10 @@ def child(args) -> None:
 
 
 def run_child(args, huge: bool) -> dict:
-  env = dict(os.environ, SRFORMER_JAX_HUGE_PAGES="0")
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb")]
-  env["GLIBC_TUNABLES"] = ":".join(tunables + ([TUNABLE] if huge else []))
+  from srformer_jax import host_malloc
+  env = dict(os.environ, **{host_malloc.OPT_OUT: "0"})  # the setting is this benchmark's to choose
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host_malloc.TUNABLE)]
+  env["GLIBC_TUNABLES"] = ":".join(tunables + ([f"{host_malloc.TUNABLE}=1"] if huge else []))
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", args.rows, "--platform", args.platform,
          "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -182,7 +183,7 @@ def main():
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--rounds", type=int, default=2, help="child-process pairs (off/on, order alternating)")
   p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
-  p.add_argument("--child", action="store_true", help=argparse_suppress())
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.quick:
     args.repeats, args.rounds = min(args.repeats, 3), min(args.rounds, 1)
@@ -205,7 +206,7 @@ def main():
   jax = common.setup_platform(args.platform)
   name = "quick" if args.quick else args.platform
   payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-             "tunable": TUNABLE, "rounds": rounds, "rows": rows,
+             "tunable": "glibc.malloc.hugetlb=1", "rounds": rounds, "rows": rows,
              "note": "each round: one child process per setting, the same rows; speedup = step time with "
                      "4 KiB pages / with huge pages (glibc.malloc.hugetlb=1), per round and mean; step_s, "
                      "user_s, sys_s, minor_faults: per step, median over rounds."}
@@ -214,11 +215,6 @@ def main():
        f"glibc malloc on huge pages, {payload['machine']['cpu']} x{payload['machine']['cpu_count']}")
   for r in rows:
     print(f"{r['name']}: {r['speedup']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speedup_per_round'])})")
-
-
-def argparse_suppress():
-  import argparse
-  return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -320,6 +320,7 @@ def main():
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
+  from srformer_jax import host_malloc
   from srformer_jax.crt import train as lm_train
   from srformer_jax.layers import dropout_rate_rounded
 
@@ -393,7 +394,7 @@ def main():
            # a faster step on a CPU; runs without this field trained with XLA's own gradient
            "dense_weight_grad": "layers.dense_dot_general",
            # glibc's malloc on huge pages (srformer_jax.host_malloc), a faster CPU step
-           "malloc_huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
+           "malloc_huge_pages": host_malloc.in_force()}
     os.makedirs(rows_dir, exist_ok=True)
     tmp = done(run) + ".tmp"
     with open(tmp, "w") as f:

@@ -48,6 +48,12 @@ def _thp_available(path: str = THP_SETTING) -> bool:
     return False
 
 
+def in_force(environ=None) -> bool:
+  """This process runs with glibc's malloc on huge pages (the tunable set to 1)."""
+  environ = os.environ if environ is None else environ
+  return f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def reexec_plan(environ=None, glibc=..., thp=None) -> dict | None:
   """The environment to re-execute with, or None when there is nothing to do (see module doc).
   `environ`, `glibc` ((major, minor), None when the C library is not glibc) and `thp` (huge pages
@@ -83,4 +89,4 @@ def reexec_with_huge_pages() -> None:
     return  # cannot re-execute (e.g. a frozen interpreter): run as is
 
 
-__all__ = ["reexec_plan", "reexec_with_huge_pages", "TUNABLE", "OPT_OUT"]
+__all__ = ["in_force", "reexec_plan", "reexec_with_huge_pages", "TUNABLE", "OPT_OUT"]

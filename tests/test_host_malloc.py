@@ -68,3 +68,9 @@ def test_never_replaces_an_interactive_process():
   out = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=60,
                        check=True).stdout.splitlines()
   assert out == ["start", "still here"]
+
+
+def test_in_force_reads_the_tunable():
+  assert host_malloc.in_force({"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{ON}"})
+  assert not host_malloc.in_force({"GLIBC_TUNABLES": f"{host_malloc.TUNABLE}=0"})
+  assert not host_malloc.in_force({})
