@@ -34,67 +34,13 @@ ROWS = ("sweep/full", "sweep/srformer_s8", "crt/crt_L/4", "t5_small", "decode/be
 SETTINGS = ("4 KiB pages", "huge pages")
 
 
-def _sizes(quick: bool):
-  from benchmarks import cpu_efficiency as ce
-  if quick:
-    return ce.QUICK["sweep"], ce.QUICK["crt"], ce.QUICK["t5"]
-  return ce.SWEEP, ce.CRT, ce.T5S
-
-
 def make_step(jax, name: str, quick: bool):
-  """A zero-argument callable running one step of row `name` (its result to block on)."""
-  import numpy as np
+  """A zero-argument callable running one step of row `name` (its result to block on): the builders
+  of cpu_efficiency.py, so both scripts time the same steps."""
   from benchmarks import cpu_efficiency as ce
-  from srformer_jax import sharding
-  from srformer_jax.model import build_model
-  from srformer_jax.train_lib import Trainer
-  sweep, crt, t5 = _sizes(quick)
-  key = jax.random.key(1)
-  if name in ("sweep/full", "sweep/srformer_s8", "t5_small"):
-    if name == "t5_small" and not quick:
-      from benchmarks import models
-      mc, s = models.t5_small(dropout_rate=0.1, gen_len=t5["q"]), dict(t5, vocab=None)
-      s["vocab"] = mc.vocab_size
-    else:
-      kw = dict(cross_attention="full") if name != "sweep/srformer_s8" else dict(cross_attention="srformer",
-                                                                                   segment_size=8)
-      mc, s = ce.sweep_config(sweep, **kw), (sweep if name != "t5_small" else dict(sweep, **t5))
-    batch = ce.seq2seq_batch(s["batch"], s["k"], s["q"], s["vocab"], ragged=False)
-    tx, schedule = ce._optimizer()
-    trainer = Trainer(build_model(mc), tx, schedule, sharding.make_mesh((1, 1, 1)))
-    holder = {"state": trainer.init_state(jax.random.key(0))}
-    sharded = trainer.shard_batch(batch)
-
-    def step():
-      holder["state"], m = trainer.step(holder["state"], sharded, key)
-      return m["loss"]
-    return step
-  if name == "crt/crt_L/4":
-    from configs import lm_ptb
-    from srformer_jax.crt import stream
-    from srformer_jax.crt import train as lm_train
-    cfg = lm_ptb.lm_config("crt", "quarter", context_len=crt["context"])
-    cfg.model.update(d_model=crt["d_model"], num_heads=crt["num_heads"], d_ff=crt["d_ff"],
-                     num_layers=crt["layers"], dropout_rate=0.1)
-    cfg.train.update(batch_size=crt["batch"], num_steps=1000, learning_rate=2e-3, warmup_steps=100)
-    model = stream.build_model(lm_train.model_config(cfg, crt["vocab"]))
-    tx, schedule = lm_train.make_optimizer(cfg)
-    trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), crt["batch"], 0)
-    holder = {"state": trainer.init_state(jax.random.key(0))}
-    x = np.random.default_rng(0).integers(0, crt["vocab"], (crt["batch"], crt["context"])).astype(np.int32)
-
-    def step():
-      holder["state"], m = trainer.step(holder["state"], x, x, False, key)
-      return m["loss"]
-    return step
-  if name == "decode/beam2":
-    from srformer_jax import DecodeConfig, generate_jit, init_params
-    mc = ce.sweep_config(sweep, cross_attention="srformer", segment_size=8)
-    model, params = build_model(mc), init_params(mc, jax.random.key(0))
-    b = ce.seq2seq_batch(min(50, max(sweep["batch"], 2)), sweep["k"], sweep["q"], sweep["vocab"], ragged=True)
-    dc = DecodeConfig(max_len=sweep["q"], num_beams=2, length_penalty=1.0, no_repeat_ngram_size=3)
-    return lambda: generate_jit(model, params, b["input_ids"], b["attention_mask"], dc)
-  raise ValueError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+  if name not in ROWS:
+    raise ValueError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+  return ce.row_step(jax, name, quick)
 
 
 def measure(fn, repeats: int) -> dict:

@@ -199,37 +199,40 @@ def _optimizer(lr: float = 1e-3):
   return make_optimizer(cfg)
 
 
+def seq2seq_step(jax, mc, batch: dict):
+  """An encoder-decoder train step as train.py runs it (one device): (trainer, step, holder, sharded
+  batch, key); `step()` runs one step on `holder["state"]` and returns its loss (to block on)."""
+  from srformer_jax import sharding
+  from srformer_jax.model import build_model
+  from srformer_jax.train_lib import Trainer
+  tx, schedule = _optimizer()
+  trainer = Trainer(build_model(mc), tx, schedule, sharding.make_mesh((1, 1, 1)))
+  holder = {"state": trainer.init_state(jax.random.key(0))}
+  sharded, key = trainer.shard_batch(batch), jax.random.key(1)
+
+  def step():
+    holder["state"], m = trainer.step(holder["state"], sharded, key)
+    return m["loss"]
+  return trainer, step, holder, sharded, key
+
+
 def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
   """Step / fwd / fwd+bwd / no-dropout step of an encoder-decoder train step."""
   import dataclasses
 
   import numpy as np
-  from srformer_jax import sharding
-  from srformer_jax.model import build_model
-  from srformer_jax.train_lib import Trainer, loss_and_metrics
+  from srformer_jax.train_lib import loss_and_metrics
 
-  tx, schedule = _optimizer()
-  mesh = sharding.make_mesh((1, 1, 1))
   out = {"name": name}
   for label, config in (("step", mc), ("step_without_dropout", dataclasses.replace(mc, dropout_rate=0.0))):
-    model = build_model(config)
-    trainer = Trainer(model, tx, schedule, mesh)
-    state = trainer.init_state(jax.random.key(0))
-    key = jax.random.key(1)
-    compiled = trainer.compile(state, batch, key)
-    sharded = trainer.shard_batch(batch)
-    holder = {"state": state}
-
-    def step():
-      holder["state"], m = trainer.step(holder["state"], sharded, key)
-      return m["loss"]
-
+    trainer, step, holder, sharded, key = seq2seq_step(jax, config, batch)
+    compiled = trainer.compile(holder["state"], batch, key)
     out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
     if label == "step":
       out["xla_flops"] = _flops(compiled)
       out["profile"] = profile_summary(step, compiled.as_text())
       params = holder["state"].params
-      fwd = lambda p, b, r: loss_and_metrics(model, p, b, r, False)[0]  # noqa: E731
+      fwd = lambda p, b, r: loss_and_metrics(trainer.model, p, b, r, False)[0]  # noqa: E731
       out["fwd_s"] = _time_compiled(fwd, (params, sharded, key), repeats)["median_s"]
       out["fwd_bwd_s"] = _time_compiled(jax.grad(fwd), (params, sharded, key), repeats)["median_s"]
   out["tokens"] = int(np.sum(batch["attention_mask"]) + np.sum(batch["label_mask"]))
@@ -262,34 +265,39 @@ def seq2seq_batch(batch: int, k: int, q: int, vocab: int, ragged: bool, seed: in
           "labels": rng.integers(2, vocab, (batch, q)).astype(np.int32), "label_mask": np.ones((batch, q), np.int32)}
 
 
-def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict, repeats: int) -> dict:
-  """Step / fwd / fwd+bwd / no-dropout step of the WordPTB LM train step on one window."""
+def crt_step(jax, memory: str, fraction: str, overrides: dict, s: dict, dropout: float = 0.1):
+  """The WordPTB LM's train step on one window as train_lm.py runs it: (model, trainer, step, holder,
+  window, key); `step()` runs one step on `holder["state"]` and returns its loss."""
   import numpy as np
   from configs import lm_ptb
   from srformer_jax import sharding
   from srformer_jax.crt import stream
   from srformer_jax.crt import train as lm_train
+  cfg = lm_ptb.lm_config(memory, fraction, context_len=s["context"])
+  cfg.model.update(d_model=s["d_model"], num_heads=s["num_heads"], d_ff=s["d_ff"], num_layers=s["layers"],
+                   dropout_rate=dropout, **overrides)
+  cfg.train.update(batch_size=s["batch"], num_steps=1000, learning_rate=2e-3, warmup_steps=100)
+  model = stream.build_model(lm_train.model_config(cfg, s["vocab"]))
+  tx, schedule = lm_train.make_optimizer(cfg)
+  trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), s["batch"], 0)
+  holder = {"state": trainer.init_state(jax.random.key(0))}
+  x = np.random.default_rng(0).integers(0, s["vocab"], (s["batch"], s["context"])).astype(np.int32)
+  key = jax.random.key(1)
+
+  def step():
+    holder["state"], m = trainer.step(holder["state"], x, x, False, key)
+    return m["loss"]
+  return model, trainer, step, holder, x, key
+
+
+def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict, repeats: int) -> dict:
+  """Step / fwd / fwd+bwd / no-dropout step of the WordPTB LM train step on one window."""
+  from srformer_jax.crt import stream
   from srformer_jax.crt.model import init_carry
 
   out = {"name": name}
   for label, dropout in (("step", 0.1), ("step_without_dropout", 0.0)):
-    cfg = lm_ptb.lm_config(memory, fraction, context_len=s["context"])
-    cfg.model.update(d_model=s["d_model"], num_heads=s["num_heads"], d_ff=s["d_ff"], num_layers=s["layers"],
-                     dropout_rate=dropout, **overrides)
-    cfg.train.update(batch_size=s["batch"], num_steps=1000, learning_rate=2e-3, warmup_steps=100)
-    config = lm_train.model_config(cfg, s["vocab"])
-    model = stream.build_model(config)
-    tx, schedule = lm_train.make_optimizer(cfg)
-    trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), s["batch"], 0)
-    state = trainer.init_state(jax.random.key(0))
-    x = np.random.default_rng(0).integers(0, s["vocab"], (s["batch"], s["context"])).astype(np.int32)
-    key = jax.random.key(1)
-    holder = {"state": state}
-
-    def step():
-      holder["state"], m = trainer.step(holder["state"], x, x, False, key)
-      return m["loss"]
-
+    model, trainer, step, holder, x, key = crt_step(jax, memory, fraction, overrides, s, dropout)
     out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
     if label == "step":
       put = lambda a: jax.make_array_from_process_local_data(trainer.batch_sharding, a)  # noqa: E731
@@ -299,7 +307,7 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
       compiled = lowered.compile()
       out["xla_flops"] = _flops(compiled)
       out["profile"] = profile_summary(step, compiled.as_text())
-      carry = init_carry(config, s["batch"])
+      carry = init_carry(model.config, s["batch"])
       params = holder["state"].params
 
       def fwd(p, xs, r):
@@ -312,8 +320,9 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
   return out
 
 
-def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 500) -> dict:
-  """The sweep model's beam search on a batch of 50 (random weights: every beam runs to max_len)."""
+def decode_fn(jax, num_beams: int, s: dict):
+  """The sweep model's beam search on a batch of up to 50 ragged inputs (random weights: every beam
+  runs to max_len): (a zero-argument callable returning the outputs, the batch size)."""
   from srformer_jax import DecodeConfig, build_model, generate_jit, init_params
   mc = sweep_config(s, cross_attention="srformer", segment_size=8)
   model = build_model(mc)
@@ -321,9 +330,43 @@ def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 
   batch = min(50, max(s["batch"], 2))
   b = seq2seq_batch(batch, s["k"], s["q"], s["vocab"], ragged=True)
   dc = DecodeConfig(max_len=s["q"], num_beams=num_beams, length_penalty=1.0, no_repeat_ngram_size=3)
-  t = common.time_fn(lambda: generate_jit(model, params, b["input_ids"], b["attention_mask"], dc), repeats)
+  return (lambda: generate_jit(model, params, b["input_ids"], b["attention_mask"], dc)), batch
+
+
+def decode_row(jax, num_beams: int, s: dict, repeats: int, test_examples: int = 500) -> dict:
+  """The sweep model's beam search: time per batch and for the 500 test dialogues."""
+  fn, batch = decode_fn(jax, num_beams, s)
+  t = common.time_fn(fn, repeats)
   return {"name": f"decode/beam{num_beams}", "batch": batch, "max_len": s["q"], "batch_s": t["median_s"],
           "test_set_s": t["median_s"] * test_examples / batch, "examples_per_s": batch / t["median_s"]}
+
+
+def t5_small_config(quick: bool, t5: dict):
+  """T5-small as the benchmarks build it (dropout 0.1); the quick mode's tiny sweep model instead."""
+  from benchmarks import models
+  return sweep_config(QUICK["sweep"]) if quick else models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
+
+
+SWEEP_ROWS = {"sweep/full": dict(cross_attention="full"),
+              "sweep/srformer_s8": dict(cross_attention="srformer", segment_size=8)}
+
+
+def row_step(jax, name: str, quick: bool):
+  """A zero-argument callable running one step of the plain row `name` (sweep/full,
+  sweep/srformer_s8, crt/crt_L/4, t5_small, decode/beam2) at the full or quick sizes; it returns a
+  value to block on."""
+  sweep, crt, t5 = (QUICK["sweep"], QUICK["crt"], QUICK["t5"]) if quick else (SWEEP, CRT, T5S)
+  if name in SWEEP_ROWS:
+    mc = sweep_config(sweep, **SWEEP_ROWS[name])
+    return seq2seq_step(jax, mc, seq2seq_batch(sweep["batch"], sweep["k"], sweep["q"], sweep["vocab"], False))[1]
+  if name == "t5_small":
+    mc = t5_small_config(quick, t5)
+    return seq2seq_step(jax, mc, seq2seq_batch(t5["batch"], t5["k"], t5["q"], mc.vocab_size, False))[1]
+  if name == "crt/crt_L/4":
+    return crt_step(jax, "crt", "quarter", {}, crt)[2]
+  if name.startswith("decode/beam"):
+    return decode_fn(jax, int(name.removeprefix("decode/beam")), sweep)[0]
+  raise ValueError(f"unknown row {name!r}")
 
 
 def finish(row: dict, peak: float, reference: dict) -> dict:
@@ -411,10 +454,10 @@ def main():
   print(f"matmul 1024x1024 f32: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 inputs: "
         f"{peak['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   rows = []
-  for label, kw, ragged in (("sweep/full", dict(cross_attention="full"), False),
+  for label, kw, ragged in (("sweep/full", SWEEP_ROWS["sweep/full"], False),
                             ("sweep/segmented_s8", dict(cross_attention="segmented", segment_size=8), False),
                             ("sweep/xl_s8", dict(cross_attention="xl", segment_size=8), False),
-                            ("sweep/srformer_s8", dict(cross_attention="srformer", segment_size=8), False),
+                            ("sweep/srformer_s8", SWEEP_ROWS["sweep/srformer_s8"], False),
                             ("sweep/srformer_s8_length", dict(cross_attention="srformer", segment_size=8,
                                                               segment_schedule="length"), True),
                             ("sweep/full" + XLA_GRAD, dict(cross_attention="full"), False),
@@ -438,13 +481,9 @@ def main():
         rows.append(finish(crt_row(jax, label, memory, fraction, overrides, crt, repeats), peak["flops_per_s"],
                            reference))
   import dataclasses
-
-  from benchmarks import models
   for label in ("t5_small", "t5_small" + XLA_GRAD, "t5_small" + BF16):
     if want(label):
-      mc = models.t5_small(dropout_rate=0.1, gen_len=t5["q"])
-      if args.quick:
-        mc = sweep_config(QUICK["sweep"])
+      mc = t5_small_config(args.quick, t5)
       if label.endswith(BF16):
         mc = dataclasses.replace(mc, dtype="bfloat16")
       batch = seq2seq_batch(t5["batch"], t5["k"], t5["q"], mc.vocab_size, ragged=False)

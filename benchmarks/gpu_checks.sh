@@ -35,7 +35,7 @@ step mfu 90 python3 benchmarks/train_throughput.py --platform gpu --lengths 1024
 step decode_scaling 70 python3 benchmarks/decode_scaling.py --platform gpu --lengths 512,1024,4096,16384 \
   --batch 8 --new_tokens 128 --repeats 3
 step vs_hf_torch 90 python3 benchmarks/vs_hf_torch.py --platform gpu --batch 8 --source_len 512 \
-  --new_tokens 128 --repeats 3
+  --new_tokens 128 --repeats 3 --rounds 1
 
 echo "=== summary"
 printf '%s\n' "${status[@]}" | tee "$RESULTS/gpu_checks_status.txt"

@@ -5,7 +5,8 @@ devices in a background thread (prefetch 2) and logs; the step alone runs the ji
 that is already on the device. Sizes: tiny, small (configs/default.py), sweep (the segment sweep's
 model: d 128, 2+2 layers, batch 16, k 256, q 64, srformer s = 8) and lm (train_lm.py's loop,
 `crt.train.train`, on the WordPTB protocol's CRT L/4: d 128, 2 layers, batch 32, L 64, on a generated
-word stream). The goal is the loop within 5% of the step.
+word stream). The goal is the loop within 5% of the step. Both run as the jobs run: the script
+re-executes itself with glibc malloc on huge pages (srformer_jax/host_malloc.py).
 
 python benchmarks/input_pipeline.py [--platform cpu] [--quick]
 """
@@ -216,4 +217,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from srformer_jax import host_malloc
+  host_malloc.reexec_with_huge_pages()  # as the training jobs run (train.py, train_lm.py)
   main()

@@ -77,9 +77,21 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   return _dense_matmul(lhs, rhs, precision)
 
 
+def accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None):
+  """`lax.dot_general` with float32 accumulation and output for bfloat16 / float16 operands, rounded
+  to the operands' dtype after the sum: the same values XLA computes for a low-precision dot, but on
+  this CPU a bfloat16 x bfloat16 -> float32 product runs on the fast (AMX) kernels and one with a
+  bfloat16 result does not (~2-4x slower at the models' shapes, benchmarks/cpu_efficiency.py).
+  float32 and float64 operands are passed through unchanged.
+  """
+  out = jnp.result_type(lhs, rhs)
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=accum_dtype(out)).astype(out)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_matmul(x, w, precision):
-  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+  return accumulating_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
 def _dense_matmul_fwd(x, w, precision):
@@ -88,10 +100,10 @@ def _dense_matmul_fwd(x, w, precision):
 
 def _dense_matmul_bwd(precision, res, g):
   x, w = res                                                                      # [..., d_in], [d_in, d_out]
-  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)  # [..., d_in]
+  dx = accumulating_dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)  # [..., d_in]
   g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])                # [tokens, d_out], [tokens, d_in]
   # t: tokens, i: d_in, o: d_out
-  dw = jnp.einsum("to,ti->oi", g2, x2, precision=precision).T                     # [d_in, d_out]
+  dw = accumulating_dot_general(g2, x2, (((0,), (0,)), ((), ())), precision=precision).T  # [d_in, d_out]
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -117,9 +129,18 @@ def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
   )
 
 
+class Embed(nn.Embed):
+  """`nn.Embed` whose `attend` (tied output logits) accumulates low-precision products in float32."""
+
+  def attend(self, query: jax.Array) -> jax.Array:
+    query, embedding = self.promote_dtype(query, self.embedding, dtype=self.dtype)
+    # q: ..., d: features, v: num_embeddings
+    return accumulating_dot_general(query, embedding, (((query.ndim - 1,), (1,)), ((), ())))  # [..., v]
+
+
 def embed(num: int, features: int, axes: tuple[str | None, str | None], *, dtype,
           name: str | None = None, init_std: float = 1.0) -> nn.Embed:
-  return nn.Embed(
+  return Embed(
       num, features, dtype=dtype, param_dtype=jnp.float32,
       embedding_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes), name=name)
 
@@ -262,9 +283,13 @@ def _add_bias_bwd(shapes, g):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=True,
+def dot_product_attention(q, k, v, bias=None, *, position_bias=None, dropout=None, deterministic=True,
                           head_major_kv=False):
   """Softmax attention. q [b,q,h,d], k/v [b,k,h,d], bias broadcastable to [b,h,q,k] -> [b,q,h,d].
+
+  `position_bias` [1, h, q, k] (T5's, trained) is added to the scores on its own, before `bias`
+  (the mask): its gradient then sums over the batch once, as a matmul (`add_bias`), and no
+  [b, h, q, k] sum of the two is written out in each layer.
 
   `head_major_kv`: k/v are [b,h,k,d], the layout of the decoding caches, which lets each step
   stream them without a transpose. Scores and softmax are computed in float32 (float64 under a
@@ -276,12 +301,15 @@ def dot_product_attention(q, k, v, bias=None, *, dropout=None, deterministic=Tru
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [b, k, h, d] -> [b, h, k, d]
   q = jnp.swapaxes(q, 1, 2)  # [b, h, q, d]
   scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
+  if position_bias is not None:
+    scores = add_bias(scores, position_bias)
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout is not None and not deterministic:
     probs = dropout(probs, deterministic=deterministic)
-  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v), 1, 2)  # [b, q, h, d]
+  ctx = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v, preferred_element_type=accum_dtype(v.dtype))
+  return jnp.swapaxes(ctx.astype(v.dtype), 1, 2)  # [b, q, h, d]
 
 
 def shift_right(labels: jax.Array, start_token_id: int, pad_token_id: int) -> jax.Array:

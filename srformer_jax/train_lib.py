@@ -77,6 +77,19 @@ def decay_mask(params):
 # the step
 
 
+def is_argmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`jnp.argmax(logits, -1) == labels` (ties go to the first index), as plain max reductions: the
+  label's logit is the maximum and no earlier index reaches it. XLA:CPU's argmax (a reduction over
+  value-index pairs) is not vectorised: ~2.5x slower than this at [1024, 4000] and ~2x at T5-small's
+  [512, 32128], where the maximum is shared with the loss's log-sum-exp."""
+  logits = logits.astype(jnp.float32)
+  top = jnp.max(logits, -1)                                                          # [b, q]
+  own = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]              # [b, q]
+  earlier = jnp.arange(logits.shape[-1]) < labels[..., None]                         # [b, q, V]
+  top_before = jnp.max(jnp.where(earlier, logits, -jnp.inf), -1)                     # [b, q]
+  return (own == top) & (top_before < top)
+
+
 def loss_and_metrics(model, params, batch, rng, deterministic):
   """Token-summed cross-entropy and counts for one (micro-)batch."""
   c = model.config
@@ -86,7 +99,7 @@ def loss_and_metrics(model, params, batch, rng, deterministic):
                        deterministic=deterministic, rngs=rngs)
   w = batch["label_mask"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
-  correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+  correct = is_argmax(logits, batch["labels"]).astype(jnp.float32)
   return jnp.sum(ce * w), {"loss_sum": jnp.sum(ce * w), "tokens": jnp.sum(w),
                            "correct": jnp.sum(correct * w)}
 

@@ -165,6 +165,36 @@ def test_dense_dot_general_is_the_matmul_and_its_gradient(shape, dtype):
   np.testing.assert_array_equal(layers.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_accumulating_dot_general_and_tied_logits(dtype):
+  """layers.accumulating_dot_general: float32 operands go to lax.dot_general unchanged (bit for bit);
+  bfloat16 operands give a bfloat16 result, the float32 sum of their products rounded once. The tied
+  output projection (layers.Embed.attend) is that product against the embedding."""
+  import jax.numpy as jnp
+  from srformer_jax import layers
+  dt = jnp.dtype(dtype)
+  a = jax.random.normal(jax.random.key(0), (3, 5, 64)).astype(dt)
+  b = jax.random.normal(jax.random.key(1), (64, 7)).astype(dt)
+  dims = (((2,), (0,)), ((), ()))
+  out = layers.accumulating_dot_general(a, b, dims)
+  assert out.dtype == dt and out.shape == (3, 5, 7)
+  exact = np.einsum("bqd,dv->bqv", np.asarray(a, np.float64), np.asarray(b, np.float64))
+  if dtype == "float32":
+    np.testing.assert_array_equal(out, jax.lax.dot_general(a, b, dims))
+  else:  # one rounding of a float32 sum: within half a bfloat16 ulp (2^-9 relative) of the exact product
+    np.testing.assert_allclose(np.asarray(out, np.float64), exact, rtol=2 ** -8, atol=1e-4)
+  emb = layers.embed(7, 64, (None, None), dtype=dt)
+  params = emb.init(jax.random.key(2), jnp.zeros((1,), jnp.int32))
+  table = np.asarray(params["params"]["embedding"].unbox() if hasattr(params["params"]["embedding"], "unbox")
+                     else params["params"]["embedding"])
+  logits = emb.apply(params, a, method="attend")
+  assert logits.dtype == dt
+  want = layers.accumulating_dot_general(a, jnp.asarray(table, dt), (((2,), (1,)), ((), ())))
+  np.testing.assert_array_equal(logits, want)
+  if dtype == "float32":
+    np.testing.assert_array_equal(logits, jnp.dot(a, jnp.asarray(table).T))
+
+
 def docstring_cfg(num_steps=6, save_every=3):
   cfg = base.base_config()
   cfg.model.init_from = ""
@@ -420,3 +450,23 @@ def test_bad_mesh_and_config_errors():
   assert sharding.make_mesh((1, 2, 1)).devices.size == 2
   with pytest.raises(ValueError, match="at most one mesh dimension"):
     sharding.make_mesh((-1, -1, 1))
+
+
+def test_is_argmax_matches_argmax_with_ties():
+  """train_lib.is_argmax (the accuracy metric without XLA:CPU's argmax) is `argmax == label`,
+  including rows with tied maxima (ties go to the first index) and bfloat16-rounded logits."""
+  import jax.numpy as jnp
+  from srformer_jax.train_lib import is_argmax
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, (6, 9, 5)).astype(np.float32)  # many ties
+  logits[0, 0] = 0.0                                        # all tied
+  logits = np.concatenate([logits, np.asarray(jnp.asarray(rng.normal(size=(6, 9, 5)), jnp.bfloat16), np.float32)])
+  labels = rng.integers(0, 5, logits.shape[:2])
+  labels[0, 0] = 0
+  want = np.argmax(logits, -1) == labels
+  got = np.asarray(is_argmax(jnp.asarray(logits), jnp.asarray(labels)))
+  np.testing.assert_array_equal(got, want)
+  assert want.any() and not want.all()
+  ties = (logits == logits.max(-1, keepdims=True)).sum(-1) > 1
+  assert (ties & want).any() and (ties & ~want & (logits[..., :].max(-1) == np.take_along_axis(
+      logits, labels[..., None], -1)[..., 0])).any()  # tied at the top but not the first: not counted

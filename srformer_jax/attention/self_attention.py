@@ -138,8 +138,7 @@ class SelfAttention(nn.Module, ProjectionsMixin):
           key_value_seq_lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
       return self.project_out(ctx), position_bias
     mask_bias = layers.self_attention_mask_bias(mask, self.causal)
-    bias = mask_bias if position_bias is None else layers.add_bias(position_bias, mask_bias)
-    ctx = layers.dot_product_attention(q, k, v, bias, dropout=self.attn_dropout,
+    ctx = layers.dot_product_attention(q, k, v, mask_bias, position_bias=position_bias, dropout=self.attn_dropout,
                                        deterministic=deterministic)
     return self.project_out(ctx), position_bias
 
