@@ -13,6 +13,8 @@ the rounds' ratios, each round's ratio kept in the JSON.
 
   python benchmarks/vs_hf_torch.py                  # ~10 min on a 2-core CPU
   python benchmarks/vs_hf_torch.py --quick          # smoke test (k 128, 16 tokens, one round)
+  python benchmarks/vs_hf_torch.py --dtype bfloat16 # mixed precision on both sides: PyTorch under
+                                                    # torch.autocast, ours with dtype="bfloat16"
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def child_hf(args, workdir: str) -> list[dict]:
   device = "cuda" if args.platform == "gpu" else "cpu"
   n = sizes(args)[0]
   hf = transformers.T5ForConditionalGeneration.from_pretrained(workdir).eval().to(device)
+  # bfloat16: PyTorch's mixed precision (float32 weights, bfloat16 matmuls), as ours with dtype="bfloat16"
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")  # noqa: E731
   ids, mask, labels = (torch.tensor(a, dtype=torch.int64, device=device) for a in _inputs(workdir))
 
   def sync():
@@ -81,7 +85,7 @@ def child_hf(args, workdir: str) -> list[dict]:
       times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
-  with torch.no_grad():
+  with torch.no_grad(), autocast():
     gen = torch_time(lambda: hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                          do_sample=False, num_beams=1))
   hf.train()
@@ -89,7 +93,9 @@ def child_hf(args, workdir: str) -> list[dict]:
 
   def step():
     opt.zero_grad()
-    hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    with autocast():
+      loss = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
     opt.step()
 
   train = torch_time(step)
@@ -109,7 +115,7 @@ def child_ours(args, workdir: str) -> list[dict]:
   rows = []
   for kind in ("full", "srformer"):
     config, params, _ = load_hf_checkpoint(workdir, cross_attention=kind, segment_size=64, gen_len=n,
-                                           dropout_rate=0.0)
+                                           dropout_rate=0.0, dtype=args.dtype)
     model = build_model(config)
     dc = DecodeConfig(max_len=n, min_len=n)
     src, src_mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
@@ -132,7 +138,8 @@ def child_ours(args, workdir: str) -> list[dict]:
 def run_child(args, impl: str, workdir: str) -> list[dict]:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--workdir", workdir, "--platform",
          args.platform, "--repeats", str(args.repeats), "--batch", str(args.batch), "--source_len",
-         str(args.source_len), "--new_tokens", str(args.new_tokens)] + (["--quick"] if args.quick else [])
+         str(args.source_len), "--new_tokens", str(args.new_tokens), "--dtype", args.dtype] + \
+      (["--quick"] if args.quick else [])
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
   if proc.returncode or not lines:
@@ -169,7 +176,7 @@ def plot(payload: dict, path: str) -> None:
         ax.text(i, r[field], f"{r[f'{key}_speedup_vs_hf']:.2f}x vs HF", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelsize=8)
-  fig.suptitle(f"T5-small, batch {payload['batch']}, source {payload['source_len']} "
+  fig.suptitle(f"T5-small, {payload['dtype']}, batch {payload['batch']}, source {payload['source_len']} "
                f"({payload['machine']['device']}; {payload['rounds']} rounds of one process per implementation)",
                fontsize=9)
   fig.tight_layout()
@@ -182,6 +189,8 @@ def main():
   p.add_argument("--source_len", type=int, default=512)
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--rounds", type=int, default=2, help="pairs of processes (HF, ours), order alternating")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype of both (bfloat16: torch.autocast for PyTorch); weights stay float32")
   p.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
   p.add_argument("--workdir", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -209,10 +218,10 @@ def main():
   hf = rows[0]
   payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
              "torch": hf.pop("torch"), "torch_threads": hf.pop("torch_threads"), "batch": b, "source_len": k,
-             "new_tokens": n, "rounds": args.rounds, "rows": rows, "per_round": rounds,
+             "new_tokens": n, "dtype": args.dtype, "rounds": args.rounds, "rows": rows, "per_round": rounds,
              "note": "one process per implementation, order alternating between rounds; times: median over "
                      "rounds of each process's median of --repeats; speed-ups: mean of the rounds' ratios."}
-  name = f"vs_hf_torch_{'quick' if args.quick else args.platform}"
+  name = f"vs_hf_torch_{'quick' if args.quick else args.platform}" + ("_bf16" if args.dtype == "bfloat16" else "")
   common.write(args.out, name, payload)
   plot(payload, os.path.join(args.out, f"{name}.png"))
   for r in rows[1:]:
