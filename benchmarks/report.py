@@ -274,7 +274,30 @@ def vs_hf_torch(r: Results) -> str:
         sp = x[f"{key}_speedup_vs_hf"]
         cells.append(_secs(t) + ("" if x["impl"] == "hf_torch" else f" ({_x(sp)})"))
     rows.append([label] + cells)
-  return _table(["", "CPU generate", "CPU train step", "GPU generate", "GPU train step"], rows)
+  out = _table(["", "CPU generate", "CPU train step", "GPU generate", "GPU train step"], rows)
+  if cpu.get("rounds"):
+    out += (f"\n\nCPU: {cpu['rounds']} rounds of one process per implementation, order alternating; "
+            f"medians over rounds, speed-ups the mean of the rounds' ratios (train: "
+            + ", ".join(f"{r['kind']} " + " / ".join(_x(v) for v in r["train_speedup_per_round"])
+                        for r in cpu["rows"] if r["impl"] != "hf_torch")
+            + f"); {_machine(cpu['machine'])}, torch {cpu['torch']} on {cpu['torch_threads']} threads.\n")
+  return out
+
+
+def vs_hf_torch_bf16(r: Results) -> str:
+  """The same comparison in mixed precision: PyTorch under torch.autocast(bfloat16), ours bfloat16."""
+  d = r.load("vs_hf_torch_cpu_bf16.json")
+  if d is None:
+    return "Not measured yet."
+  rows = []
+  for x in d["rows"]:
+    hf = x["impl"] == "hf_torch"
+    rows.append(["HF torch, autocast bfloat16" if hf else f"ours, {x['kind']}, bfloat16"]
+                + [_secs(x[f]) + ("" if hf else f" ({_x(x[k])})")
+                   for f, k in (("generate_s", "generate_speedup_vs_hf"), ("train_step_s", "train_speedup_vs_hf"))])
+  return (_table(["", "CPU generate", "CPU train step"], rows)
+          + f"\n\n{d['rounds']} rounds of one process per implementation; {_machine(d['machine'])}; "
+          + r.files("vs_hf_torch_cpu_bf16.json", "vs_hf_torch_cpu_bf16.png") + "\n")
 
 
 def train_throughput(r: Results) -> str:
@@ -699,10 +722,11 @@ def glance_long_inputs(r: Results) -> str:
 def glance_pipeline(r: Results) -> str:
   """The training loop against the step alone."""
   d = r.load("input_pipeline_cpu.json")
-  s = d["sizes"]["small"]
-  return _table(["model", "loop / step alone", "divergence guard cost", "files"],
-                [[_PIPELINE_SIZES["small"].format(b=s["batch_size"]), f"{s['loop_over_alone']:.3f}",
-                  f"{s['guard_cost']:.1%}", r.files("input_pipeline_cpu.json", "input_pipeline_cpu.png")]])
+  rows = [[_PIPELINE_SIZES[name].format(b=s["batch_size"]), f"{s['loop_over_alone']:.3f}",
+           f"{s['guard_cost']:.1%}" if "guard_cost" in s else "–"]
+          for name, s in d["sizes"].items() if name != "tiny"]  # tiny: dispatch-bound, not an experiment
+  return _table(["training loop", "loop / step alone (goal >= 0.95)", "divergence guard cost"], rows) + (
+      "\n\n" + r.files("input_pipeline_cpu.json", "input_pipeline_cpu.png"))
 
 
 def glance_cpu_efficiency(r: Results) -> str:
@@ -715,6 +739,10 @@ def glance_cpu_efficiency(r: Results) -> str:
     if "goal_share_of_peak" in row:
       rows.append([f"`{row['name']}` step", _secs(row["step_s"]), f"{row['share_of_peak']:.0%} of the matmul peak",
                    f"{row['goal_share_of_peak']:.0%}"])
+    elif row["name"].endswith("_bf16") and row["name"].removesuffix("_bf16") in d["goals"]:
+      base = row["name"].removesuffix("_bf16")  # mixed precision, against the same float32 peak
+      rows.append([f"`{base}` step, bfloat16 compute", _secs(row["step_s"]),
+                   f"{row['share_of_peak']:.0%} of the (float32) matmul peak", f"{d['goals'][base]:.0%}"])
     elif row["name"] == "decode/beam2" and "speedup_vs_before" in row:
       rows.append(["beam 2, 500 test dialogues", _secs(row["test_set_s"]),
                    f"{_x(row['speedup_vs_before'])} faster than before", "2×"])
@@ -733,6 +761,7 @@ RENDERERS = {
     "decode_scaling": decode_scaling,
     "decode_scaling_init": decode_scaling_init,
     "vs_hf_torch": vs_hf_torch,
+    "vs_hf_torch_bf16": vs_hf_torch_bf16,
     "train_throughput": train_throughput,
     "long_inputs": long_inputs,
     "long_inputs_timing": long_inputs_timing,

@@ -426,7 +426,15 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       seg = segment_of(t, c.gen_len, m)
       take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
     acc = layers.accum_dtype(q.dtype)
-    q1 = q[:, 0].astype(acc).reshape(b, r, *q.shape[2:])  # [b, r, h, d]
+    # Greedy decoding (r = 1) leaves the beam axis out: with a size-1 axis in its fused
+    # multiply-reduces XLA:CPU ran this step ~2x slower (T5-small, k = 512: ~35 -> ~18 ms per token,
+    # benchmarks/decode_scaling.py). `rows` puts an input's state against its r rows.
+    q1 = q[:, 0].astype(acc)                                         # [b, h, d]
+    if r == 1:
+      rows = lambda a: a  # noqa: E731
+    else:
+      q1 = q1.reshape(b, r, *q1.shape[1:])                           # [b, r, h, d]
+      rows = lambda a: a[:, None]  # noqa: E731
     ctx = jnp.zeros(q1.shape, acc)
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, h, s, d], [b, s]
@@ -435,15 +443,15 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         keys = jnp.concatenate([take(ks, prev), keys], axis=2)
         vals = jnp.concatenate([take(vs, prev), vals], axis=2)
         mask = jnp.concatenate([take(ms, prev) & jnp.reshape(seg > 0, (-1, 1)), mask], axis=1)
-      scores = jnp.sum(q1[:, :, :, None, :] * keys[:, None].astype(acc), axis=-1)  # [b, r, h, s]
-      probs = self._masked_softmax(scores, mask[:, None, None, :])
-      ctx = ctx + jnp.sum(probs[..., None] * vals[:, None].astype(acc), axis=3)
+      scores = jnp.sum(q1[..., None, :] * rows(keys).astype(acc), axis=-1)  # [b, (r,) h, s]
+      probs = self._masked_softmax(scores, rows(mask[:, None, :]))
+      ctx = ctx + jnp.sum(probs[..., None] * rows(vals).astype(acc), axis=-2)  # [b, (r,) h, d]
     if c.cross_attention in RECURRENT_KINDS:
       slot = (seg if c.segment_schedule == "length"
               else jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg])
-      rec = take(state["rec"], slot)[:, None]  # [b, 1, h, d, e]
-      ctx = ctx + jnp.sum(q1[..., None] * rec, axis=3)  # -> [b, r, h, e]
-    return self.project_out(ctx.reshape(b * r, 1, *ctx.shape[2:]).astype(q.dtype)), state
+      rec = take(state["rec"], slot)                                 # [b, h, d, e]
+      ctx = ctx + jnp.sum(q1[..., None] * rows(rec), axis=-2)        # [b, (r,) h, e]
+    return self.project_out(ctx.reshape(b * r, 1, *ctx.shape[-2:]).astype(q.dtype)), state
 
 
 def _decoding_visits(gen_len: int, m: int) -> np.ndarray:
