@@ -261,6 +261,28 @@ def test_beam_search_state_reordering(kind):
     np.testing.assert_allclose(float(scores[row]), tok_lp[row, :n].sum(), atol=1e-4)
 
 
+@pytest.mark.parametrize("kind,schedule", [("srformer", "padded"), ("srformer", "length"), ("xl", "padded"),
+                                           ("segmented", "padded"), ("recurrent_only", "padded"), ("full", "padded")])
+def test_cross_step_one_row_equals_each_of_several_rows(kind, schedule):
+  """The cross-attention step has two layouts: one decoding row per input (greedy, the beam axis
+  left out for speed) and r rows per input (beam search). Every row of an input that is fed the
+  same tokens gets the same logits as the single row."""
+  config = tiny(cross_attention=kind, segment_size=8, gen_len=6, segment_schedule=schedule)
+  params = init_params(config, jax.random.key(3))
+  model = build_model(config)
+  ids, mask, dec = batch(dec_len=6)
+  enc = model.apply({"params": params}, ids, mask, method=model.encode)
+  step = jax.jit(lambda c, t: model.apply({"params": params}, t, c, method=model.decode_step))
+  one = model.apply({"params": params}, enc, mask, 6, method=model.init_cache)
+  two = model.apply({"params": params}, enc, mask, 6, 2, method=model.init_cache)
+  for t in range(6):
+    tok = jnp.asarray(dec[:, t], jnp.int32)
+    a, one = step(one, tok)
+    b, two = step(two, jnp.repeat(tok, 2))  # rows grouped by input
+    np.testing.assert_allclose(np.asarray(b).reshape(3, 2, -1), np.repeat(np.asarray(a)[:, None], 2, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow  # compiles every kind at k = 1024 (~40 s); benchmarks/cross_attention_cost.py reports the table
 def test_cross_attention_flops_table():
   rows = cost.table_1(q_len=128, k_len=1024, d=64, segment_sizes=(64, 16, 8))
