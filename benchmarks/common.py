@@ -7,9 +7,27 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_RESULT = "RESULT "  # the line a benchmark's child process reports its measurements on
+
+
+def report_to_parent(payload) -> None:
+  """A child process's measurements, for `run_child` in the parent."""
+  print(_RESULT + json.dumps(payload), flush=True)
+
+
+def run_child(cmd: list[str], what: str, env: dict | None = None):
+  """Runs a benchmark's child process and returns what it reported (`report_to_parent`); exits
+  with its stderr's tail when it failed or reported nothing."""
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+  if proc.returncode or not lines:
+    sys.exit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1].removeprefix(_RESULT))
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -19,11 +19,9 @@ Measure on an idle machine (nothing else running): the JSON records the load ave
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -65,7 +63,7 @@ def child(args) -> None:
   for name in args.rows.split(","):
     fn = make_step(jax, name, args.quick)
     out["rows"][name] = measure(fn, max(2, args.repeats // 3) if name in ("t5_small", "decode/beam2") else args.repeats)
-  print("RESULT " + json.dumps(out), flush=True)
+  common.report_to_parent(out)
 
 
 def run_child(args, huge: bool) -> dict:
@@ -75,11 +73,7 @@ def run_child(args, huge: bool) -> dict:
   env["GLIBC_TUNABLES"] = ":".join(tunables + ([f"{host_malloc.TUNABLE}=1"] if huge else []))
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", args.rows, "--platform", args.platform,
          "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode or not lines:
-    sys.exit(f"cpu_allocator: the child process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1].removeprefix("RESULT "))
+  return common.run_child(cmd, "cpu_allocator: the child process", env)
 
 
 def summarize(rounds: list[dict]) -> list[dict]:
@@ -126,6 +120,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def main():
+  from srformer_jax import host_malloc
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--rounds", type=int, default=2, help="child-process pairs (off/on, order alternating)")
   p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
@@ -152,7 +147,7 @@ def main():
   jax = common.setup_platform(args.platform)
   name = "quick" if args.quick else args.platform
   payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-             "tunable": "glibc.malloc.hugetlb=1", "rounds": rounds, "rows": rows,
+             "tunable": f"{host_malloc.TUNABLE}=1", "rounds": rounds, "rows": rows,
              "note": "each round: one child process per setting, the same rows; speedup = step time with "
                      "4 KiB pages / with huge pages (glibc.malloc.hugetlb=1), per round and mean; step_s, "
                      "user_s, sys_s, minor_faults: per step, median over rounds."}

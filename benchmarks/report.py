@@ -260,6 +260,12 @@ def decode_scaling_init(r: Results) -> str:
                  f"{_decode(r)[0]['new_tokens']} tokens in all"], rows)
 
 
+def _vs_hf_cells(x: dict) -> list[str]:
+  """A vs_hf_torch row's generate and train-step times, ours with the speed-up against HF."""
+  return [_secs(x[field]) + ("" if x["impl"] == "hf_torch" else f" ({_x(x[f'{key}_speedup_vs_hf'])})")
+          for key, field in (("generate", "generate_s"), ("train", "train_step_s"))]
+
+
 def vs_hf_torch(r: Results) -> str:
   """Generate and one train step against transformers (PyTorch), same weights."""
   cpu, gpu = r.load("vs_hf_torch_cpu.json"), r.load("vs_hf_torch_gpu.json")
@@ -267,13 +273,7 @@ def vs_hf_torch(r: Results) -> str:
   for c in cpu["rows"]:
     g = _one(_rows(gpu, impl=c["impl"], kind=c["kind"]))
     label = "HF torch" if c["impl"] == "hf_torch" else f"ours, {c['kind']}"
-    cells = []
-    for x in (c, g):
-      for key in ("generate", "train"):
-        t = x[f"{key}_s" if key == "generate" else "train_step_s"]
-        sp = x[f"{key}_speedup_vs_hf"]
-        cells.append(_secs(t) + ("" if x["impl"] == "hf_torch" else f" ({_x(sp)})"))
-    rows.append([label] + cells)
+    rows.append([label] + _vs_hf_cells(c) + _vs_hf_cells(g))
   out = _table(["", "CPU generate", "CPU train step", "GPU generate", "GPU train step"], rows)
   if cpu.get("rounds"):
     out += (f"\n\nCPU: {cpu['rounds']} rounds of one process per implementation, order alternating; "
@@ -289,12 +289,8 @@ def vs_hf_torch_bf16(r: Results) -> str:
   d = r.load("vs_hf_torch_cpu_bf16.json")
   if d is None:
     return "Not measured yet."
-  rows = []
-  for x in d["rows"]:
-    hf = x["impl"] == "hf_torch"
-    rows.append(["HF torch, autocast bfloat16" if hf else f"ours, {x['kind']}, bfloat16"]
-                + [_secs(x[f]) + ("" if hf else f" ({_x(x[k])})")
-                   for f, k in (("generate_s", "generate_speedup_vs_hf"), ("train_step_s", "train_speedup_vs_hf"))])
+  rows = [["HF torch, autocast bfloat16" if x["impl"] == "hf_torch" else f"ours, {x['kind']}, bfloat16"]
+          + _vs_hf_cells(x) for x in d["rows"]]
   return (_table(["", "CPU generate", "CPU train step"], rows)
           + f"\n\n{d['rounds']} rounds of one process per implementation; {_machine(d['machine'])}; "
           + r.files("vs_hf_torch_cpu_bf16.json", "vs_hf_torch_cpu_bf16.png") + "\n")

@@ -20,10 +20,8 @@ the rounds' ratios, each round's ratio kept in the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,11 +138,7 @@ def run_child(args, impl: str, workdir: str) -> list[dict]:
          args.platform, "--repeats", str(args.repeats), "--batch", str(args.batch), "--source_len",
          str(args.source_len), "--new_tokens", str(args.new_tokens), "--dtype", args.dtype] + \
       (["--quick"] if args.quick else [])
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-  if proc.returncode or not lines:
-    sys.exit(f"vs_hf_torch: the {impl} process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1].removeprefix("RESULT "))
+  return common.run_child(cmd, f"vs_hf_torch: the {impl} process")
 
 
 def summarize(rounds: list[dict]) -> list[dict]:
@@ -196,7 +190,7 @@ def main():
   args = p.parse_args()
   if args.child:
     rows = (child_hf if args.child == "hf_torch" else child_ours)(args, args.workdir)
-    print("RESULT " + json.dumps({"rows": rows}), flush=True)
+    common.report_to_parent({"rows": rows})
     return
   if args.quick:
     args.rounds, args.repeats = 1, min(args.repeats, 2)
