@@ -389,7 +389,7 @@ def main():
            # wall-clock figures of a run that shared them are not speeds of the model
            "load_avg_15min_at_end": os.getloadavg()[2], **forward_flops_per_token(model_config),
            # the dropout rate the model applied (layers.Dropout rounds it to a multiple of 1/256)
-           "dropout": "byte", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate),
+           "dropout": "hash", "dropout_rate_applied": dropout_rate_rounded(model_config.dropout_rate),
            # dense layers' weight gradient as (g^T x)^T (layers.dense_dot_general): the same numbers,
            # a faster step on a CPU; runs without this field trained with XLA's own gradient
            "dense_weight_grad": "layers.dense_dot_general",

@@ -16,13 +16,15 @@ from flax import linen as nn
 from srformer_jax import sharding as sh
 
 class Dropout(nn.Module):
-  """Inverted dropout drawing one random byte per element (a drop-in for `nn.Dropout`).
+  """Inverted dropout whose mask is a cheap hash of each element's position (a drop-in for `nn.Dropout`).
 
   `nn.Dropout` draws a Bernoulli variable per element from 32-bit uniforms; with the default
   (partitionable) threefry keys that is one 20-round hash per element, which on a CPU costs more than
-  the matmuls around it (about 40% of the small sweep model's step). Here one 32-bit draw gives four
-  bytes, and an element is dropped when its byte is below round(rate * 256): the same per-element
-  independence at a quarter of the hashes. The rate is therefore rounded to a multiple of 1/256
+  the matmuls around it. Here threefry draws one word per row (every axis but the last) and each
+  element's bits come from that word and its column through a 32-bit integer mixer
+  (`dropout_keep_mask`): a few multiplies and shifts that XLA fuses into the select, so the mask is
+  neither written out nor stored for the backward pass. An element is dropped when the top byte of
+  its hash is below round(rate * 256): the rate is therefore rounded to a multiple of 1/256
   (0.1 -> 26/256 = 0.1016) and the kept values are scaled by 1 / (1 - rounded rate), so the expected
   activation is unchanged. Rates of exactly 0 or 1, and `deterministic=True`, behave as in `nn.Dropout`.
   """
@@ -45,16 +47,32 @@ def dropout_rate_rounded(rate: float) -> float:
   return max(1, min(255, round(rate * 256))) / 256 if 0.0 < rate < 1.0 else float(rate)
 
 
+def _mix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection of uint32 in which every input bit flips each
+  output bit with probability ~1/2."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
 def dropout_keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-  """Boolean keep mask, P(keep) = 1 - dropout_rate_rounded(rate), from one random byte per element."""
-  # Words along the last axis only, so the leading (batch) axes keep their place: with partitionable
-  # threefry keys each device then draws just the bytes of its own shard.
+  """Boolean keep mask, P(keep) = 1 - dropout_rate_rounded(rate), one independent byte per element.
+
+  Row r (the leading axes) gets two threefry words (a_r, b_r); element (r, c) gets the top byte of
+  mix(mix(a_r ^ c * phi) ^ b_r), phi = 2^32 / golden ratio: within a row the inputs are distinct
+  (phi is odd) and the mixer is a bijection, so no two elements of a row share a hash; rows differ
+  by random words rather than by an offset, so no row's mask is a shifted copy of another's.
+  """
+  # Words over the leading axes only, so the batch axis keeps its place: with partitionable threefry
+  # keys each device draws just its own rows, and the column iota is sliced like the array.
   *lead, last = tuple(shape) or (1,)
-  words = jax.random.bits(rng, (*lead, -(-last // 4)), jnp.uint32)               # [..., ceil(last / 4)]
-  bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8)                         # [..., ceil(last / 4), 4]
-  bytes_ = bytes_.reshape(*lead, -1)[..., :last]                                  # [..., last]
+  words = jax.random.bits(rng, (2, *lead, 1), jnp.uint32)                         # [2, ..., 1]
+  cols = jax.lax.iota(jnp.uint32, last) * jnp.uint32(0x9E3779B9)                  # [last]
+  h = _mix32(_mix32(words[0] ^ cols) ^ words[1])                                  # [..., last]
   threshold = round(dropout_rate_rounded(rate) * 256)
-  return (bytes_ >= jnp.uint8(threshold)).reshape(shape)
+  return (h >= jnp.uint32(threshold << 24)).reshape(shape)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

@@ -61,7 +61,7 @@ def test_divergence_stops_names_step_and_saves_no_nan(tmp_path, corpus_dir):  # 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
   ck.close()
   rows = _strict_json_lines(os.path.join(w, "metrics.jsonl"))  # strict JSON: null, never NaN
-  assert rows[-1]["step"] == bad and any(rows[-1][k] is None for k in ("loss", "grad_norm", "update_norm"))
+  assert rows[-1]["step"] == bad and any(rows[-1][k] is None for k in ("loss", "grad_norm", "param_norm"))
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_train_py_exits_nonzero_on_divergence(tmp_path, corpus_dir):  # noqa: F8
   cmd += [f"--config.model.scratch.{k}={v}" for k, v in model.items()]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 1, out.stderr[-2000:]
-  assert "training diverged: non-finite loss, gradient norm or update at step" in out.stderr
+  assert "training diverged: non-finite loss, gradient norm or parameters at step" in out.stderr
   assert "last good checkpoint: step" in out.stderr
 
 

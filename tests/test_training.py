@@ -94,6 +94,39 @@ def test_gradient_accumulation_matches_one_big_batch():
                s1.params, s2.params)
 
 
+@pytest.mark.parametrize("poison", ["update", "loss", "none"])
+def test_divergence_flag_names_the_first_bad_step(poison):
+  """train_step's flag: a step whose new parameters are not finite (finite loss and gradients, an
+  update that overflows), or whose loss is not, is named, and the name sticks to the first such step
+  when fed back; finite steps are never flagged; guard=False leaves out only the parameter norm."""
+  import optax
+  jnp = jax.numpy
+  model = build_model(tiny_model(dropout_rate=0.0))
+  overflow = optax.GradientTransformation(  # the 3rd step's update is inf
+      lambda p: optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32)),
+      lambda u, st, p=None: (jax.tree.map(lambda x: x * jnp.where(st.count == 2, jnp.inf, 1e-3), u),
+                             optax.ScaleByScheduleState(count=st.count + 1)))
+  tx = overflow if poison == "update" else optax.sgd(1e-3)
+  params = _trainer(model, small_cfg(), (1, 1, 1), jax.devices()[:1]).init_state(jax.random.key(1)).params
+  fresh = lambda: train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,  # noqa: E731
+                                       opt_state=tx.init(params))
+  step = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3)))
+  state, first_bad, flags = fresh(), np.int32(-1), []
+  for i in range(5):
+    if poison == "loss" and i == 1:  # a non-finite weight: loss and gradients follow
+      state = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.params))
+    state, m = step(state, random_batch(seed=i), jax.random.key(0), first_bad)
+    first_bad = m["first_bad_step"]
+    flags.append(int(first_bad))
+    if poison == "update" and i == 2:
+      assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+      assert not np.isfinite(float(m["param_norm"]))
+  assert flags == {"update": [-1, -1, 3, 3, 3], "loss": [-1, 2, 2, 2, 2], "none": [-1] * 5}[poison], flags
+  _, m = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3), guard=False))(
+      fresh(), random_batch(), jax.random.key(0))
+  assert "param_norm" not in m and int(m["first_bad_step"]) == -1
+
+
 def test_dropout_changes_with_step_but_is_reproducible():
   model = build_model(tiny_model(dropout_rate=0.3))
   cfg = small_cfg(learning_rate=0.0)  # lr 0: params fixed, only the dropout mask can differ
@@ -111,12 +144,13 @@ def test_dropout_changes_with_step_but_is_reproducible():
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
 def test_dropout_keep_rate_scale_and_independence(rate):
-  """layers.Dropout (one random byte per element): the rounded rate, unbiased scaling, and masks
-  that differ between rng keys and between neighbouring elements; evaluation is the identity."""
+  """layers.Dropout (a mask hashed from a per-row threefry draw and the column): the rounded rate,
+  unbiased scaling, the same keep rate in every column, no correlation between neighbouring elements
+  of a row or of a column, masks that differ between rng keys; evaluation is the identity."""
   from srformer_jax.layers import Dropout, dropout_rate_rounded
   r = dropout_rate_rounded(rate)
   assert abs(r - rate) <= 1 / 512 and round(r * 256) == r * 256
-  x = jax.numpy.ones((64, 257, 33))  # an element count not divisible by 4
+  x = jax.numpy.ones((64, 257, 33))  # odd sizes: 16,448 rows of 33
   drop = Dropout(rate)
   y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
   kept = y != 0
@@ -124,11 +158,14 @@ def test_dropout_keep_rate_scale_and_independence(rate):
   assert abs(kept.mean() - (1 - r)) < 4 * np.sqrt(r * (1 - r) / n)  # binomial, 4 sigma
   np.testing.assert_allclose(y[kept], 1 / (1 - r), rtol=1e-6)
   assert abs(y.mean() - 1.0) < 4 * np.sqrt(r / (1 - r) / n)  # E[dropout(x)] = x
-  # neighbouring bytes of one 32-bit draw are not correlated
-  flat = kept.reshape(-1)[: n // 4 * 4].reshape(-1, 4).astype(float)
-  assert abs(np.corrcoef(flat[:, 0], flat[:, 1])[0, 1]) < 0.02
+  rows = kept.reshape(-1, 33)
+  per_column = rows.mean(0)  # each column's keep rate over 16,448 rows (5 sigma over 33 columns)
+  assert np.abs(per_column - (1 - r)).max() < 5 * np.sqrt(r * (1 - r) / rows.shape[0]), per_column
+  f = rows.astype(float)
+  assert abs(np.corrcoef(f[:, :-1].ravel(), f[:, 1:].ravel())[0, 1]) < 0.02  # next column
+  assert abs(np.corrcoef(f[:-1].ravel(), f[1:].ravel())[0, 1]) < 0.02  # next row
   y2 = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
-  assert (kept != (y2 != 0)).mean() > r  # a new key draws a new mask
+  assert abs(np.corrcoef(f.ravel(), (y2 != 0).ravel().astype(float))[0, 1]) < 0.02  # a new key: a new mask
   assert np.array_equal(np.asarray(drop.apply({}, x, deterministic=True)), np.asarray(x))
   assert np.array_equal(np.asarray(Dropout(0.0).apply({}, x, deterministic=False)), np.asarray(x))
   assert not np.asarray(Dropout(1.0).apply({}, x, deterministic=False)).any()
