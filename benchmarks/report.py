@@ -183,7 +183,7 @@ def cpu_efficiency(r: Results) -> str:
       where = "–" if prof is None else (
           f"{prof['kind_share'].get('matmul', 0.0):.0%} / {prof['backward_share']:.0%}; "
           + ", ".join(f"{k} {v:.0%}" for k, v in list(prof["kind_share"].items())[:3] if k != "matmul"))
-      rows.append([f"`{row['name']}` step", before, _secs(row["step_s"]), speed, f"{row['share_of_peak']:.0%}", goal,
+      rows.append([f"`{row['name']}` step", before, _secs(row["step_s"]), speed, f"{row['share_of_peak']:.1%}", goal,
                    f"{row['time_split']['dropout']:.0%}", where])
     else:
       rows.append([f"`{row['name']}`, 500 dialogues", before, _secs(row["test_set_s"]), speed, "–", "2× faster", "–",
@@ -733,12 +733,12 @@ def glance_cpu_efficiency(r: Results) -> str:
   rows = []
   for row in d["rows"]:
     if "goal_share_of_peak" in row:
-      rows.append([f"`{row['name']}` step", _secs(row["step_s"]), f"{row['share_of_peak']:.0%} of the matmul peak",
+      rows.append([f"`{row['name']}` step", _secs(row["step_s"]), f"{row['share_of_peak']:.1%} of the matmul peak",
                    f"{row['goal_share_of_peak']:.0%}"])
     elif row["name"] == "t5_small_bf16" and "t5_small" in d["goals"]:
       base = "t5_small"  # mixed precision, against the same float32 peak (the sweep's gains nothing)
       rows.append([f"`{base}` step in bfloat16 (the goal is float32's)", _secs(row["step_s"]),
-                   f"{row['share_of_peak']:.0%} of the (float32) matmul peak", "–"])
+                   f"{row['share_of_peak']:.1%} of the (float32) matmul peak", "–"])
     elif row["name"] == "decode/beam2" and "speedup_vs_before" in row:
       rows.append(["beam 2, 500 test dialogues", _secs(row["test_set_s"]),
                    f"{_x(row['speedup_vs_before'])} faster than before", "2×"])
