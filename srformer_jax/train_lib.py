@@ -44,7 +44,7 @@ class TrainState:
 
 
 class TrainingDiverged(RuntimeError):
-  """A non-finite loss or gradient norm (the state of the step before it is kept, not saved)."""
+  """A non-finite loss, gradient norm or parameters (a flagged state is never saved)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,7 +147,9 @@ def make_train_step(model, tx, schedule, grad_accum: int = 1, deterministic: boo
     metrics = {"loss": m["loss_sum"] / n, "accuracy": m["correct"] / n, "tokens": m["tokens"],
                "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    if guard:  # finite gradients and parameters make a finite optimizer state (AdamW's moments)
+    # Finite gradients and parameters make a finite optimizer state for make_optimizer's chain
+    # (clipping, AdamW's moments: convex combinations of finite values); another `tx` may need more.
+    if guard:
       metrics["param_norm"] = optax.global_norm(params)
       finite &= jnp.isfinite(metrics["param_norm"])
     first_bad = jnp.where((first_bad < 0) & ~finite, state.step + 1, first_bad).astype(jnp.int32)

@@ -122,9 +122,11 @@ def test_divergence_flag_names_the_first_bad_step(poison):
       assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
       assert not np.isfinite(float(m["param_norm"]))
   assert flags == {"update": [-1, -1, 3, 3, 3], "loss": [-1, 2, 2, 2, 2], "none": [-1] * 5}[poison], flags
-  _, m = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3), guard=False))(
-      fresh(), random_batch(), jax.random.key(0))
+  unguarded = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3), guard=False))
+  _, m = unguarded(fresh(), random_batch(), jax.random.key(0))
   assert "param_norm" not in m and int(m["first_bad_step"]) == -1
+  nan = fresh().replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), params))
+  assert int(unguarded(nan, random_batch(), jax.random.key(0))[1]["first_bad_step"]) == 1  # loss still checked
 
 
 def test_dropout_changes_with_step_but_is_reproducible():
@@ -162,13 +164,33 @@ def test_dropout_keep_rate_scale_and_independence(rate):
   per_column = rows.mean(0)  # each column's keep rate over 16,448 rows (5 sigma over 33 columns)
   assert np.abs(per_column - (1 - r)).max() < 5 * np.sqrt(r * (1 - r) / rows.shape[0]), per_column
   f = rows.astype(float)
-  assert abs(np.corrcoef(f[:, :-1].ravel(), f[:, 1:].ravel())[0, 1]) < 0.02  # next column
-  assert abs(np.corrcoef(f[:-1].ravel(), f[1:].ravel())[0, 1]) < 0.02  # next row
+  # correlations over ~540k pairs: one standard deviation is ~0.0014, so 0.007 is 5 of them
+  assert abs(np.corrcoef(f[:, :-1].ravel(), f[:, 1:].ravel())[0, 1]) < 0.007  # next column
+  assert abs(np.corrcoef(f[:-1].ravel(), f[1:].ravel())[0, 1]) < 0.007  # next row
   y2 = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
-  assert abs(np.corrcoef(f.ravel(), (y2 != 0).ravel().astype(float))[0, 1]) < 0.02  # a new key: a new mask
+  assert abs(np.corrcoef(f.ravel(), (y2 != 0).ravel().astype(float))[0, 1]) < 0.007  # a new key: a new mask
   assert np.array_equal(np.asarray(drop.apply({}, x, deterministic=True)), np.asarray(x))
   assert np.array_equal(np.asarray(Dropout(0.0).apply({}, x, deterministic=False)), np.asarray(x))
   assert not np.asarray(Dropout(1.0).apply({}, x, deterministic=False)).any()
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (5, 1), (3, 0), (2, 3, 5)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dropout_edge_shapes_and_unbiased_bfloat16(shape, dtype):
+  """Scalars, vectors, a last axis of 1 and empty arrays keep their shape and dtype; kept values are
+  x / (1 - rate) as exactly as the dtype holds it (in bfloat16 the scale is applied in float32, not
+  rounded to bfloat16 first); the mask helper takes rates 0 and 1."""
+  import jax.numpy as jnp
+  from srformer_jax.layers import Dropout, dropout_keep_mask, dropout_rate_rounded
+  x = jnp.full(shape, 3.0, dtype)
+  y = Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  assert y.shape == x.shape and y.dtype == x.dtype
+  want = np.asarray(jnp.asarray(3.0 / (1 - dropout_rate_rounded(0.1)), jnp.float32).astype(dtype), np.float32)
+  kept = np.asarray(y, np.float32)[np.asarray(y, np.float32) != 0]
+  assert (kept == want).all(), (kept, want)
+  assert dropout_keep_mask(jax.random.key(0), 0.0, shape).all()
+  assert not dropout_keep_mask(jax.random.key(0), 1.0, shape).any()
+  assert dropout_keep_mask(jax.random.key(0), 1.0, shape).shape == shape
 
 
 @pytest.mark.parametrize("shape,dtype", [((5, 7), "float32"), ((3, 4, 7), "float32"), ((3, 4, 7), "bfloat16")])

@@ -124,7 +124,9 @@ class SelfAttention(nn.Module, ProjectionsMixin):
       rng = self.make_rng("dropout") if prob_dropout else None
       ctx = blockwise_attention(q, k, v, mask, rel_bias=position_bias, causal=self.causal,
                                 block_size=c.attention_block_size,
-                                dropout_rate=self.attn_dropout.rate, dropout_rng=rng)
+                                # the rate the dense path's layers.Dropout applies
+                                dropout_rate=layers.dropout_rate_rounded(self.attn_dropout.rate),
+                                dropout_rng=rng)
       return self.project_out(ctx), position_bias
     if self.has_relative_attention_bias and position_bias is None:
       pos = jnp.arange(t)
