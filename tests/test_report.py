@@ -199,6 +199,11 @@ def test_cpu_allocator_from_the_benchmark_summary(tmp_path):
   assert "2 rounds" in out and "2-core x86_64 CPU" in out
 
 
+def test_noise_floor_of_difference_shares():
+  assert report._noise_floor(0.042) == "4%" and report._noise_floor(0.004) == "~0%"
+  assert report._noise_floor(-0.05) == "~0%"
+
+
 def test_glance_cpu_efficiency_lists_the_goal_rows(tmp_path):
   rows = [{"name": "sweep/full", "step_s": 0.3, "share_of_peak": 0.4968, "goal_share_of_peak": 0.5},
           {"name": "sweep/xl_s8", "step_s": 0.3, "share_of_peak": 0.40},
