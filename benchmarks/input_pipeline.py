@@ -174,7 +174,10 @@ def main():
       else:
         cfg = config(size, n, every)
       loop, alone, unguarded = [], [], []
-      for _ in range(max(1, args.repeats // 2)):  # alternate, so load changes hit all alike
+      rounds = max(1, args.repeats // 2)
+      if size == "lm" and not args.quick:  # its loop makes two timed intervals per round: more rounds
+        rounds = max(rounds, 5)
+      for _ in range(rounds):  # alternate, so load changes hit all alike
         if size == "lm":
           loop += lm_loop_steps_per_s(cfg, workdir)
           alone += lm_step_alone_steps_per_s(cfg, workdir, every, 3)
