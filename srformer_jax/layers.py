@@ -70,13 +70,13 @@ def dropout_keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> ja
   """
   # Words over the leading axes only, so the batch axis keeps its place: with partitionable threefry
   # keys each device draws just its own rows, and the column iota is sliced like the array.
+  threshold = round(dropout_rate_rounded(rate) * 256)
+  if threshold >= 256:  # rate 1: everything dropped (256 << 24 does not fit in 32 bits)
+    return jnp.zeros(shape, bool)
   *lead, last = tuple(shape) or (1,)
   words = jax.random.bits(rng, (2, *lead, 1), jnp.uint32)                         # [2, ..., 1]
   cols = jax.lax.iota(jnp.uint32, last) * jnp.uint32(0x9E3779B9)                  # [last]
   h = _mix32(_mix32(words[0] ^ cols) ^ words[1])                                  # [..., last]
-  threshold = round(dropout_rate_rounded(rate) * 256)
-  if threshold >= 256:  # rate 1: everything dropped (256 << 24 does not fit in 32 bits)
-    return jnp.zeros(shape, bool)
   return (h >= jnp.uint32(threshold << 24)).reshape(shape)
 
 

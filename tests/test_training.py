@@ -110,11 +110,12 @@ def test_divergence_flag_names_the_first_bad_step(poison):
   params = _trainer(model, small_cfg(), (1, 1, 1), jax.devices()[:1]).init_state(jax.random.key(1)).params
   fresh = lambda: train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,  # noqa: E731
                                        opt_state=tx.init(params))
+  poisoned = lambda p: jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), p)  # noqa: E731
   step = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3)))
   state, first_bad, flags = fresh(), np.int32(-1), []
   for i in range(5):
     if poison == "loss" and i == 1:  # a non-finite weight: loss and gradients follow
-      state = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.params))
+      state = state.replace(params=poisoned(state.params))
     state, m = step(state, random_batch(seed=i), jax.random.key(0), first_bad)
     first_bad = m["first_bad_step"]
     flags.append(int(first_bad))
@@ -125,7 +126,7 @@ def test_divergence_flag_names_the_first_bad_step(poison):
   unguarded = jax.jit(train_lib.make_train_step(model, tx, optax.constant_schedule(1e-3), guard=False))
   _, m = unguarded(fresh(), random_batch(), jax.random.key(0))
   assert "param_norm" not in m and int(m["first_bad_step"]) == -1
-  nan = fresh().replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), params))
+  nan = fresh().replace(params=poisoned(params))
   assert int(unguarded(nan, random_batch(), jax.random.key(0))[1]["first_bad_step"]) == 1  # loss still checked
 
 
