@@ -248,11 +248,11 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     keep = None if per_example else np.nonzero(active)[0]
     keep = None if keep is None or len(keep) == len(active) else keep
     if self.config.uses_raf:
-      xs = jnp.moveaxis(self._raf_inputs(ks, vs, keep), 1, 0)  # [n, b, h, d, e]
-      on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[:1], bool)
-      outs, _ = raf.raf_scan(xs, on, self.threshold, self.leak)
+      xs = self._raf_inputs(ks, vs, keep)  # [b, n, h, d, e]
+      on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[1:2], bool)  # [n(, b)]
+      outs, _ = raf.raf_scan(xs, on, self.threshold, self.leak, axis=1)  # no transposes to and fro
       self._sow_raf_statistics(outs, on)
-      return jnp.moveaxis(outs, 0, 1)
+      return outs
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
     return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
 
@@ -268,7 +268,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
   def _sow_raf_statistics(self, outs, on):
     """Records what RAF passes on (collection 'intermediates', only when asked for it, e.g. by
     `srformer_jax.diagnostics.raf_statistics`): the fraction of entries that fired (out > 0) and
-    the mean |out| over the segments it stepped through. outs [n, b, h, d, e], on [n] or [n, b]."""
+    the mean |out| over the segments it stepped through. outs [b, n, h, d, e], on [n] or [n, b]."""
+    on = jnp.swapaxes(on, 0, 1) if on.ndim == 2 else on[None]  # [b, n] or [1, n]
     on = jnp.broadcast_to(on.reshape(on.shape + (1,) * (outs.ndim - on.ndim)), outs.shape)
     count = jnp.maximum(jnp.sum(on), 1)
     self.sow("intermediates", "raf_fired", jnp.sum((outs > 0) & on) / count)
@@ -284,20 +285,27 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     rec = jnp.mean(jnp.abs(recurrent_read.astype(jnp.float32)))
     self.sow("intermediates", "recurrent_share", rec / jnp.maximum(seg + rec, 1e-30))
 
-  def _scale_recurrent(self, out, ks):
-    """out / ||K|| (per head and value feature), and for the gated kinds times tanh(g) per head:
-    out [b, n, h, d, e], ks [b, m, s, h, e]."""
+  def _recurrent_scale(self, ks):
+    """What the recurrent term is multiplied by, per example, head and value feature: 1 / ||K||,
+    and for the gated kinds times tanh(g) per head. ks [b, m, s, h, e] -> [b, h, e] (None: 1).
+
+    It commutes with Q @ (.), so the training path scales the read ([b, m, g, h, e]) rather than
+    every segment's d x e output (a pass over [b, n, h, d, e] forward and backward), and decoding
+    scales its precomputed state once."""
     c = self.config
+    scale = None
     if c.cross_attention != "no_norm":
-      out = out / key_norm(ks, c.faithful)[:, None, :, None, :]
+      scale = 1.0 / key_norm(ks, c.faithful)
     if c.cross_attention in GATED_KINDS:
-      out = out * jnp.tanh(self.gate).astype(out.dtype)[:, None, None]  # [h, 1, 1]
-    return out
+      gate = jnp.tanh(self.gate)[:, None]  # [h, 1]
+      scale = gate[None] if scale is None else scale * gate
+    return scale
 
   @staticmethod
-  def _recurrent_read(q, rec):
-    """Q @ rec: q [b,m,g,h,d], rec [b,m,h,d,e] (already scaled by 1/||K||) -> [b,m,g,h,e]."""
-    return jnp.einsum("bmghd,bmhde->bmghe", q.astype(rec.dtype), rec)
+  def _recurrent_read(q, rec, scale):
+    """Q @ rec, scaled: q [b,m,g,h,d], rec [b,m,h,d,e], scale [b,h,e] or None -> [b,m,g,h,e]."""
+    read = jnp.einsum("bmghd,bmhde->bmghe", q.astype(rec.dtype), rec)
+    return read if scale is None else read * scale[:, None, None].astype(read.dtype)
 
   # ---------------------------------------------------------------------------------------------
   # teacher forcing
@@ -332,10 +340,10 @@ class CrossAttention(nn.Module, ProjectionsMixin):
                           else (ks, vs, ms))
       ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_recurrent(self._trained_recurrent_outputs(ks, vs, plan.active), ks)
+      rec = self._trained_recurrent_outputs(ks, vs, plan.active)  # [b, n, h, d, e]
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
         rec = jnp.zeros(rec.shape[:1] + (m,) + rec.shape[2:], rec.dtype).at[:, plan.active].set(rec)
-      read = self._recurrent_read(qg, rec)
+      read = self._recurrent_read(qg, rec, self._recurrent_scale(ks))
       self._sow_recurrent_share(ctx, read)
       ctx = ctx + read
     ctx = ctx.reshape(b, m * plan.group_size, *ctx.shape[3:])[:, plan.flat_pos]
@@ -356,8 +364,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       ctx = ctx + self._segment_softmax(qg, keys[rows, seg], vals[rows, seg], mask[rows, seg],
                                         deterministic)  # [b, q, s', h, d] per position
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._scale_recurrent(self._trained_recurrent_outputs(ks, vs, visited), ks)  # [b,m,h,d,e]
-      read = self._recurrent_read(qg, rec[rows, seg])
+      rec = self._trained_recurrent_outputs(ks, vs, visited)  # [b, m, h, d, e]
+      read = self._recurrent_read(qg, rec[rows, seg], self._recurrent_scale(ks))
       self._sow_recurrent_share(ctx, read)
       ctx = ctx + read
     return ctx[:, :, 0].astype(q.dtype)
@@ -396,8 +404,10 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     else:
       visits = _decoding_visits(c.gen_len, m)
     if c.cross_attention in RECURRENT_KINDS:
-      rec = self._recurrent_outputs(ks, vs, visits)
-      state["rec"] = jnp.swapaxes(self._scale_recurrent(rec, ks), 0, 1)
+      rec = self._recurrent_outputs(ks, vs, visits)  # [b, n, h, d, e]
+      scale = self._recurrent_scale(ks)
+      rec = rec if scale is None else rec * scale[:, None, :, None, :].astype(rec.dtype)
+      state["rec"] = jnp.swapaxes(rec, 0, 1)
     return state
 
   def step(self, x, state, t):
