@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from srformer_jax import layers
@@ -129,7 +130,7 @@ class SelfAttention(nn.Module, ProjectionsMixin):
                                 dropout_rng=rng)
       return self.project_out(ctx), position_bias
     if self.has_relative_attention_bias and position_bias is None:
-      pos = jnp.arange(t)
+      pos = np.arange(t)  # static: the buckets become a constant of the compiled step
       position_bias = self.compute_bias(pos, pos)
     if impl == "cudnn":
       # Padding as sequence lengths (cuDNN's padding mask): masks must be right-padded, as the
