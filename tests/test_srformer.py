@@ -288,15 +288,22 @@ def test_cross_attention_flops_table():
   rows = cost.table_1(q_len=128, k_len=1024, d=64, segment_sizes=(64, 16, 8))
   print("\n" + cost.format_table(rows))
   by = {(r["kind"], r["s"]): r for r in rows}
-  for r in rows:  # XLA's count is the analytic matmul count plus elementwise work (softmax, RAF
-    # updates, 1/||K||), which the analytic count leaves out: at most 10% here
-    assert r["analytic"] <= r["flops"] <= 1.10 * r["analytic"], r
+  q, k, d = 128, 1024, 64
+  for r in rows:  # XLA's count is the analytic matmul count plus elementwise work, which the
+    # analytic count leaves out: a few flops per element of the softmax scores and, for SRformer,
+    # of every segment's d x d RAF state and of K (||K||). (RAF's outputs are computed outside its
+    # loop, so XLA, which counts a loop body once, sees that work for every segment.)
+    m = k // r["s"]
+    elements = {"full": q * k, "segmented": q * r["s"], "srformer": q * r["s"] + m * d * d + k * d}[r["kind"]]
+    assert r["analytic"] <= r["flops"] <= r["analytic"] + 8 * elements, r
   assert by[("segmented", 64)]["ratio"] <= 0.07
   # RAF's d x d linear and the K_i^T V_i products cost ~4 k d^2: at d = s = 64 and q = 128 that is
-  # 0.5 of full attention's 4 q k d by itself, so srformer lands at ~0.6 (see README, Table 1).
-  assert by[("srformer", 64)]["ratio"] <= 0.60
-  # the V W route keeps small segments as cheap as large ones
-  assert by[("srformer", 8)]["ratio"] <= 0.60
+  # 0.5 of full attention's 4 q k d by itself, so srformer lands at ~0.6 (0.59 in its matmuls, the
+  # rest elementwise; see README, Table 1).
+  assert 0.55 <= by[("srformer", 64)]["ratio"] <= 0.62
+  # the V W route keeps small segments about as cheap as large ones (the direct route's 2 m d^3
+  # would be 4x the s = 64 cost at s = 8)
+  assert by[("srformer", 8)]["flops"] <= 1.10 * by[("srformer", 64)]["flops"]
 
 
 def test_decode_step_cost_does_not_grow_with_input_length():
