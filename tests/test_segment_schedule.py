@@ -187,6 +187,12 @@ def test_raf_scan_gradient_equals_stepping_raf_step(per_example, axis):
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_raf_scan_rejects_per_example_active_away_from_the_batch_axis():
+  xs = jnp.zeros((3, 2, 4, 2))  # [batch, heads, segments, d]
+  with pytest.raises(ValueError, match="axis 0 or 1"):
+    raf.raf_scan(xs, jnp.ones((4, 3), bool), jnp.asarray([0.3]), jnp.asarray([0.7]), axis=2)
+
+
 def test_length_schedule_rejects_faithful_mode():
   with pytest.raises(ValueError, match="faithful"):
     tiny(cross_attention="srformer", segment_schedule="length", faithful=True)

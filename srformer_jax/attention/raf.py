@@ -8,7 +8,7 @@ One RAF step on an input x (already passed through RAF's linear layer):
     out   =  relu(y)
 
 This is exactly the update of the authors' `RAF_apply`. It runs once per segment change, so over a
-whole sequence it is a `jax.lax.scan` over segments.
+whole sequence it is a loop over segments (`raf_scan`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def raf_scan(xs: jax.Array, active: jax.Array, threshold: jax.Array, leak: jax.A
   [batch, segments, ...] tensors needs no transposes. tests/test_segment_schedule.py checks values
   and every gradient against stepping `raf_step`.
   """
+  if active.ndim == 2 and axis not in (0, 1):
+    raise ValueError(f"raf_scan: a per-example `active` [segments, batch] needs the batch axis next to "
+                     f"the segment axis (axis 0 or 1), got axis={axis}")
   if mem0 is None:
     mem0 = jnp.zeros(xs.shape[:axis] + xs.shape[axis + 1:], xs.dtype)
   return _raf_scan(xs, active, threshold, leak, mem0, axis)
