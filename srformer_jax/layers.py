@@ -297,12 +297,15 @@ def _sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _add_bias_fwd(a, b):
-  return a + b, (jnp.shape(a), jnp.shape(b))
+  # Empty arrays carry the operands' dtypes (residuals must be arrays).
+  return a + b, ((jnp.shape(a), jnp.zeros((0,), jnp.result_type(a))),
+                 (jnp.shape(b), jnp.zeros((0,), jnp.result_type(b))))
 
 
-def _add_bias_bwd(shapes, g):
-  (sa, sb) = shapes
-  return (_sum_to_shape(g, sa).reshape(sa), _sum_to_shape(g, sb).reshape(sb))
+def _add_bias_bwd(avals, g):
+  # Each cotangent in its operand's dtype: a float32 bias added to float64 scores (a float64
+  # model) gets a float32 gradient, as JAX's own gradient of `+` gives it.
+  return tuple(_sum_to_shape(g, shape).reshape(shape).astype(like.dtype) for shape, like in avals)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

@@ -28,6 +28,21 @@ def make_mesh(cfg):
   return sharding.make_mesh(tuple(cfg.train.mesh_shape))
 
 
+def check_train_batch(cfg, mesh):
+  """Refuses a train batch whose rows per (micro-)step do not split evenly over the mesh's
+  data-parallel devices (data x fsdp), which jax would otherwise report mid-step as an
+  IndivisibleError."""
+  from srformer_jax.entry import ConfigError
+  batch, accum = cfg.train.batch_size, cfg.train.get("grad_accum", 1)
+  n = mesh.shape[sharding.MESH_AXES[0]] * mesh.shape[sharding.MESH_AXES[1]]
+  if (batch // accum) % n:
+    per_step = f" ({batch // accum} rows per micro-step with grad_accum {accum})" if accum > 1 else ""
+    raise ConfigError(f"config.train.batch_size {batch}{per_step} does not split over the mesh's {n} "
+                      f"data-parallel devices (mesh {tuple(mesh.devices.shape)}, data x fsdp x tensor): "
+                      f"set config.train.batch_size to a multiple of {n * accum} or change "
+                      f"config.train.mesh_shape")
+
+
 # ------------------------------------------------------------------------------------------------
 # tokenizer, model, data
 
@@ -220,6 +235,6 @@ def write_json(path: str, obj, **kw):
   os.replace(tmp, path)
 
 
-__all__ = ["init_distributed", "is_main", "barrier", "main_first", "local_rows", "make_mesh",
+__all__ = ["init_distributed", "is_main", "barrier", "main_first", "local_rows", "make_mesh", "check_train_batch",
            "model_fields", "validate_config", "build_tokenizer", "load_source", "source_id", "batch_spec",
            "build_model_config", "TrainSetup", "setup_training", "load_trained_model", "write_json"]

@@ -306,6 +306,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   Raises `TrainingDiverged` on a non-finite loss, gradient norm or parameters.
   """
   run_setup.init_distributed(cfg)
+  mesh = run_setup.make_mesh(cfg)
+  run_setup.check_train_batch(cfg, mesh)  # before any data is read
   run = run_setup.setup_training(cfg, workdir)
   model, tok = run.model, run.tokenizer
   if run.initialised:
@@ -313,7 +315,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   t = cfg.train
   main = run_setup.is_main()
   tx, schedule = make_optimizer(cfg)
-  trainer = Trainer(model, tx, schedule, run_setup.make_mesh(cfg), grad_accum=t.grad_accum)
+  trainer = Trainer(model, tx, schedule, mesh, grad_accum=t.grad_accum)
   it = data.BatchIterator(run.train_data, tok, batch_spec(cfg), seed=t.seed,
                           rows=trainer.local_rows(t.batch_size))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)

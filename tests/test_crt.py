@@ -230,9 +230,11 @@ def test_config_files_load(name, arg):
 def test_benchmark_quick(tmp_path):
   import subprocess
   import sys
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as the benchmark runs (not the suite's 8 fake ones)
   run = lambda *a: subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--out", str(tmp_path),
                                    "--workdir", str(tmp_path / "runs"), *a], cwd=REPO, capture_output=True,
-                                  text=True)
+                                  text=True, env=env)
   out = run("--only", "full_L,segmented_L/4,crt_L/4")
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "crt_ptb_quick.json") as f:

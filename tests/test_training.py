@@ -225,6 +225,32 @@ def test_dense_dot_general_is_the_matmul_and_its_gradient(shape, dtype):
   np.testing.assert_array_equal(layers.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
 
 
+@pytest.mark.parametrize("score_dtype,bias_dtype", [("float32", "float32"), ("float64", "float32"),
+                                                     ("bfloat16", "float32")])
+def test_add_bias_is_the_sum_and_its_gradient(score_dtype, bias_dtype):
+  """layers.add_bias (the bias gradient summed over the batch as a matmul) computes what `+` computes:
+  the sum and both gradients, each in its operand's dtype, also under remat (whose partial
+  evaluation checks the cotangents' dtypes: a float32 bias on float64 scores once failed there)."""
+  import jax.numpy as jnp
+  from srformer_jax import layers
+  with jax.enable_x64(True):
+    scores = jax.random.normal(jax.random.key(0), (3, 2, 5, 7)).astype(score_dtype)
+    pos = jax.random.normal(jax.random.key(1), (1, 2, 5, 7)).astype(bias_dtype)
+    mask = jax.random.normal(jax.random.key(2), (3, 1, 1, 7)).astype(score_dtype)
+
+    def loss(add, s, p, m):
+      return jnp.sum(jnp.sin(add(add(s, p), m).astype(jnp.float32)))
+
+    plus = lambda a, b: a + b  # noqa: E731
+    got = jax.grad(jax.checkpoint(lambda *a: loss(layers.add_bias, *a)), argnums=(0, 1, 2))(scores, pos, mask)
+    want = jax.grad(lambda *a: loss(plus, *a), argnums=(0, 1, 2))(scores, pos, mask)
+    np.testing.assert_array_equal(layers.add_bias(scores, pos), scores + pos)
+    tol = 1e-2 if score_dtype == "bfloat16" else 1e-6
+    for g, w in zip(got, want):
+      assert g.dtype == w.dtype and g.shape == w.shape
+      np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_accumulating_dot_general_and_tied_logits(dtype):
   """layers.accumulating_dot_general: float32 operands go to lax.dot_general unchanged (bit for bit);

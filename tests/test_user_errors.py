@@ -80,6 +80,21 @@ def test_train_lm_py_one_line_error(tmp_path):
   _one_line_error(out, "no corpus file at", "config.data.data_dir")
 
 
+@pytest.mark.parametrize("script", ["train.py", "train_lm.py"])
+def test_train_batch_that_does_not_split_over_the_devices(tmp_path, script):
+  """A batch the data-parallel devices cannot share is one line, before any data is read (the
+  missing PTB directory would be the error otherwise), not jax's IndivisibleError mid-step."""
+  w = tmp_path / "w"
+  args = [script, f"--workdir={w}", "--config.train.batch_size=3"]
+  if script == "train_lm.py":
+    args.append(f"--config.data.data_dir={tmp_path / 'no_ptb'}")
+  out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  _one_line_error(out, "config.train.batch_size 3 does not split over the mesh's 2 data-parallel devices",
+                  "a multiple of 2")
+  assert not os.path.exists(w / "corpus")
+
+
 def test_cli_empty_input_and_missing_run(trained_run, tmp_path):  # noqa: F811
   w = trained_run[0]
   out = _run(["-m", "srformer_jax.cli", "--workdir", w], stdin="  \n")

@@ -31,7 +31,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import NamedSharding
 
-from srformer_jax import checkpoint, sharding
+from srformer_jax import checkpoint, run_setup, sharding
 from srformer_jax.crt import data as lm_data
 from srformer_jax.crt import stream
 from srformer_jax.crt.config import CRTConfig
@@ -212,10 +212,11 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
     log.info("%s: training stopped at step %d (no validation gain for %d evaluations); nothing to do",
              workdir, stopped["step"], stopped["patience"])
     return stopped.get("last", {})
+  mesh = run_setup.make_mesh(cfg)
+  run_setup.check_train_batch(cfg, mesh)  # before any data is read
   model, vocab, ids = setup(cfg, workdir)
   c = model.config
   tx, schedule = make_optimizer(cfg)
-  mesh = sharding.make_mesh(tuple(t.mesh_shape))
   trainer = LMTrainer(model, tx, schedule, mesh, t.batch_size, t.truncate_every)
   it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * c.segment_len)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
