@@ -18,7 +18,9 @@ Per row: median step time, tokens/s, XLA-counted flops of the compiled step, the
 measured by ablation: forward alone, forward + backward, the whole step, and the step without
 dropout (so backward = fwd_bwd - fwd, optimizer and guard = step - fwd_bwd, dropout = step -
 step_without_dropout), and by a profile of three steps (`profile_summary`: each XLA op's own time
-by kind of op, the backward pass's share, the top ops). The share uses the flops of the reference step (the first recorded run for
+by kind of op, the backward pass's share, the top ops), and its matmuls alone (`matmul_floor`: every
+dot of the compiled step timed on its own at its shapes and summed, a lower bound on the step, with
+the share of the peak the step would reach if nothing else took time). The share uses the flops of the reference step (the first recorded run for
 these shapes, `cpu_efficiency_reference_flops.json`), so a faster step raises it and a rewrite that
 computes less cannot lower it. Also the sweep model's beam search (beam 2 and 4, batch 50, k 256,
 64 new tokens): seconds for the sweep's 500 test dialogues.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -190,6 +193,71 @@ def profile_summary(call, hlo_text: str, steps: int = 3, top: int = 12) -> dict:
           "top_ops": rows}
 
 
+_DEF = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
+_DOT = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)$")
+_HLO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
+
+
+def hlo_dots(hlo_text: str) -> list[dict]:
+  """Every dot instruction of an optimized HLO module (top level and inside fusions): its operands'
+  dtypes and shapes, its result dtype and its dimension numbers."""
+  dots, shapes = [], {}
+  for line in hlo_text.splitlines():
+    if not line.startswith(" "):  # a computation's header or closing brace: names are per computation
+      shapes = {}
+      continue
+    m = _DEF.match(line)
+    if m:
+      shapes[m.group(1)] = (m.group(2), tuple(int(x) for x in m.group(3).split(",") if x))
+    d = _DOT.match(line)
+    if d and d.group(2) in shapes and d.group(3) in shapes:
+      dims = {k: tuple(int(x) for x in v.split(",") if x)
+              for k, v in re.findall(r"(\w+_dims)=\{([\d,]*)\}", d.group(4))}
+      (ldt, lhs), (rdt, rhs) = shapes[d.group(2)], shapes[d.group(3)]
+      dots.append({"lhs": lhs, "rhs": rhs, "dtypes": (ldt, rdt, d.group(1)),
+                   "contracting": (dims.get("lhs_contracting_dims", ()), dims.get("rhs_contracting_dims", ())),
+                   "batch": (dims.get("lhs_batch_dims", ()), dims.get("rhs_batch_dims", ()))})
+  return dots
+
+
+def _dot_flops(dot: dict) -> float:
+  rhs_free = [n for i, n in enumerate(dot["rhs"]) if i not in dot["contracting"][1] + dot["batch"][1]]
+  return 2.0 * math.prod(dot["lhs"]) * math.prod(rhs_free)
+
+
+def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
+  """The step's matmuls alone: each distinct dot of the compiled step (shapes, dtypes, dimension
+  numbers) timed on its own, times how often the step holds it, summed.
+
+  A lower bound on the step: XLA:CPU runs each matmul on all cores, so the step cannot take less
+  than its matmuls do alone, whatever the rest costs (a dot inside a while loop is counted once,
+  which only lowers the bound). `reference_flops / floor / peak` is then the most of the matmul
+  peak that the step could reach if everything but its matmuls took no time.
+  """
+  import collections
+
+  import jax
+  import jax.numpy as jnp
+  dots = hlo_dots(hlo_text)
+  counts = collections.Counter(
+      (d["lhs"], d["rhs"], d["dtypes"], d["contracting"], d["batch"]) for d in dots)
+  rows, total = [], 0.0
+  for (lhs, rhs, dtypes, contracting, batch), n in counts.items():
+    ldt, rdt, odt = (jnp.dtype(_HLO_DTYPES[t]) for t in dtypes)
+    x = jax.random.normal(jax.random.key(0), lhs, jnp.float32).astype(ldt)
+    y = jax.random.normal(jax.random.key(1), rhs, jnp.float32).astype(rdt)
+    f = jax.jit(lambda x, y, dn=(contracting, batch), odt=odt: jax.lax.dot_general(
+        x, y, dn, preferred_element_type=odt))
+    each = common.time_fn(lambda f=f, x=x, y=y: f(x, y), repeats)["median_s"]
+    total += n * each
+    flops = _dot_flops({"lhs": lhs, "rhs": rhs, "contracting": contracting, "batch": batch})
+    rows.append({"lhs": list(lhs), "rhs": list(rhs), "dtypes": list(dtypes),
+                 "contracting": [list(c) for c in contracting], "batch": [list(b) for b in batch],
+                 "count": n, "ms_each": each * 1e3, "flops_per_s": flops / each})
+  rows.sort(key=lambda r: -r["count"] * r["ms_each"])
+  return {"s": total, "dots": len(dots), "distinct": len(counts), "slowest": rows[:slowest]}
+
+
 def _optimizer(lr: float = 1e-3):
   """The experiments' optimizer (train_lib.make_optimizer: clipping + AdamW with a decay mask)."""
   import ml_collections
@@ -231,6 +299,7 @@ def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
     if label == "step":
       out["xla_flops"] = _flops(compiled)
       out["profile"] = profile_summary(step, compiled.as_text())
+      out["matmul_floor"] = matmul_floor(compiled.as_text(), repeats)
       params = holder["state"].params
       fwd = lambda p, b, r: loss_and_metrics(trainer.model, p, b, r, False)[0]  # noqa: E731
       out["fwd_s"] = _time_compiled(fwd, (params, sharded, key), repeats)["median_s"]
@@ -307,6 +376,7 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
       compiled = lowered.compile()
       out["xla_flops"] = _flops(compiled)
       out["profile"] = profile_summary(step, compiled.as_text())
+      out["matmul_floor"] = matmul_floor(compiled.as_text(), repeats)
       carry = init_carry(model.config, s["batch"])
       params = holder["state"].params
 
@@ -378,10 +448,12 @@ def finish(row: dict, peak: float, reference: dict) -> dict:
                          "backward": (row["fwd_bwd_s"] - row["fwd_s"]) / row["step_s"],
                          "optimizer_and_guard": (row["step_s"] - row["fwd_bwd_s"]) / row["step_s"],
                          "dropout": (row["step_s"] - row["step_without_dropout_s"]) / row["step_s"]})
+  if "matmul_floor" in row:  # the most of the peak the step could reach if only its matmuls took time
+    row["floor_share_of_peak"] = ref / row["matmul_floor"]["s"] / peak
   if row["name"] in GOALS:
     row["goal_share_of_peak"] = GOALS[row["name"]]
   print(f"{row['name']:<26} step {row['step_s'] * 1e3:8.1f} ms  {row['tokens_per_s']:8.0f} tok/s  "
-        f"share {row['share_of_peak']:.2f}  fwd {row['time_split']['forward']:.2f} "
+        f"share {row['share_of_peak']:.2f} (matmuls alone {row.get('floor_share_of_peak', float('nan')):.2f})  fwd {row['time_split']['forward']:.2f} "
         f"bwd {row['time_split']['backward']:.2f} opt {row['time_split']['optimizer_and_guard']:.2f} "
         f"dropout {row['time_split']['dropout']:.2f}", flush=True)
   return row
@@ -400,8 +472,11 @@ def plot(rows: list[dict], peak: float, path: str, title: str):
   for i, r in enumerate(train):
     if "goal_share_of_peak" in r:
       ax1.plot([r["goal_share_of_peak"]] * 2, [i - 0.4, i + 0.4], "r-", lw=2)
+    if "floor_share_of_peak" in r:
+      ax1.plot([r["floor_share_of_peak"]] * 2, [i - 0.4, i + 0.4], "k:", lw=2)
   ax1.set_yticks(y, [r["name"] for r in train])
-  ax1.set_xlabel(f"share of the matmul peak ({peak / 1e9:.0f} GFLOP/s); red: goal")
+  ax1.set_xlabel(f"share of the matmul peak ({peak / 1e9:.0f} GFLOP/s); red: goal;\n"
+                 "dotted: the most its matmuls allow (each timed alone)")
   ax1.invert_yaxis()
   parts = ("forward", "backward", "optimizer_and_guard")
   left = np.zeros(len(train))

@@ -49,3 +49,31 @@ def test_profile_summary_counts_self_time_and_sums_to_one():
   assert prof["kind_share"].get("loop control", 0.0) < prof["kind_share"]["matmul"]
   assert all(o["ms_per_step"] >= 0 for o in prof["top_ops"])  # a loop's body is not subtracted twice
   assert prof["backward_share"] == 0.0  # no jvp transpose in a forward-only function
+
+
+def test_hlo_dots_finds_every_matmul_with_its_shapes_and_the_floor_times_them():
+  """hlo_dots reads each dot of the optimized module (top level, fused with elementwise work, batched,
+  inside a loop body); matmul_floor times each distinct one alone and counts repeats."""
+  def f(a, b, q, k, xs):
+    c, _ = jax.lax.scan(lambda c, x: (jnp.tanh(c @ x), None), jnp.ones((8, 8)), xs)
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k)  # batched, contracting the last axes
+    return (jnp.tanh(a @ b) @ b.T).sum() + (a @ b).sum() + scores.sum() + c.sum()
+
+  rng = np.random.default_rng(0)
+  args = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((48, 32), (32, 40), (2, 3, 5, 4), (2, 3, 7, 4),
+                                                                   (4, 8, 8))]
+  hlo = jax.jit(f).lower(*args).compile().as_text()
+  dots = cpu_efficiency.hlo_dots(hlo)
+  sigs = sorted((d["lhs"], d["rhs"], d["batch"]) for d in dots)
+  batched = [d for d in dots if d["batch"] != ((), ())]
+  assert len(batched) == 1 and batched[0]["lhs"] == (2, 3, 5, 4) and batched[0]["rhs"] == (2, 3, 7, 4), sigs
+  assert batched[0]["contracting"] == ((3,), (3,)) and batched[0]["dtypes"] == ("f32", "f32", "f32")
+  assert cpu_efficiency._dot_flops(batched[0]) == 2 * 2 * 3 * 5 * 4 * 7
+  assert ((8, 8), (8, 8), ((), ())) in sigs  # the loop body's
+  # a @ b appears twice in f: XLA may compute it once; the [48, 40] x [32, 40]^T product is there either way
+  assert any(d["lhs"] == (48, 40) and d["rhs"] == (32, 40) or d["lhs"] == (32, 40) and d["rhs"] == (48, 40)
+             for d in dots), sigs
+  floor = cpu_efficiency.matmul_floor(hlo, repeats=2)
+  assert floor["dots"] == len(dots) and len(set(sigs)) <= floor["distinct"] <= len(dots)
+  assert floor["s"] > 0 and sum(r["count"] for r in floor["slowest"]) <= len(dots)
+  assert all(r["ms_each"] > 0 and r["flops_per_s"] > 0 for r in floor["slowest"])
