@@ -198,25 +198,55 @@ _DOT = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+
 _HLO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
 
 
+def _computation_counts(hlo_text: str) -> dict:
+  """How many times each computation of an optimized HLO module runs per call of its entry: a while
+  loop's body (and what it calls) as often as its known trip count says (once when unknown), a
+  conditional's branches never (only one runs: a lower bound), everything else once per call site."""
+  import functools
+  callers: dict = {}  # callee -> [(caller, factor)]
+  comp, entry = None, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(ENTRY )?%([\w.\-]+) ", line)
+    if header:
+      comp = header.group(2)
+      entry = comp if header.group(1) else entry
+      continue
+    if comp is None or not line.startswith(" "):
+      continue
+    trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
+    for attr, callee in re.findall(r"\b(calls|body|condition|to_apply)=%([\w.\-]+)", line):
+      factor = int(trip.group(1)) if trip and attr == "body" else 1
+      callers.setdefault(callee, []).append((comp, factor))
+
+  @functools.lru_cache(maxsize=None)
+  def count(name: str) -> int:
+    return 1 if name == entry else sum(count(c) * f for c, f in callers.get(name, ()))
+  return {name: count(name) for name in set(callers) | {entry}}
+
+
 def hlo_dots(hlo_text: str) -> list[dict]:
-  """Every dot instruction of an optimized HLO module (top level and inside fusions): its operands'
-  dtypes and shapes, its result dtype and its dimension numbers."""
-  dots, shapes = [], {}
+  """Every dot instruction of an optimized HLO module (top level, inside fusions and loop bodies):
+  its operands' dtypes and shapes, its result dtype, its dimension numbers and how many times it
+  runs per call (`_computation_counts`)."""
+  counts = _computation_counts(hlo_text)
+  dots, shapes, comp = [], {}, None
   for line in hlo_text.splitlines():
     if not line.startswith(" "):  # a computation's header or closing brace: names are per computation
-      shapes = {}
+      header = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
+      comp, shapes = (header.group(1) if header else comp), {}
       continue
     m = _DEF.match(line)
     if m:
       shapes[m.group(1)] = (m.group(2), tuple(int(x) for x in m.group(3).split(",") if x))
     d = _DOT.match(line)
-    if d and d.group(2) in shapes and d.group(3) in shapes:
+    if d and d.group(2) in shapes and d.group(3) in shapes and counts.get(comp, 0) > 0:
       dims = {k: tuple(int(x) for x in v.split(",") if x)
               for k, v in re.findall(r"(\w+_dims)=\{([\d,]*)\}", d.group(4))}
       (ldt, lhs), (rdt, rhs) = shapes[d.group(2)], shapes[d.group(3)]
       dots.append({"lhs": lhs, "rhs": rhs, "dtypes": (ldt, rdt, d.group(1)),
                    "contracting": (dims.get("lhs_contracting_dims", ()), dims.get("rhs_contracting_dims", ())),
-                   "batch": (dims.get("lhs_batch_dims", ()), dims.get("rhs_batch_dims", ()))})
+                   "batch": (dims.get("lhs_batch_dims", ()), dims.get("rhs_batch_dims", ())),
+                   "runs": counts[comp]})
   return dots
 
 
@@ -227,11 +257,12 @@ def _dot_flops(dot: dict) -> float:
 
 def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
   """The step's matmuls alone: each distinct dot of the compiled step (shapes, dtypes, dimension
-  numbers) timed on its own, times how often the step holds it, summed.
+  numbers) timed on its own (the fastest of 20 or more calls), times how often the step runs it,
+  summed.
 
   A lower bound on the step: XLA:CPU runs each matmul on all cores, so the step cannot take less
-  than its matmuls do alone, whatever the rest costs (a dot inside a while loop is counted once,
-  which only lowers the bound). `reference_flops / floor / peak` is then the most of the matmul
+  than its matmuls do alone, whatever the rest costs. A dot in a loop body counts as often as the
+  loop's known trip count (once when XLA does not know it, which only lowers the bound). `reference_flops / floor / peak` is then the most of the matmul
   peak that the step could reach if everything but its matmuls took no time.
   """
   import collections
@@ -239,8 +270,9 @@ def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
   import jax
   import jax.numpy as jnp
   dots = hlo_dots(hlo_text)
-  counts = collections.Counter(
-      (d["lhs"], d["rhs"], d["dtypes"], d["contracting"], d["batch"]) for d in dots)
+  counts = collections.Counter()
+  for d in dots:
+    counts[(d["lhs"], d["rhs"], d["dtypes"], d["contracting"], d["batch"])] += d["runs"]
   rows, total = [], 0.0
   for (lhs, rhs, dtypes, contracting, batch), n in counts.items():
     ldt, rdt, odt = (jnp.dtype(_HLO_DTYPES[t]) for t in dtypes)
@@ -248,14 +280,17 @@ def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
     y = jax.random.normal(jax.random.key(1), rhs, jnp.float32).astype(rdt)
     f = jax.jit(lambda x, y, dn=(contracting, batch), odt=odt: jax.lax.dot_general(
         x, y, dn, preferred_element_type=odt))
-    each = common.time_fn(lambda f=f, x=x, y=y: f(x, y), repeats)["median_s"]
+    # the fastest of at least 20 calls: a lower bound wants the product's own time, not the
+    # machine's interruptions (a median of a few calls ran up to 2x slower on this CPU)
+    each = common.time_fn(lambda f=f, x=x, y=y: f(x, y), max(repeats, 20))["min_s"]
     total += n * each
     flops = _dot_flops({"lhs": lhs, "rhs": rhs, "contracting": contracting, "batch": batch})
     rows.append({"lhs": list(lhs), "rhs": list(rhs), "dtypes": list(dtypes),
                  "contracting": [list(c) for c in contracting], "batch": [list(b) for b in batch],
                  "count": n, "ms_each": each * 1e3, "flops_per_s": flops / each})
   rows.sort(key=lambda r: -r["count"] * r["ms_each"])
-  return {"s": total, "dots": len(dots), "distinct": len(counts), "slowest": rows[:slowest]}
+  return {"s": total, "dots": len(dots), "runs": sum(d["runs"] for d in dots), "distinct": len(counts),
+          "slowest": rows[:slowest]}
 
 
 def _optimizer(lr: float = 1e-3):

@@ -293,7 +293,14 @@ def vs_hf_torch(r: Results) -> str:
             f"medians over rounds, speed-ups the mean of the rounds' ratios (train: "
             + ", ".join(f"{r['kind']} " + " / ".join(_x(v) for v in r["train_speedup_per_round"])
                         for r in cpu["rows"] if r["impl"] != "hf_torch")
-            + f"); {_machine(cpu['machine'])}, torch {cpu['torch']} on {cpu['torch_threads']} threads.\n")
+            + f"); {_machine(cpu['machine'])}, torch {cpu['torch']} on {cpu['torch_threads']} threads.")
+    hf = _one(_rows(cpu, impl="hf_torch"))
+    floors = [r for r in cpu["rows"] if "train_matmul_floor_s" in r]
+    if floors and hf:
+      out += (" Our train step's matmuls alone (each timed on its own at its shapes, summed: a lower bound "
+              "on the step): " + ", ".join(f"{r['kind']} {_secs(r['train_matmul_floor_s'])}" for r in floors)
+              + f"; 1.2× HF's step would be {_secs(hf['train_step_s'] / 1.2)}.")
+    out += "\n"
   return out
 
 

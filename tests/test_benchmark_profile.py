@@ -53,7 +53,8 @@ def test_profile_summary_counts_self_time_and_sums_to_one():
 
 def test_hlo_dots_finds_every_matmul_with_its_shapes_and_the_floor_times_them():
   """hlo_dots reads each dot of the optimized module (top level, fused with elementwise work, batched,
-  inside a loop body); matmul_floor times each distinct one alone and counts repeats."""
+  inside a loop body, counted once per trip); matmul_floor times each distinct one alone and counts
+  how often it runs."""
   def f(a, b, q, k, xs):
     c, _ = jax.lax.scan(lambda c, x: (jnp.tanh(c @ x), None), jnp.ones((8, 8)), xs)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k)  # batched, contracting the last axes
@@ -69,11 +70,14 @@ def test_hlo_dots_finds_every_matmul_with_its_shapes_and_the_floor_times_them():
   assert len(batched) == 1 and batched[0]["lhs"] == (2, 3, 5, 4) and batched[0]["rhs"] == (2, 3, 7, 4), sigs
   assert batched[0]["contracting"] == ((3,), (3,)) and batched[0]["dtypes"] == ("f32", "f32", "f32")
   assert cpu_efficiency._dot_flops(batched[0]) == 2 * 2 * 3 * 5 * 4 * 7
-  assert ((8, 8), (8, 8), ((), ())) in sigs  # the loop body's
+  assert ((8, 8), (8, 8), ((), ())) in sigs  # the loop body's, run once per step of the scan
+  assert [d["runs"] for d in dots if d["lhs"] == (8, 8)] == [4]
+  assert all(d["runs"] == 1 for d in dots if d["lhs"] != (8, 8))
   # a @ b appears twice in f: XLA may compute it once; the [48, 40] x [32, 40]^T product is there either way
   assert any(d["lhs"] == (48, 40) and d["rhs"] == (32, 40) or d["lhs"] == (32, 40) and d["rhs"] == (48, 40)
              for d in dots), sigs
   floor = cpu_efficiency.matmul_floor(hlo, repeats=2)
-  assert floor["dots"] == len(dots) and len(set(sigs)) <= floor["distinct"] <= len(dots)
-  assert floor["s"] > 0 and sum(r["count"] for r in floor["slowest"]) <= len(dots)
+  assert floor["dots"] == len(dots) and floor["runs"] == len(dots) + 3
+  assert len(set(sigs)) <= floor["distinct"] <= len(dots)
+  assert floor["s"] > 0 and sum(r["count"] for r in floor["slowest"]) <= floor["runs"]
   assert all(r["ms_each"] > 0 and r["flops_per_s"] > 0 for r in floor["slowest"])
