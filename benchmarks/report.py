@@ -201,7 +201,7 @@ def cpu_efficiency(r: Results) -> str:
           f"before {d['load_avg_before'][0]:.2f}{bf16}. Dropout's share is the step's time less the step "
           "without dropout; a difference below half a percent, or below zero (timing noise), reads ~0%. "
           "\"Its matmuls alone\": every matmul of the compiled step timed on its own at its shapes, summed "
-          "(a lower bound on the step), and in brackets the share of the peak the step would reach if "
+          "(what its products cost on their own), and in brackets the share of the peak the step would reach if "
           "nothing else took time. "
           + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 
@@ -297,8 +297,8 @@ def vs_hf_torch(r: Results) -> str:
     hf = _one(_rows(cpu, impl="hf_torch"))
     floors = [r for r in cpu["rows"] if "train_matmul_floor_s" in r]
     if floors and hf:
-      out += (" Our train step's matmuls alone (each timed on its own at its shapes, summed: a lower bound "
-              "on the step): " + ", ".join(f"{r['kind']} {_secs(r['train_matmul_floor_s'])}" for r in floors)
+      out += (" Our train step's matmuls alone (each timed on its own at its shapes, summed: what its "
+              "products cost on their own): " + ", ".join(f"{r['kind']} {_secs(r['train_matmul_floor_s'])}" for r in floors)
               + f"; 1.2× HF's step would be {_secs(hf['train_step_s'] / 1.2)}.")
     out += "\n"
   return out

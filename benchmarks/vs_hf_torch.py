@@ -130,7 +130,7 @@ def child_ours(args, workdir: str) -> list[dict]:
     tr = common.time_fn(step, args.repeats)
     rows.append(dict(impl="srformer_jax", kind=kind, generate_s=gen["median_s"], train_step_s=tr["median_s"],
                      generate_compile_s=gen["first_call_s"], train_compile_s=tr["first_call_s"]))
-    if args.platform == "cpu":  # the step's matmuls alone: a lower bound on its time (cpu_efficiency.py)
+    if args.platform == "cpu":  # the step's matmuls alone (cpu_efficiency.matmul_floor)
       from benchmarks.cpu_efficiency import matmul_floor
       hlo = trainer.lower(holder["state"], batch, jax.random.key(1)).compile().as_text()
       rows[-1]["train_matmul_floor_s"] = matmul_floor(hlo, args.repeats)["s"]

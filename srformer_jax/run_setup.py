@@ -29,18 +29,19 @@ def make_mesh(cfg):
 
 
 def check_train_batch(cfg, mesh):
-  """Refuses a train batch whose rows per (micro-)step do not split evenly over the mesh's
-  data-parallel devices (data x fsdp), which jax would otherwise report mid-step as an
-  IndivisibleError."""
+  """Refuses a global train batch that does not split evenly over the mesh's data-parallel devices
+  (data x fsdp), which jax would otherwise report mid-step as an IndivisibleError. (Micro-batches
+  of a grad_accum step may split unevenly: XLA pads them.) Values that are not positive integers
+  are left to `validate_config`'s message."""
   from srformer_jax.entry import ConfigError
-  batch, accum = cfg.train.batch_size, cfg.train.get("grad_accum", 1)
+  batch = cfg.train.batch_size
+  if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    return
   n = mesh.shape[sharding.MESH_AXES[0]] * mesh.shape[sharding.MESH_AXES[1]]
-  if (batch // accum) % n:
-    per_step = f" ({batch // accum} rows per micro-step with grad_accum {accum})" if accum > 1 else ""
-    raise ConfigError(f"config.train.batch_size {batch}{per_step} does not split over the mesh's {n} "
-                      f"data-parallel devices (mesh {tuple(mesh.devices.shape)}, data x fsdp x tensor): "
-                      f"set config.train.batch_size to a multiple of {n * accum} or change "
-                      f"config.train.mesh_shape")
+  if batch % n:
+    raise ConfigError(f"config.train.batch_size {batch} does not split over the mesh's {n} data-parallel "
+                      f"devices (mesh {tuple(mesh.devices.shape)}, data x fsdp x tensor): set "
+                      f"config.train.batch_size to a multiple of {n} or change config.train.mesh_shape")
 
 
 # ------------------------------------------------------------------------------------------------
