@@ -264,9 +264,10 @@ def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
 
   Close to a lower bound on the step for products large enough to run on all cores, as the
   sweep's and T5-small's do (a small one may overlap other work inside the step), less each call's
-  own dispatch (~5-12 us here, ~2 ms over a sweep step's 151-169 products). A dot in a loop body counts as often as the
-  loop's known trip count (once when XLA does not know it, which only lowers the bound). `reference_flops / floor / peak` is then the most of the matmul
-  peak that the step could reach if everything but its matmuls took no time.
+  own dispatch (~5-12 us here, ~2 ms over a sweep step's 151-169 products). A dot in a loop body
+  counts as often as the loop's known trip count (once when XLA does not know it).
+  `reference_flops / floor / peak` is then the most of the matmul peak that the step could reach
+  if everything but its matmuls took no time.
   """
   import collections
 
