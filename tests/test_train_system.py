@@ -186,7 +186,10 @@ def test_finished_checkpoint_without_checksums_restores_unverified(trained, tmp_
     ck.close()
   assert step == 6
   jax.tree.map(np.testing.assert_array_equal, params, want)
-  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  # ours only: asyncio may log here an orbax future left unretrieved by an earlier test in this
+  # process that read a damaged checkpoint ("Future exception was never retrieved", at GC time)
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING and r.name.startswith("srformer_jax")]
   assert len(warnings) == 1 and "\n" not in warnings[0], warnings
   assert "checkpoint step 6" in warnings[0] and "not verified" in warnings[0]
   assert not os.path.exists(os.path.join(w, "checkpoints_damaged"))
