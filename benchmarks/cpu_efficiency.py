@@ -197,6 +197,7 @@ def profile_summary(call, hlo_text: str, steps: int = 3, top: int = 12) -> dict:
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
 _DOT = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)$")
+_HEADER = re.compile(r"^(ENTRY )?%([\w.\-]+) ")  # a computation's first line
 _HLO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
 
 
@@ -208,7 +209,7 @@ def _computation_counts(hlo_text: str) -> dict:
   callers: dict = {}  # callee -> [(caller, factor)]
   comp, entry = None, None
   for line in hlo_text.splitlines():
-    header = re.match(r"^(ENTRY )?%([\w.\-]+) ", line)
+    header = _HEADER.match(line)
     if header:
       comp = header.group(2)
       entry = comp if header.group(1) else entry
@@ -234,8 +235,8 @@ def hlo_dots(hlo_text: str) -> list[dict]:
   dots, shapes, comp = [], {}, None
   for line in hlo_text.splitlines():
     if not line.startswith(" "):  # a computation's header or closing brace: names are per computation
-      header = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
-      comp, shapes = (header.group(1) if header else comp), {}
+      header = _HEADER.match(line)
+      comp, shapes = (header.group(2) if header else comp), {}
       continue
     m = _DEF.match(line)
     if m:
@@ -340,8 +341,9 @@ def seq2seq_row(jax, name: str, mc, batch: dict, repeats: int) -> dict:
     out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
     if label == "step":
       out["xla_flops"] = _flops(compiled)
-      out["profile"] = profile_summary(step, compiled.as_text())
-      out["matmul_floor"] = matmul_floor(compiled.as_text(), repeats)
+      hlo = compiled.as_text()
+      out["profile"] = profile_summary(step, hlo)
+      out["matmul_floor"] = matmul_floor(hlo, repeats)
       params = holder["state"].params
       fwd = lambda p, b, r: loss_and_metrics(trainer.model, p, b, r, False)[0]  # noqa: E731
       out["fwd_s"] = _time_compiled(fwd, (params, sharded, key), repeats)["median_s"]
@@ -417,8 +419,9 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
         lowered = trainer._step.lower(holder["state"], put(x), put(x), jnp.asarray(False), key)
       compiled = lowered.compile()
       out["xla_flops"] = _flops(compiled)
-      out["profile"] = profile_summary(step, compiled.as_text())
-      out["matmul_floor"] = matmul_floor(compiled.as_text(), repeats)
+      hlo = compiled.as_text()
+      out["profile"] = profile_summary(step, hlo)
+      out["matmul_floor"] = matmul_floor(hlo, repeats)
       carry = init_carry(model.config, s["batch"])
       params = holder["state"].params
 

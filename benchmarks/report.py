@@ -296,7 +296,7 @@ def vs_hf_torch(r: Results) -> str:
             + f"); {_machine(cpu['machine'])}, torch {cpu['torch']} on {cpu['torch_threads']} threads.")
     hf = _one(_rows(cpu, impl="hf_torch"))
     floors = [r for r in cpu["rows"] if "train_matmul_floor_s" in r]
-    if floors and hf:
+    if floors:
       out += (" Our train step's matmuls alone (each timed on its own at its shapes, summed: what its "
               "products cost on their own): " + ", ".join(f"{r['kind']} {_secs(r['train_matmul_floor_s'])}" for r in floors)
               + f"; 1.2× HF's step would be {_secs(hf['train_step_s'] / 1.2)}.")

@@ -63,7 +63,7 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   if jax.process_count() > 1:
     # every process feeds its rows of a global batch (a multiple of the batch shards)
     batch_sharding = sharding.batch_sharding(run_setup.make_mesh(cfg))
-    shards = batch_sharding.mesh.shape["data"] * batch_sharding.mesh.shape["fsdp"]
+    shards = sharding.batch_shards(batch_sharding.mesh)
     spec = dataclasses.replace(spec, batch_size=-(-spec.batch_size // shards) * shards)
     rows = run_setup.local_rows(batch_sharding, spec.batch_size)
     put = lambda v: jax.make_array_from_process_local_data(  # noqa: E731

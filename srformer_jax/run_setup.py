@@ -37,7 +37,7 @@ def check_train_batch(cfg, mesh):
   batch = cfg.train.batch_size
   if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
     return
-  n = mesh.shape[sharding.MESH_AXES[0]] * mesh.shape[sharding.MESH_AXES[1]]
+  n = sharding.batch_shards(mesh)
   if batch % n:
     raise ConfigError(f"config.train.batch_size {batch} does not split over the mesh's {n} data-parallel "
                       f"devices (mesh {tuple(mesh.devices.shape)}, data x fsdp x tensor): set "

@@ -75,6 +75,13 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+  """How many ways `rules` split the batch axis over `mesh` (data x fsdp under the default rules)."""
+  axes = nn.logical_to_mesh_axes((BATCH,), rules)[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
   """Sharding of a [batch, length] input array."""
   return NamedSharding(mesh, nn.logical_to_mesh_axes((BATCH, LENGTH), rules))

@@ -538,6 +538,17 @@ def test_bad_mesh_and_config_errors():
     sharding.make_mesh((-1, -1, 1))
 
 
+def test_batch_shards_follow_the_rules():
+  """sharding.batch_shards: how many ways the batch axis splits (data x fsdp under the default
+  rules, not tensor), as the batch sharding itself splits it."""
+  for shape, want in (((8, 1, 1), 8), ((2, 2, 2), 4), ((1, 1, 8), 1), ((1, 4, 2), 4)):
+    mesh = sharding.make_mesh(shape)
+    assert sharding.batch_shards(mesh) == want
+    assert sharding.batch_sharding(mesh).shard_shape((8 * want, 3))[0] == 8
+  only_data = [(sharding.BATCH, "data")] + [r for r in sharding.DEFAULT_RULES if r[0] != sharding.BATCH]
+  assert sharding.batch_shards(sharding.make_mesh((2, 2, 2)), only_data) == 2
+
+
 def test_is_argmax_matches_argmax_with_ties():
   """train_lib.is_argmax (the accuracy metric without XLA:CPU's argmax) is `argmax == label`,
   including rows with tied maxima (ties go to the first index) and bfloat16-rounded logits."""
