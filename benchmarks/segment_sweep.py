@@ -10,6 +10,15 @@ Writes `<out>/segment_sweep_<preset>.json`, `..._fig4.png` (ROUGE-1 vs s) and `.
   python benchmarks/segment_sweep.py --preset cpu --data_dir ../shared/data/dialogsum
   python benchmarks/segment_sweep.py --preset gpu --data_dir ../shared/data/dialogsum
   python benchmarks/segment_sweep.py --quick ...   # smoke test (pytest -m slow)
+
+The `cpu1500` preset is the whole evidence at the budget where the paper's effect shows (1500
+fine-tuning steps from the reader): Fig. 4 across s, Table 4 at s = 64 and 8, the budget at s = 8
+(3000 steps) and the cheap alternatives (`config.ALTERNATIVE_KINDS`), every cell scored on the test
+and the dev split. Each finished cell also writes `<out>/<name>/<cell>.json`, which is all a later
+run needs to skip it (the workdirs may be gone); commit those as they come:
+
+  python benchmarks/segment_sweep.py --preset cpu1500 --reader benchmarks/reader/cpu_infill \
+      --runs /path/outside/the/repo
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ sys.path.insert(0, REPO)
 
 from benchmarks import common, stats  # noqa: E402
 
-from srformer_jax.config import RAF_KINDS  # noqa: E402
+from srformer_jax.config import ALTERNATIVE_KINDS, RAF_KINDS  # noqa: E402
 
 _STATS_LOCK = threading.Lock()
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
+# Not the paper's: the cheap cross-attentions a practitioner would try instead (issue 39)
+ALTERNATIVES = ALTERNATIVE_KINDS
+SEGMENTLESS = ("full", "linear")  # kinds that read the whole input: no segment size
 # Not the paper's: kinds measured beside it (at the smallest s, every seed), see config.py
 VARIANTS = ("srformer_gated",)
 # Paper (T5-small on CNN/DailyMail, ROUGE-1): Table 3 and Table 4 (s = 64).
@@ -57,6 +69,15 @@ PRESETS = {
     "cpu": dict(
         sizes=(8, 16, 32, 64), length_sizes=(8,), ablation_size=8, workers=2, seeds=(0, 1, 2),
         overrides={"train.num_steps": 500, "train.batch_size": 16, "train.save_every": 100,
+                   "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 50,
+                   "decode.num_beams": 2}),
+    # The whole evidence at 1500 fine-tuning steps (issues 35 and 39), cells from `cells_steps1500`:
+    # ~8 minutes a cell on a quiet 2-core CPU (two single-threaded cells at a time, ~0.56 s a step
+    # each, plus the test and dev evaluations), 64 cells.
+    "cpu1500": dict(
+        name="segment_sweep_cpu_steps1500", sizes=(8, 16, 32, 64), workers=2, seeds=(0, 1, 2),
+        dev_file="dialogsum.dev.jsonl", dev_summary_key="summary", budget_steps=3000,
+        overrides={"train.num_steps": 1500, "train.batch_size": 16, "train.save_every": 100,
                    "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 50,
                    "decode.num_beams": 2}),
     "gpu": dict(
@@ -116,6 +137,53 @@ def cells(preset: dict) -> list[dict]:
   return sorted(seeded, key=lambda c: (rank(c), c["seed"]))  # stable: grid order within a rank
 
 
+def cells_steps1500(preset: dict) -> list[dict]:
+  """The `cpu1500` grid, in the order it runs (a stopped run has the most telling cells):
+    0. full; segmented, srformer and xl at s = 8 and s = 64 (3 seeds each): Fig. 4's verdicts;
+    1. the four ablations at s = 64 (3 seeds): Table 4's verdict;
+    2. the alternatives at s = 8 (3 seeds; `linear` has no segments, so it runs once per seed);
+    3. one seed each: segmented, srformer and xl at s = 16 and 32; the length schedule at s = 8;
+       the ablations at s = 8; srformer_gated at s = 8; the alternatives at s = 64;
+    4. full, segmented s = 8 and srformer s = 8 fine-tuned `budget_steps` (one seed).
+  Seed order within a rank: seed 0 of every cell first."""
+  seeds, sizes = preset["seeds"], preset["sizes"]
+  lo, hi = sizes[0], sizes[-1]
+  out = []
+
+  def add(rank, kind, s, schedule="padded", seeds=(0,), num_steps=None):
+    for seed in seeds:
+      out.append(dict(kind=kind, s=None if kind in SEGMENTLESS else s, schedule=schedule, seed=seed,
+                      rank=rank, **({"num_steps": num_steps} if num_steps else {})))
+
+  add(0, "full", None, seeds=seeds)
+  for s in (lo, hi):
+    for kind in ("segmented", "srformer", "xl"):
+      add(0, kind, s, seeds=seeds)
+  for kind in ABLATIONS:
+    add(1, kind, hi, seeds=seeds)
+  for kind in ALTERNATIVES:
+    add(2, kind, lo, seeds=seeds)
+  for s in sizes[1:-1]:
+    for kind in ("segmented", "srformer", "xl"):
+      add(3, kind, s)
+  for kind in ("segmented", "srformer"):
+    add(3, kind, lo, schedule="length")
+  for kind in ABLATIONS:
+    add(3, kind, lo)
+  for kind in VARIANTS:
+    add(3, kind, lo)
+  for kind in ALTERNATIVES:
+    if kind not in SEGMENTLESS:
+      add(3, kind, hi)
+  for kind in ("full", "segmented", "srformer"):
+    add(4, kind, lo, num_steps=preset["budget_steps"])
+  for c in out:
+    c["group"] = (c["kind"] if c["s"] is None else f"{c['kind']}_s{c['s']}_{c['schedule']}") + (
+        f"_steps{c['num_steps']}" if "num_steps" in c else "")
+    c["name"] = c["group"] + (f"_seed{c['seed']}" if c["seed"] else "")
+  return sorted(out, key=lambda c: (c["rank"], c["seed"]))  # stable: listed order within a rank
+
+
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -127,6 +195,9 @@ def parse_args():
   p.add_argument("--document_key", default="dialogue")
   p.add_argument("--summary_key", default="summary")
   p.add_argument("--eval_summary_key", default="summary1", help="reference field of the test file")
+  p.add_argument("--dev_file", default=None,
+                 help="a second evaluation split scored beside the test file (default: the preset's)")
+  p.add_argument("--dev_summary_key", default=None, help="reference field of the dev file")
   p.add_argument("--reader", default="",
                  help="the pretrained reader every cell fine-tunes from (a HF directory with spm.model, "
                       "made by benchmarks/reader.py); without it every cell trains from scratch")
@@ -171,12 +242,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
       not os.path.exists(timing_file) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
     timing["wall_incomplete"] = True  # an earlier invocation was killed hard: its time is not counted
   if not os.path.exists(os.path.join(workdir, "rouge.json")):
-    flags = dict(overrides)
-    flags["model.cross_attention"] = cell["kind"]
-    flags["model.segment_schedule"] = cell["schedule"]
-    flags["train.seed"] = cell.get("seed", 0)
-    if cell["s"] is not None:
-      flags["model.segment_size"] = cell["s"]
+    flags = cell_flags(overrides, cell)
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",
            os.path.join(REPO, "configs", "dialogsum_sweep.py"), f"--workdir={workdir}"]
     cmd += [f"--config.{k}={v}" for k, v in flags.items()]
@@ -186,7 +252,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     if args.platform:
       env["JAX_PLATFORMS"] = args.platform
     print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
-    commit = _git_commit()
+    commit, clean = _git_commit(), _git_clean()
     t0 = time.perf_counter()
     with open(timing_file, "w") as f:  # still there on the next run only if this one was killed hard
       json.dump(dict(timing, running_since=time.time()), f)
@@ -196,21 +262,47 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
       timing["wall_s"] += time.perf_counter() - t0
       timing["invocations"] += 1
       timing["git_commit"] = commit  # the code that trained it last (train.py runs from disk)
+      timing["git_clean"] = clean  # and whether nothing else in the tree differed from it
       with open(timing_file, "w") as f:
         json.dump(timing, f)
-  with _STATS_LOCK:  # one cell's statistics at a time in this process
-    return collect(cell, workdir, timing, run_config(overrides, cell))
+  with _STATS_LOCK:  # one cell's statistics (and dev evaluation) at a time in this process
+    cfg = run_config(overrides, cell)
+    if args.dev_file:
+      evaluate_dev(cfg, workdir, os.path.abspath(os.path.join(args.data_dir, args.dev_file)),
+                   args.dev_summary_key)
+    return collect(cell, workdir, timing, cfg)
+
+
+def cell_flags(overrides: dict, cell: dict) -> dict:
+  """The cell's --config.<key> values: the preset's, then the cell's kind, s, schedule, seed, steps."""
+  flags = dict(overrides, **{"model.cross_attention": cell["kind"],
+                             "model.segment_schedule": cell["schedule"], "train.seed": cell.get("seed", 0)})
+  if cell["s"] is not None:
+    flags["model.segment_size"] = cell["s"]
+  if cell.get("num_steps"):
+    flags["train.num_steps"] = cell["num_steps"]
+  return flags
 
 
 def run_config(overrides: dict, cell: dict):
   """The cell's ml_collections config, as train.py builds it from the same flags."""
   from configs import dialogsum_sweep
-  cfg = dialogsum_sweep.get_config()
-  flags = dict(overrides, **{"model.cross_attention": cell["kind"],
-                             "model.segment_schedule": cell["schedule"], "train.seed": cell.get("seed", 0)})
-  if cell["s"] is not None:
-    flags["model.segment_size"] = cell["s"]
-  return set_fields(cfg, flags)
+  return set_fields(dialogsum_sweep.get_config(), cell_flags(overrides, cell))
+
+
+DEV_DIR = "dev"  # a cell's dev-split predictions.jsonl and rouge.json, under its workdir
+
+
+def evaluate_dev(cfg, workdir: str, dev_path: str, summary_key: str):
+  """Scores the cell's final checkpoint on the dev split (as train.py scores the test split), into
+  <workdir>/dev/; kept when already there."""
+  out = os.path.join(workdir, DEV_DIR)
+  if os.path.exists(os.path.join(out, "rouge.json")):
+    return
+  from srformer_jax import eval_lib
+  cfg = set_fields(cfg.copy_and_resolve_references(), {"data.eval_split": dev_path,
+                                                        "data.eval_summary_key": summary_key})
+  eval_lib.evaluate(cfg, workdir, out_dir=out)
 
 
 def parse_set(items) -> dict:
@@ -274,11 +366,21 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
   distinct = len({r["prediction"] for r in preds})
   steps = rows[-1]["step"]
   tail = [r["loss"] for r in rows if r["step"] > 0.9 * steps] or [rows[-1]["loss"]]
-  return dict(cell, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
+  dev = {}
+  dev_dir = os.path.join(workdir, DEV_DIR)
+  if os.path.exists(os.path.join(dev_dir, "rouge.json")):
+    d = json.load(open(os.path.join(dev_dir, "rouge.json")))
+    with open(os.path.join(dev_dir, "predictions.jsonl")) as f:
+      dev_preds = [json.loads(line) for line in f]
+    dev = dict(rouge1_dev=d["rouge1"], rouge2_dev=d["rouge2"], rougeL_dev=d["rougeL"],
+               dev_examples=d["num_examples"], distinct_predictions_dev=len({r["prediction"] for r in dev_preds}),
+               rouge1_dev_per_example=per_example_rouge1(dev_preds))
+  return dict(cell, **dev, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
               invocations=timing["invocations"], wall_incomplete=timing.get("wall_incomplete", False),
-              git_commit=timing.get("git_commit") and _code_commit(timing["git_commit"]), workdir=workdir,
+              git_commit=timing.get("git_commit") and _code_commit(timing["git_commit"]),
+              git_clean=timing.get("git_clean"), workdir=workdir,
               raf=stats.get("raf"),
               test_loss=stats.get("test_loss"), source_gain=stats.get("source_gain"),
               distinct_predictions=distinct, rouge1_per_example=per_example_rouge1(preds))
@@ -293,7 +395,8 @@ def per_example_rouge1(preds: list[dict]) -> list[float]:
                 ["rouge1"].fmeasure, 4) for r in preds]
 
 
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions")
+METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions",
+           "rouge1_dev")
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -305,15 +408,18 @@ def aggregate(results: list[dict]) -> list[dict]:
   out = []
   for name, rs in groups.items():
     g = {k: rs[0][k] for k in ("kind", "s", "schedule")}
-    g.update(group=name, seeds=sorted(r.get("seed", 0) for r in rs))
+    g.update(group=name, seeds=sorted(r.get("seed", 0) for r in rs), steps=rs[0].get("steps"))
     for m in METRICS:
       vals = [r[m] for r in rs if r.get(m) is not None]
       g[m] = stats.mean_ci(vals) if vals else None
-    if len(rs) == 1 and rs[0].get("rouge1_per_example"):
-      boot = stats.bootstrap_ci(rs[0]["rouge1_per_example"])
-      g["rouge1"] = dict(g["rouge1"], lo=boot["lo"], hi=boot["hi"], interval="bootstrap over test examples")
-    elif len(rs) > 1:
-      g["rouge1"]["interval"] = "t over seeds"
+    for metric, per_example in (("rouge1", "rouge1_per_example"), ("rouge1_dev", "rouge1_dev_per_example")):
+      if g[metric] is None:
+        continue
+      if len(rs) == 1 and rs[0].get(per_example):
+        boot = stats.bootstrap_ci(rs[0][per_example])
+        g[metric] = dict(g[metric], lo=boot["lo"], hi=boot["hi"], interval="bootstrap over examples")
+      elif len(rs) > 1:
+        g[metric]["interval"] = "t over seeds"
     out.append(g)
   return out
 
@@ -468,15 +574,20 @@ def main():
   if args.workers is None:
     args.workers = preset.get("workers", 1)
   # fine-tuned from the reader (the paper's protocol): segment_sweep_<preset>; from scratch: ..._scratch
-  name = (f"segment_sweep_{preset_name}" + ("" if args.reader else "_scratch")
+  name = (preset.get("name", f"segment_sweep_{preset_name}") + ("" if args.reader else "_scratch")
           + (f"_{args.tag}" if args.tag else ""))
+  if args.dev_file is None:
+    args.dev_file = preset.get("dev_file")
+  if args.dev_summary_key is None:
+    args.dev_summary_key = preset.get("dev_summary_key", args.summary_key)
   if args.table:
     print(markdown_table(json.load(open(os.path.join(args.out, f"{name}.json")))))
     return
   runs = args.runs or os.path.join(REPO, "runs", name)
   train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
   test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
-  for path in (train_path, test_path):
+  dev_path = os.path.abspath(os.path.join(args.data_dir, args.dev_file)) if args.dev_file else None
+  for path in filter(None, (train_path, test_path, dev_path)):
     if not os.path.exists(path):
       sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
   os.makedirs(runs, exist_ok=True)
@@ -498,17 +609,33 @@ def main():
   overrides.update(preset["overrides"])
   overrides.update(parse_set(args.set))
   only = set(filter(None, args.only.split(",")))
-  grid = [c for c in cells(preset) if not only or c["name"] in only]
+  grid = [c for c in (cells_steps1500(preset) if preset_name == "cpu1500" else cells(preset))
+          if not only or c["name"] in only]
+  cell_dir = os.path.join(args.out, name)  # one result file per finished cell
   if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   done: dict[str, dict] = {}
   commit = _git_commit()  # this invocation's; each cell records the one that trained it
+  for c in grid:  # cells finished by an earlier run, kept as result files
+    path = os.path.join(cell_dir, c["name"] + ".json")
+    if os.path.exists(path):
+      done[c["name"]] = json.load(open(path))
+
+  def run_and_keep(cell):
+    r = run_cell(cell, args, runs, overrides)
+    r = dict(r, workdir=_relative(r["workdir"]))
+    os.makedirs(cell_dir, exist_ok=True)
+    common.write(cell_dir, cell["name"], r)
+    return r
+
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    todo = [c for c in grid  # --collect: the finished cells (run_cell only collects those)
-            if not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json"))]
-    futures = {pool.submit(run_cell, cell, args, runs, overrides): cell for cell in todo}
-    for future in concurrent.futures.as_completed(futures):
-      done[futures[future]["name"]] = future.result()
+    todo = [c for c in grid if c["name"] not in done and (  # --collect: finished workdirs only
+        not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]
+    futures = {pool.submit(run_and_keep, cell): cell for cell in todo}
+    pending = [None] if not futures else []  # with nothing to train, write the files once
+    for future in [*concurrent.futures.as_completed(futures), *pending]:
+      if future is not None:
+        done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
       groups = aggregate(results)
       payload = {"preset": preset_name, "tag": args.tag or None,
@@ -517,6 +644,7 @@ def main():
                  "reader": _relative(reader) if args.reader else None,
                  "git_commit": commit, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
                  "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
+                 "dev_split": _relative(dev_path) if dev_path else None,
                  "groups": groups, "verdict": verdict(groups),
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
       common.write(args.out, name, payload)
@@ -543,6 +671,14 @@ def _git_commit() -> str:
     return _code_commit("HEAD") + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def _git_clean() -> bool | None:
+  """Whether the whole tree (not only the code) matches HEAD, untracked files aside."""
+  try:
+    return subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode == 0
+  except OSError:
+    return None
 
 
 def _code_commit(commit: str) -> str:

@@ -23,16 +23,25 @@ log = logging.getLogger(__name__)
 #                   scalar per head starting at `raf_gate_init` (0: the swapped-in model starts as
 #                   segmented attention and fine-tuning learns how much of the summary to add; see
 #                   docs/segment_sweep.md for why the paper's term swamps a pretrained model's reading)
+# Not the paper's either: the cheap cross-attentions a practitioner would try instead (docs/srformer.md)
+#   pooled          softmax over the own segment plus one mean key/value per other segment (m extra keys)
+#   linear          kernelised linear attention over the whole input, feature map elu(x) + 1
+#                   (Katharopoulos et al. 2020), no segments
+#   local_window    softmax over a window of s keys centred on the position's aligned place in the input
+#                   (Longformer-style local attention, no memory)
+#   gru_memory      srformer with RAF replaced by a GRU cell over the same per-segment summaries (the
+#                   paper's open question 3)
+ALTERNATIVE_KINDS = ("pooled", "linear", "local_window", "gru_memory")
 CROSS_ATTENTION_KINDS = (
     "full", "segmented", "srformer", "xl", "recurrent_only", "no_norm", "no_raf", "kv_segment",
-    "srformer_gated")
+    "srformer_gated") + ALTERNATIVE_KINDS
 SEGMENT_SCHEDULES = ("padded", "length")
 # Kinds that carry RAF parameters (linear d_kv -> d_kv, leak, threshold).
 RAF_KINDS = ("srformer", "recurrent_only", "no_norm", "kv_segment", "srformer_gated")
 # Kinds whose recurrent term is scaled by a learnable per-head gate tanh(g).
 GATED_KINDS = ("srformer_gated",)
-# Kinds that add the recurrent (linear-attention) term.
-RECURRENT_KINDS = RAF_KINDS + ("no_raf",)
+# Kinds that add the recurrent (linear-attention) term Q @ f(K^T V - K_i^T V_i).
+RECURRENT_KINDS = RAF_KINDS + ("no_raf", "gru_memory")
 # Self-attention implementations (see `srformer_jax.attention.self_attention.resolve_impl`).
 #   auto       the fastest exact choice for the backend and length
 #   dense      [b, h, t, t] scores (the reference)
@@ -110,6 +119,9 @@ class ModelConfig:
       raise ValueError(f"segment_size must be a positive integer, got {self.segment_size}")
     if self.segment_schedule not in SEGMENT_SCHEDULES:
       raise ValueError(f"unknown segment_schedule {self.segment_schedule!r}; choose one of {SEGMENT_SCHEDULES}")
+    if self.faithful and self.cross_attention in ALTERNATIVE_KINDS:
+      raise ValueError(f"cross_attention={self.cross_attention!r} is not part of the authors' code: use it "
+                       "with faithful=False (faithful mode reproduces their SRformer and its ablations)")
     if self.segment_schedule == "length" and self.faithful:
       raise ValueError("segment_schedule='length' is not part of the authors' code: use it with "
                        "faithful=False (faithful mode attends to padding, so lengths are not defined)")

@@ -27,7 +27,7 @@ from srformer_jax.config import ModelConfig
 log = logging.getLogger(__name__)
 
 _INDEXED = re.compile(r"^(block|layer|layers)_(\d+)$")
-SRFORMER_PARAM = re.compile(r"\.(SNN_kv\.weight|threshold|leak|gate)$")
+SRFORMER_PARAM = re.compile(r"\.(SNN_kv\.weight|threshold|leak|gate|gru_wx|gru_bx|gru_wh)$")
 # Tensors some published checkpoints carry that the model does not use (HF ignores them too).
 IGNORED = (
     re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"),

@@ -76,7 +76,12 @@ def analytic_flops(kind: str, q_len: int, k_len: int, d: int, s: int) -> float:
   # all K_i^T V_i then the RAF linear per segment, or (s < d, no clamp) V W then K_i^T (V_i W);
   # plus Q @ RAF output
   rec = 2 * k_len * d * d + min(2 * m * d ** 3, 2 * k_len * d * d) + 2 * q_len * d * d
-  return {"full": full, "segmented": seg, "xl": 2 * seg, "srformer": seg + rec}.get(kind, float("nan"))
+  # gru_memory: all K_i^T V_i, the cell's input and hidden maps (d x 3d on each of a segment's d rows)
+  # per segment, and Q @ h
+  gru = 2 * k_len * d * d + 12 * m * d ** 3 + 2 * q_len * d * d
+  return {"full": full, "segmented": seg, "xl": 2 * seg, "srformer": seg + rec,
+          "pooled": 4 * q_len * (s + m) * d, "linear": 2 * k_len * d * d + 2 * q_len * d * d,
+          "local_window": 4 * q_len * min(s, k_len) * d, "gru_memory": seg + gru}.get(kind, float("nan"))
 
 
 def table_1(q_len=128, k_len=1024, d=64, segment_sizes=(64,), kinds=("full", "segmented", "srformer")):

@@ -52,8 +52,9 @@ def decode_config(cfg) -> DecodeConfig:
 load_for_eval = run_setup.load_trained_model
 
 
-def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
-  """Generates for the eval split, writes predictions.jsonl and rouge.json, returns the scores."""
+def evaluate(cfg, workdir: str, split_key: str = "eval_split", out_dir: str | None = None) -> dict:
+  """Generates for the eval split, writes predictions.jsonl and rouge.json (into `out_dir`, default
+  the run's `workdir`), returns the scores."""
   from tqdm.auto import tqdm
   run_setup.init_distributed(cfg)
   model, tok, params = load_for_eval(cfg, workdir)
@@ -93,10 +94,11 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split") -> dict:
   scores.update(num_examples=len(preds), num_beams=dc.num_beams, max_len=dc.max_len,
                 cross_attention=model.config.cross_attention, segment_size=model.config.segment_size)
   if run_setup.is_main():
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "predictions.jsonl"), "w") as f:
+    out_dir = out_dir or workdir
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
       for p, r in zip(preds, refs):
         f.write(json.dumps({"prediction": p, "reference": r}, ensure_ascii=False) + "\n")
-    run_setup.write_json(os.path.join(workdir, "rouge.json"), scores, indent=2)
+    run_setup.write_json(os.path.join(out_dir, "rouge.json"), scores, indent=2)
     log.info("ROUGE: %s", {k: round(scores[k], 2) for k in ROUGE_TYPES})
   return scores

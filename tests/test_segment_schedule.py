@@ -47,7 +47,10 @@ def test_length_plan_counts_each_examples_own_segments():
 # Every kind on T5; on BART (scaled queries, K^T V clamp, no bias) the two that differ most. The
 # default suite runs three that cover each code path (srformer: the segment softmax plus RAF; xl:
 # the previous segment; BART); segmented alone, the ablations and BART xl run with `pytest -m slow`.
-DEFAULT_ARCH_KINDS = [("t5", "srformer"), ("t5", "xl"), ("bart", "srformer")]
+DEFAULT_ARCH_KINDS = [("t5", "srformer"), ("t5", "xl"), ("bart", "srformer"),
+                      # the alternatives' own length-schedule paths (pooled's per-position memory
+                      # mask, local_window's per-example window, gru_memory's per-example steps)
+                      ("t5", "pooled"), ("t5", "local_window"), ("t5", "gru_memory")]
 ARCH_KINDS = [pytest.param(a, k, marks=() if (a, k) in DEFAULT_ARCH_KINDS else pytest.mark.slow)
               for a, k in [("t5", k) for k in SEGMENTED_KINDS] + [("bart", "srformer"), ("bart", "xl")]]
 

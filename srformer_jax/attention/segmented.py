@@ -19,8 +19,28 @@ how much padding follows. The tiling into segments is the same; only which one a
 so which segments RAF steps through (per example), changes. That path gathers one segment per
 decoder position instead of grouping positions statically.
 
-Einsum letters: b batch, m segment, g query slot within a segment's group, s position within a
-segment, h head, d/e head dims (d of keys, e of values).
+The cheap alternatives a practitioner would try instead (`config.ALTERNATIVE_KINDS`, not the paper's):
+
+  pooled        softmax over [K_i ; mean(K_j) for j != i] with values [V_i ; mean(V_j)]: the own
+                segment plus one mean key/value per other (non-empty) segment, m extra keys; the
+                simplest compressed memory (cf. the pooled memories of Compressive Transformer,
+                Rae et al. 2020, and Funnel/Set-Transformer pooling). O(q (s + m) d).
+  linear        phi(Q_t) S / (phi(Q_t) z), S = sum_j phi(K_j) V_j^T, z = sum_j phi(K_j),
+                phi(x) = elu(x) + 1 over the whole input (Katharopoulos et al. 2020, "Transformers are
+                RNNs"; Performer, Choromanski et al. 2021, uses random features for the same end).
+                No segments, no softmax: O(k d^2) once per input, O(d^2) per decoder position.
+  local_window  softmax over the w = min(s, k) keys [c_t - w/2, c_t + w/2) (clipped into the input),
+                c_t = floor((2t + 1) L / 2q) the position's aligned place in an input of L tokens
+                (L = k, or each example's own length under the `length` schedule): Longformer-style
+                local attention (Beltagy et al. 2020) turned to cross-attention, no memory. O(q s d).
+  gru_memory    SRformer with RAF replaced by a GRU cell (Cho et al. 2014): the same per-segment
+                summaries P_i = K^T V - K_i^T V_i, scaled by 1/||K|| before the cell (so its gates
+                see O(1) inputs), h_i = GRU(h_{i-1}, P_i / ||K||) stepped once per segment change
+                with d x d maps acting on the value axis, and Q_t @ h_i added to the segment's softmax.
+
+Einsum letters: b batch, m segment (n: the segments a memory holds), g query slot within a segment's
+group, s position within a segment (or a window), h head, d/e head dims (d of keys, e of values),
+f the GRU's three gate blocks of e.
 """
 
 from __future__ import annotations
@@ -139,6 +159,50 @@ def key_norm(ks: jax.Array, faithful: bool) -> jax.Array:
   return n if faithful else n + NORM_EPS
 
 
+def pooled_segments(ks: jax.Array, vs: jax.Array, ms: jax.Array):
+  """One mean key and value per segment over its real tokens (`pooled`).
+
+  ks, vs [b, m, s, h, d] (padding zeroed, as `split_segments` leaves it in default mode), ms
+  [b, m, s] -> pk, pv [b, m, h, d] in ks's dtype, pm [b, m] bool (the segment holds a token).
+  """
+  acc = layers.accum_dtype(ks.dtype)
+  count = jnp.sum(ms, axis=2, dtype=acc)  # [b, m]
+  denom = jnp.maximum(count, 1.0)[..., None, None]
+  pk = (jnp.sum(ks.astype(acc), axis=2) / denom).astype(ks.dtype)
+  pv = (jnp.sum(vs.astype(acc), axis=2) / denom).astype(vs.dtype)
+  return pk, pv, count > 0
+
+
+def elu_feature_map(x: jax.Array) -> jax.Array:
+  """phi(x) = elu(x) + 1 > 0, the feature map of linear attention (Katharopoulos et al. 2020)."""
+  return jax.nn.elu(x) + 1.0
+
+
+def linear_summaries(k: jax.Array, v: jax.Array, mask: jax.Array, acc):
+  """S = sum_j phi(K_j) V_j^T and z = sum_j phi(K_j) over the real tokens (`linear`).
+
+  k, v [b, k, h, d]; mask [b, k] bool -> S [b, h, d, e], z [b, h, d] in `acc`.
+  """
+  kp = jnp.where(mask[..., None, None], elu_feature_map(k.astype(acc)), 0)
+  return jnp.einsum("bkhd,bkhe->bhde", kp, v.astype(acc)), jnp.sum(kp, axis=1)
+
+
+def linear_read(qp: jax.Array, s_sum: jax.Array, z: jax.Array) -> jax.Array:
+  """phi(Q) S / (phi(Q) z) on matching leading axes: qp [..., h, d], S [..., h, d, e], z [..., h, d]
+  -> [..., h, e]. An input with no real token (z = 0) reads zeros."""
+  num = jnp.sum(qp[..., None] * s_sum, axis=-2)
+  den = jnp.sum(qp * z, axis=-1, keepdims=True)
+  return num / jnp.where(den > 0, den, 1.0)
+
+
+def window_start(t, q_len: int, length, width: int):
+  """First key of `local_window`'s window for decoder position t (numpy or jax ints):
+  centre c = floor((2t + 1) L / 2q), start = clip(c - width // 2, 0, max(L - width, 0))."""
+  xp = np if isinstance(t, (int, np.integer, np.ndarray)) and isinstance(length, (int, np.integer)) else jnp
+  centre = ((2 * t + 1) * length) // (2 * q_len)
+  return xp.clip(centre - width // 2, 0, xp.maximum(length - width, 0))
+
+
 def kv_products(ks: jax.Array, vs: jax.Array) -> jax.Array:
   """All K_i^T V_i at once: [b, m, s, h, d] x2 -> [b, m, h, d, e] float32."""
   return jnp.einsum("bmshd,bmshe->bmhde", ks, vs, preferred_element_type=layers.accum_dtype(ks.dtype))
@@ -165,6 +229,17 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       self.leak = self.param(
           "leak", nn.with_logical_partitioning(nn.initializers.constant(c.raf_leak_init), (None,)),
           (1,), jnp.float32)
+    if c.cross_attention == "gru_memory":
+      # x -> (r, z, n) gate pre-activations and h -> the same, acting on the value axis (d x 3d
+      # each, as a GRU's W_i* and W_h*); plain leaves rather than Dense modules, since the cell runs
+      # inside a lax.scan
+      part = lambda init, axes: nn.with_logical_partitioning(init, axes)  # noqa: E731
+      self.gru_wx = self.param("gru_wx", part(nn.initializers.lecun_normal(), (None, None)),
+                               (c.d_kv, 3 * c.d_kv), jnp.float32)
+      self.gru_bx = self.param("gru_bx", part(nn.initializers.zeros_init(), (None,)), (3 * c.d_kv,),
+                               jnp.float32)
+      self.gru_wh = self.param("gru_wh", part(nn.initializers.orthogonal(), (None, None)),
+                               (c.d_kv, 3 * c.d_kv), jnp.float32)
     if c.cross_attention in GATED_KINDS:
       self.gate = self.param(
           "gate", nn.with_logical_partitioning(nn.initializers.constant(c.raf_gate_init), (None,)),
@@ -221,12 +296,26 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       probs = jnp.where(mask, probs, 0.0)
     return probs
 
-  def _segment_softmax(self, q, keys, vals, mask, deterministic):
-    """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d]."""
-    scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=layers.accum_dtype(q.dtype))
-    probs = self._masked_softmax(scores, mask[:, :, None, None, :])
+  def _segment_softmax(self, q, keys, vals, mask, deterministic, memory=None):
+    """q [b,m,g,h,d], keys/vals [b,m,s,h,d], mask [b,m,s] -> [b,m,g,h,d].
+
+    memory (`pooled`): (pk, pv [b,n,h,d], mem_mask [b,m,n]): n more keys that every group's
+    softmax reads beside its own s, group i only those mem_mask[:, i] marks."""
+    acc = layers.accum_dtype(q.dtype)
+    scores = jnp.einsum("bmghd,bmshd->bmhgs", q, keys, preferred_element_type=acc)
+    full_mask = mask[:, :, None, None, :]
+    s = keys.shape[2]
+    if memory is not None:
+      pk, pv, mem_mask = memory
+      mem_scores = jnp.einsum("bmghd,bnhd->bmhgn", q, pk, preferred_element_type=acc)
+      scores = jnp.concatenate([scores, mem_scores], axis=-1)  # [b, m, h, g, s + n]
+      full_mask = jnp.concatenate([full_mask, mem_mask[:, :, None, None, :]], axis=-1)
+    probs = self._masked_softmax(scores, full_mask)
     probs = self.attn_dropout(probs, deterministic=deterministic)
-    return jnp.einsum("bmhgs,bmshd->bmghd", probs.astype(vals.dtype), vals)
+    out = jnp.einsum("bmhgs,bmshd->bmghd", probs[..., :s].astype(vals.dtype), vals)
+    if memory is not None:
+      out = out + jnp.einsum("bmhgn,bnhd->bmghd", probs[..., s:].astype(pv.dtype), pv)
+    return out
 
   def _with_previous(self, ks, vs, ms):
     """Transformer-XL keys: previous segment ++ current segment (segment 0 has no previous)."""
@@ -247,6 +336,12 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     per_example = not isinstance(active, np.ndarray)
     keep = None if per_example else np.nonzero(active)[0]
     keep = None if keep is None or len(keep) == len(active) else keep
+    if self.config.cross_attention == "gru_memory":
+      kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
+      xs = self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])  # [b, n, h, d, e]
+      xs = xs * (1.0 / key_norm(ks, self.config.faithful))[:, None, :, None, :].astype(xs.dtype)
+      on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[1:2], bool)  # [n(, b)]
+      return self._gru_outputs(xs, on)
     if self.config.uses_raf:
       xs = self._raf_inputs(ks, vs, keep)  # [b, n, h, d, e]
       on = jnp.swapaxes(active, 0, 1) if per_example else jnp.ones(xs.shape[1:2], bool)  # [n(, b)]
@@ -255,6 +350,33 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       return outs
     kv_seg, kv_tot = self._summaries(*_seg_and_total(ks, vs))
     return self._recurrent_input(_select(kv_seg, keep), kv_tot[:, None])
+
+  def _gru_outputs(self, xs, on):
+    """`gru_memory`'s memory over segments: h_i = GRU(h_{i-1}, x_i), h_0 = 0, stepped only where `on`.
+
+    xs [b, n, h, d, e] (the scaled summaries); on [n] or [n, b] bool -> outs [b, n, h, d, e], h_i
+    where on (zeros elsewhere: never read). The gates, as torch.nn.GRU's:
+      r = sigmoid(x Wx_r + b_r + h Wh_r),  z = sigmoid(x Wx_z + b_z + h Wh_z),
+      n = tanh(x Wx_n + b_n + r * (h Wh_n)),  h' = (1 - z) * n + z * h.
+    """
+    acc = xs.dtype
+    gx = jnp.einsum("bnhde,ef->bnhdf", xs, self.gru_wx.astype(acc)) + self.gru_bx.astype(acc)
+    wh = self.gru_wh.astype(acc)
+    e = xs.shape[-1]
+
+    def step(h, inp):  # h [b, h, d, e]; g [b, h, d, 3e]; o [] or [b]
+      g, o = inp
+      gh = jnp.einsum("bhde,ef->bhdf", h, wh)
+      r = jax.nn.sigmoid(g[..., :e] + gh[..., :e])
+      z = jax.nn.sigmoid(g[..., e:2 * e] + gh[..., e:2 * e])
+      n = jnp.tanh(g[..., 2 * e:] + r * gh[..., 2 * e:])
+      new = (1.0 - z) * n + z * h
+      o = o.reshape(o.shape + (1,) * (h.ndim - o.ndim))
+      return jnp.where(o, new, h), jnp.where(o, new, 0.0)
+
+    h0 = jnp.zeros(xs.shape[:1] + xs.shape[2:], acc)
+    _, outs = jax.lax.scan(step, h0, (jnp.moveaxis(gx, 1, 0), on))
+    return jnp.moveaxis(outs, 0, 1)
 
   def _trained_recurrent_outputs(self, ks, vs, active):
     """`_recurrent_outputs` of the training path; with `config.raf_remat` the backward recomputes
@@ -293,6 +415,8 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     every segment's d x e output (a pass over [b, n, h, d, e] forward and backward), and decoding
     scales its precomputed state once."""
     c = self.config
+    if c.cross_attention == "gru_memory":
+      return None  # scaled before the cell (`_recurrent_outputs`)
     scale = None
     if c.cross_attention != "no_norm":
       scale = 1.0 / key_norm(ks, c.faithful)
@@ -323,6 +447,12 @@ class CrossAttention(nn.Module, ProjectionsMixin):
       return layers.dot_product_attention(
           q, k, v, layers.sequence_mask_bias(enc_mask), dropout=self.attn_dropout,
           deterministic=deterministic)
+    if c.cross_attention == "linear":
+      acc = layers.accum_dtype(q.dtype)
+      s_sum, z = linear_summaries(k, v, enc_mask, acc)  # [b, h, d, e], [b, h, d]
+      return linear_read(elu_feature_map(q.astype(acc)), s_sum[:, None], z[:, None]).astype(q.dtype)
+    if c.cross_attention == "local_window":
+      return self._attend_local_window(q, k, v, enc_mask, deterministic)
 
     b, q_len = q.shape[:2]
     s = c.segment_size
@@ -338,7 +468,11 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = (self._with_previous(ks, vs, ms) if c.cross_attention == "xl"
                           else (ks, vs, ms))
-      ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic)
+      memory = None
+      if c.cross_attention == "pooled":  # every other non-empty segment's mean key/value
+        pk, pv, pm = pooled_segments(ks, vs, ms)
+        memory = (pk, pv, pm[:, None, :] & ~np.eye(m, dtype=bool)[None])  # mask [b, m, n = m]
+      ctx = ctx + self._segment_softmax(qg, keys, vals, mask, deterministic, memory)
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._trained_recurrent_outputs(ks, vs, plan.active)  # [b, n, h, d, e]
       if not plan.active.all():  # back to one slot per segment; unread segments' queries are padding
@@ -361,14 +495,38 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = (self._with_previous(ks, vs, ms) if c.cross_attention == "xl"
                           else (ks, vs, ms))
+      memory = None
+      if c.cross_attention == "pooled":  # mask [b, q, n = m]: the other non-empty segments
+        pk, pv, pm = pooled_segments(ks, vs, ms)
+        memory = (pk, pv, pm[:, None, :] & (jnp.arange(ks.shape[1])[None, None, :] != seg[:, :, None]))
       ctx = ctx + self._segment_softmax(qg, keys[rows, seg], vals[rows, seg], mask[rows, seg],
-                                        deterministic)  # [b, q, s', h, d] per position
+                                        deterministic, memory)  # [b, q, s', h, d] per position
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._trained_recurrent_outputs(ks, vs, visited)  # [b, m, h, d, e]
       read = self._recurrent_read(qg, rec[rows, seg], self._recurrent_scale(ks))
       self._sow_recurrent_share(ctx, read)
       ctx = ctx + read
     return ctx[:, :, 0].astype(q.dtype)
+
+  def _window_width(self, k_len: int) -> int:
+    return min(self.config.segment_size, k_len)
+
+  def _attend_local_window(self, q, k, v, enc_mask, deterministic):
+    """`local_window`: each position's softmax over its w keys, gathered per position (one query
+    per group, so the grouped helper applies with m = q, g = 1). q [b, q, h, d], k/v [b, k, h, d]."""
+    c = self.config
+    q_len, k_len = q.shape[1], k.shape[1]
+    w = self._window_width(k_len)
+    t = np.arange(q_len)
+    if c.segment_schedule == "length":  # each example's own length (inputs are right-padded)
+      length = jnp.sum(enc_mask, axis=1, dtype=jnp.int32)[:, None]             # [b, 1]
+      idx = window_start(jnp.asarray(t)[None], q_len, length, w)[..., None] + np.arange(w)  # [b, q, w]
+      rows = jnp.arange(q.shape[0])[:, None, None]
+      keys, vals, mask = k[rows, idx], v[rows, idx], enc_mask[rows, idx]
+    else:  # the padded input's length: a static gather
+      idx = window_start(t, q_len, k_len, w)[:, None] + np.arange(w)           # [q, w]
+      keys, vals, mask = k[:, idx], v[:, idx], enc_mask[:, idx]               # [b, q, w, h, d]
+    return self._segment_softmax(q[:, :, None], keys, vals, mask, deterministic)[:, :, 0]
 
   # ---------------------------------------------------------------------------------------------
   # decoding
@@ -392,13 +550,22 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     """
     c = self.config
     k, v = self.project_kv(enc)
-    if c.cross_attention == "full":
-      return {"k": jnp.swapaxes(k, 1, 2), "v": jnp.swapaxes(v, 1, 2), "mask": enc_mask}
+    if c.cross_attention in ("full", "local_window"):
+      state = {"k": jnp.swapaxes(k, 1, 2), "v": jnp.swapaxes(v, 1, 2), "mask": enc_mask}
+      if c.cross_attention == "local_window" and c.segment_schedule == "length":
+        state["length"] = jnp.sum(enc_mask, axis=1, dtype=jnp.int32)
+      return state
+    if c.cross_attention == "linear":
+      s_sum, z = linear_summaries(k, v, enc_mask, layers.accum_dtype(k.dtype))
+      return {"S": s_sum, "z": z}
     ks, vs, ms = self._split(k, v, enc_mask)
     m = ks.shape[1]
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
     to_state = lambda x: jnp.transpose(x, (1, 0, 3, 2, 4))  # [b, m, s, h, d] -> [m, b, h, s, d]
     state = {"ks": to_state(ks), "vs": to_state(vs), "ms": jnp.swapaxes(ms, 0, 1)}
+    if c.cross_attention == "pooled":
+      pk, pv, pm = pooled_segments(ks, vs, ms)
+      state.update(pk=jnp.swapaxes(pk, 1, 2), pv=jnp.swapaxes(pv, 1, 2), pm=pm)  # [b, h, m, d], [b, m]
     if c.segment_schedule == "length":
       state["mb"], _, visits = length_plan(ms, c.gen_len)  # [b], -, [b, m]
     else:
@@ -419,22 +586,16 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     """
     c = self.config
     q = self.project_q(x)  # [b*r, 1, h, d]
-    b = (state["k"] if c.cross_attention == "full" else state["ks"][0]).shape[0]
+    kind = c.cross_attention
+    b = (state["k"].shape[0] if kind in ("full", "local_window")
+         else state["S"].shape[0] if kind == "linear" else state["ks"].shape[1])
     r = q.shape[0] // b
-    if c.cross_attention == "full":  # an input's r rows are r query positions of that input
+    if kind == "full":  # an input's r rows are r query positions of that input
       bias = layers.sequence_mask_bias(state["mask"])
       ctx = layers.dot_product_attention(q.reshape(b, r, *q.shape[2:]), state["k"], state["v"], bias,
                                          head_major_kv=True)
       return self.project_out(ctx.reshape(q.shape)), state
 
-    ks, vs, ms = state["ks"], state["vs"], state["ms"]
-    m = ks.shape[0]
-    if c.segment_schedule == "length":  # seg [b]: each example its own segment
-      seg = segment_of(t, c.gen_len, state["mb"])
-      take = lambda a, i: a[i, jnp.arange(a.shape[1])]
-    else:  # seg: a scalar, the same for the whole batch
-      seg = segment_of(t, c.gen_len, m)
-      take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
     acc = layers.accum_dtype(q.dtype)
     # Greedy decoding (r = 1) leaves the beam axis out: with a size-1 axis in its fused
     # multiply-reduces XLA:CPU ran this step ~2x slower (T5-small, k = 512: ~35 -> ~18 ms per token,
@@ -445,6 +606,33 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     else:
       q1 = q1.reshape(b, r, *q1.shape[1:])                           # [b, r, h, d]
       rows = lambda a: a[:, None]  # noqa: E731
+    out = lambda ctx: (self.project_out(ctx.reshape(b * r, 1, *ctx.shape[-2:]).astype(q.dtype)),  # noqa: E731
+                       state)
+    if kind == "linear":  # O(d^2) per token: the input's S and z
+      return out(linear_read(elu_feature_map(q1), rows(state["S"]), rows(state["z"])))
+    if kind == "local_window":
+      k_len = state["k"].shape[2]
+      w = self._window_width(k_len)
+      if c.segment_schedule == "length":  # idx [b, w]: each example's own window
+        idx = window_start(t, c.gen_len, state["length"], w)[:, None] + jnp.arange(w)
+        keys = jnp.take_along_axis(state["k"], idx[:, None, :, None], axis=2)   # [b, h, w, d]
+        vals = jnp.take_along_axis(state["v"], idx[:, None, :, None], axis=2)
+        mask = jnp.take_along_axis(state["mask"], idx, axis=1)                  # [b, w]
+      else:
+        start = window_start(t, c.gen_len, k_len, w)
+        keys = jax.lax.dynamic_slice_in_dim(state["k"], start, w, axis=2)
+        vals = jax.lax.dynamic_slice_in_dim(state["v"], start, w, axis=2)
+        mask = jax.lax.dynamic_slice_in_dim(state["mask"], start, w, axis=1)
+      return out(self._step_softmax(q1, rows, keys, vals, mask))
+
+    ks, vs, ms = state["ks"], state["vs"], state["ms"]
+    m = ks.shape[0]
+    if c.segment_schedule == "length":  # seg [b]: each example its own segment
+      seg = segment_of(t, c.gen_len, state["mb"])
+      take = lambda a, i: a[i, jnp.arange(a.shape[1])]
+    else:  # seg: a scalar, the same for the whole batch
+      seg = segment_of(t, c.gen_len, m)
+      take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis=0, keepdims=False)
     ctx = jnp.zeros(q1.shape, acc)
     if c.cross_attention != "recurrent_only":
       keys, vals, mask = take(ks, seg), take(vs, seg), take(ms, seg)  # [b, h, s, d], [b, s]
@@ -453,15 +641,33 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         keys = jnp.concatenate([take(ks, prev), keys], axis=2)
         vals = jnp.concatenate([take(vs, prev), vals], axis=2)
         mask = jnp.concatenate([take(ms, prev) & jnp.reshape(seg > 0, (-1, 1)), mask], axis=1)
-      scores = jnp.sum(q1[..., None, :] * rows(keys).astype(acc), axis=-1)  # [b, (r,) h, s]
-      probs = self._masked_softmax(scores, rows(mask[:, None, :]))
-      ctx = ctx + jnp.sum(probs[..., None] * rows(vals).astype(acc), axis=-2)  # [b, (r,) h, d]
+      memory = None
+      if kind == "pooled":  # the other non-empty segments' means: mask [b, m]
+        memory = (state["pk"], state["pv"],
+                  state["pm"] & (jnp.arange(m)[None, :] != jnp.reshape(seg, (-1, 1))))
+      ctx = ctx + self._step_softmax(q1, rows, keys, vals, mask, memory)
     if c.cross_attention in RECURRENT_KINDS:
       slot = (seg if c.segment_schedule == "length"
               else jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg])
       rec = take(state["rec"], slot)                                 # [b, h, d, e]
       ctx = ctx + jnp.sum(q1[..., None] * rows(rec), axis=-2)        # [b, (r,) h, e]
-    return self.project_out(ctx.reshape(b * r, 1, *ctx.shape[-2:]).astype(q.dtype)), state
+    return out(ctx)
+
+  def _step_softmax(self, q1, rows, keys, vals, mask, memory=None):
+    """One decoding step's softmax: q1 [b, (r,) h, d] over keys/vals [b, h, s, d] where mask [b, s],
+    and (`pooled`) memory = (pk, pv [b, h, n, d], mem_mask [b, n]) -> [b, (r,) h, d]."""
+    acc = q1.dtype
+    s = keys.shape[2]
+    scores = jnp.sum(q1[..., None, :] * rows(keys).astype(acc), axis=-1)  # [b, (r,) h, s]
+    if memory is not None:
+      pk, pv, mem_mask = memory
+      scores = jnp.concatenate([scores, jnp.sum(q1[..., None, :] * rows(pk).astype(acc), axis=-1)], -1)
+      mask = jnp.concatenate([mask, mem_mask], axis=-1)
+    probs = self._masked_softmax(scores, rows(mask[:, None, :]))
+    ctx = jnp.sum(probs[..., :s, None] * rows(vals).astype(acc), axis=-2)  # [b, (r,) h, d]
+    if memory is not None:
+      ctx = ctx + jnp.sum(probs[..., s:, None] * rows(pv).astype(acc), axis=-2)
+    return ctx
 
 
 def _decoding_visits(gen_len: int, m: int) -> np.ndarray:
