@@ -458,7 +458,7 @@ def segment_sweep(r: Results) -> str:
                                 for g in d["groups"]) else "")])
 
 
-def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
+def segment_sweep_budget(r: Results, tag: str = "steps1500_d549376") -> str:
   """The fine-tuning budget, the third suspect of a claim that does not show: the same cells
   fine-tuned longer (segment_sweep.py --tag), beside the grid's groups of the same kind, s and
   schedule."""
@@ -493,7 +493,7 @@ def segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
                       r.files(f"segment_sweep_cpu_{tag}.json", f"segment_sweep_cpu_{tag}_fig4.png")])
 
 
-def glance_segment_sweep_budget(r: Results, tag: str = "steps1500") -> str:
+def glance_segment_sweep_budget(r: Results, tag: str = "steps1500_d549376") -> str:
   """The README's results table: the verdict cells fine-tuned longer, beside the paper's T5-small,
   with the claim's verdict at that budget and the grid's at its own."""
   d, base = r.load(f"segment_sweep_cpu_{tag}.json"), r.load("segment_sweep_cpu.json")

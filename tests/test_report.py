@@ -156,7 +156,7 @@ def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
           for seed in (0, 1, 2)]
   longer = [cell("segmented", 0, 1500, 25.0, 3.30), cell("srformer", 0, 1500, 26.0, 3.40),
             dict(cell("full", 0, 1500, 28.0, 3.20), name="full", group="full", s=None)]
-  for name, cells in (("segment_sweep_cpu", base), ("segment_sweep_cpu_steps1500", longer)):
+  for name, cells in (("segment_sweep_cpu", base), ("segment_sweep_cpu_steps1500_d549376", longer)):
     groups = sweep.aggregate(cells)
     (tmp_path / f"{name}.json").write_text(json.dumps({
         "overrides": {"train.num_steps": cells[0]["steps"], "train.learning_rate": 1e-3,
@@ -175,7 +175,7 @@ def test_segment_sweep_budget_sits_beside_the_grid(tmp_path):
   glance = report.render("glance_segment_sweep_budget", str(tmp_path))
   assert "| srformer | 8 | 1 | 26.00 [" in glance and "| 39.14 |" in glance and "| 41.60 |" in glance
   assert "- Verdict (500 steps, the grid): not yet" in glance
-  table = subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--reader=r", "--tag=steps1500",
+  table = subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--reader=r", "--tag=steps1500_d549376",
                           f"--out={tmp_path}", "--table"], cwd=report.REPO, capture_output=True, text=True,
                          check=True).stdout
   assert "| srformer | 8 | padded | 26.00 |" in table and "| 24.00 |" not in table
