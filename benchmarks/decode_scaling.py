@@ -1,5 +1,9 @@
 """2. Decode time per token vs input length: full vs SRformer (s=64), T5-small shapes.
 
+`--kinds` and `--segment_sizes` time other cross-attention kinds and sizes the same way (the
+alternatives' per-token cost: `--kinds full,segmented,srformer,xl,pooled,linear,local_window,gru_memory
+--segment_sizes 8,64 --lengths 16384 --tag alternatives` writes decode_scaling_<platform>_alternatives.*).
+
 Batch 8, greedy, 128 new tokens (EOS banned so every run decodes all 128), random weights. The
 encoder output is given (random), so the numbers are the decoder's: `init` is the per-input work
 (cross-attention K/V, and for SRformer K^T V and ||K||), `per_token` the cached step.
@@ -18,6 +22,9 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--kinds", default="full,srformer", help="cross-attention kinds, comma-separated")
+  p.add_argument("--segment_sizes", default="64", help="segment sizes of the segmented kinds")
+  p.add_argument("--tag", default="", help="writes decode_scaling_<platform>_<tag>.* instead")
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
   import jax.numpy as jnp
@@ -30,8 +37,12 @@ def main():
   n = args.new_tokens
   dc = DecodeConfig(max_len=n, min_len=n)  # EOS banned: always n steps
   rows = []
-  for kind in ("full", "srformer"):
-    cfg = models.t5_small(cross_attention=kind, segment_size=64, gen_len=n, dtype=args.dtype)
+  kinds = args.kinds.split(",")
+  sizes = [int(x) for x in args.segment_sizes.split(",")]
+  # whole-input kinds read no segments: one row each, at the first size (which they ignore)
+  runs = [(kind, s) for kind in kinds for s in (sizes[:1] if kind in ("full", "linear") else sizes)]
+  for kind, s in runs:
+    cfg = models.t5_small(cross_attention=kind, segment_size=s, gen_len=n, dtype=args.dtype)
     model = build_model(cfg)
     params = init_params(cfg, jax.random.key(0))
     if args.dtype != "float32":
@@ -45,9 +56,19 @@ def main():
       t_init = common.time_fn(lambda: init(params, enc, mask), args.repeats)
       per_token = (t_all["median_s"] - t_init["median_s"]) / n
       rows.append(dict(kind=kind, k=k, total_s=t_all["median_s"], init_s=t_init["median_s"],
-                       per_token_ms=1e3 * per_token, compile_s=t_all["first_call_s"]))
-      print(f"{kind:<9} k={k:>6}  per token {1e3 * per_token:8.3f} ms   init {t_init['median_s']*1e3:8.1f} ms"
+                       per_token_ms=1e3 * per_token, compile_s=t_all["first_call_s"],
+                       **({} if args.tag == "" else {"s": None if kind in ("full", "linear") else s})))
+      print(f"{kind:<9} s={s:<3} k={k:>6}  per token {1e3 * per_token:8.3f} ms   init {t_init['median_s']*1e3:8.1f} ms"
             f"   total {t_all['median_s']:.3f} s", flush=True)
+  name = f"decode_scaling_{args.platform}" + (f"_{args.tag}" if args.tag else "")
+  if args.tag:  # a table of kinds and sizes: no full-vs-srformer speed-up plot
+    full = {r["k"]: r["per_token_ms"] for r in rows if r["kind"] == "full"}
+    for r in rows:
+      if r["k"] in full:
+        r["per_token_vs_full"] = r["per_token_ms"] / full[r["k"]]
+    common.write(args.out, name, {"machine": common.machine(jax), "batch": args.batch, "new_tokens": n,
+                                  "dtype": args.dtype, "rows": rows})
+    return
   by = {(r["kind"], r["k"]): r for r in rows}
   speedup = {k: by[("full", k)]["per_token_ms"] / by[("srformer", k)]["per_token_ms"] for k in lengths}
   print("per-token speedup srformer vs full:", {k: round(v, 2) for k, v in speedup.items()})

@@ -24,6 +24,7 @@ import re
 import statistics
 import sys
 
+from benchmarks import sweep_stats
 from benchmarks.stats import format_ci
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -539,6 +540,216 @@ def _raf_lines(d: dict) -> list[str]:
   return out
 
 
+# ----- the 1500-step grid (one clean commit) and the alternatives beside it ----------------------------
+
+GRID = "segment_sweep_cpu_steps1500"
+SPLITS = (("test", "rouge1"), ("dev", "rouge1_dev"))
+
+
+def _grid(r: Results):
+  """(payload, commit, its cells, other cells, groups by name) of the 1500-step grid, or None."""
+  d = r.load(f"{GRID}.json")
+  if d is None or not d.get("cells"):
+    return None
+  commit, cells, other = sweep_stats.one_commit(d["cells"])
+  if not cells:  # nothing a headline may show
+    return None
+  return d, commit, cells, other, sweep_stats.by_group(sweep_stats.aggregate(cells))
+
+
+GRID_MISSING = ("(no cell of a clean commit yet: `python benchmarks/segment_sweep.py --preset cpu1500 --reader "
+                "benchmarks/reader/cpu_infill --runs DIR` from a clean tree)")
+
+
+def _grid_head(d: dict, commit, cells: list[dict], other: list[dict]) -> str:
+  o = d["overrides"]
+  ex = cells[0]
+  longest = max(c["steps"] for c in cells)
+  line = (f"{len(cells)} of {len(d['cells_planned'])} planned cells, each fine-tuned {o['train.num_steps']} steps"
+          + (f" (the budget cells {longest})" if longest != o["train.num_steps"] else "")
+          + f" of batch {o['train.batch_size']} (lr {o['train.learning_rate']}, {o['train.warmup_steps']} warmup "
+          f"steps, linear decay) from the reader; ROUGE-1 on {ex['eval_examples']} DialogSum test dialogues "
+          f"(`summary1`)" + (f" and {ex['dev_examples']} dev dialogues" if ex.get("dev_examples") else "")
+          + "; 95% intervals: t over seeds, or a bootstrap over examples for one seed. "
+          f"{_machine(d.get('machine'))}; every cell trained at commit {_short_commit(commit)} with a clean tree.")
+  if other:
+    line += (" Left out (another commit or a changed tree): "
+             + ", ".join(f"{c['name']} ({_short_commit(c.get('git_commit'))})" for c in other) + ".")
+  return line
+
+
+def _yes(v) -> str:
+  return "yes" if v else "no"
+
+
+def _state(v: dict) -> str:
+  return "**holds**" if v["holds"] else "**does not hold**" if v["complete"] else "incomplete"
+
+
+def _claim_line(v: dict, split: str) -> str:
+  parts = []
+  if "segmented_below_full" in v:
+    parts.append(f"segmented below full: {_yes(v['segmented_below_full'])}")
+  if "srformer_above_segmented" in v:
+    parts.append(f"srformer above segmented: {_yes(v['srformer_above_segmented'])}")
+  if "srformer_vs_full" in v:
+    parts.append(f"srformer {v['srformer_vs_full']:.2f} x full (>= 0.9: {_yes(v['srformer_within_10pct_of_full'])})")
+  if "xl_between" in v:
+    parts.append(f"xl between: {_yes(v['xl_between'])}")
+  return f"s = {v['s']}, {split}: {_state(v)} (" + ("; ".join(parts) or "no groups yet") + ")"
+
+
+def _shape_line(v: dict, split: str) -> str:
+  parts = []
+  if "srformer_spread" in v:
+    parts.append(f"srformer's means across s = {', '.join(map(str, v['sizes']))} within "
+                 f"{v['srformer_spread']:.2f} points (<= {sweep_stats.SHAPE_SPREAD:g}: {_yes(v['srformer_flat'])})")
+  if "segmented_drop" in v:
+    parts.append(f"segmented s = {min(v['sizes'])} {v['segmented_drop']:.2f} points below s = {max(v['sizes'])} "
+                 f"(>= {sweep_stats.SHAPE_COLLAPSE:g}: {_yes(v['segmented_collapses'])})")
+  return f"shape, {split}: {_state(v)} (" + ("; ".join(parts) or "no groups yet") + ")"
+
+
+def _bullets(lines: list[str]) -> str:
+  return "\n".join("- " + line for line in lines)
+
+
+def grid_fig4(r: Results) -> str:
+  """Fig. 4 across s at 1500 steps beside the paper's Table 3, with the claim and shape verdicts."""
+  g = _grid(r)
+  if g is None:
+    return GRID_MISSING
+  d, commit, cells, other, by = g
+  paper = d["paper_t5_small_cnndm"]
+  full = by.get("full")
+  rows = [["full", "–", len(full["seeds"]), format_ci(full["rouge1"]), format_ci(full["rouge1_dev"]),
+           f"{paper['full']:.2f}"]] if full else []
+  for s in (8, 16, 32, 64):
+    for kind in ("segmented", "xl", "srformer"):
+      x = by.get(sweep_stats.name(kind, s))
+      if x:
+        rows.append([kind, s, len(x["seeds"]), format_ci(x["rouge1"]), format_ci(x["rouge1_dev"]),
+                     _paper_r1(paper, x)])
+  table = _table(["kind", "s", "seeds", "ROUGE-1 test (95% CI)", "ROUGE-1 dev", "paper R-1 (T5-small, CNN/DM)"],
+                 rows)
+  lines = []
+  for split, metric in SPLITS:
+    lines += [_claim_line(sweep_stats.claim_at(by, s, metric), split) for s in (8, 64)]
+    lines.append(_shape_line(sweep_stats.shape(by, (8, 16, 32, 64), metric), split))
+  rule = ("Rules, fixed before the runs: at each s, segmented below full and srformer above segmented with "
+          "separated 95% intervals, srformer >= 0.9 x full, xl between segmented and srformer; the shape: "
+          f"srformer's means across s within {sweep_stats.SHAPE_SPREAD:g} points of each other while "
+          f"segmented at s = 8 is at least {sweep_stats.SHAPE_COLLAPSE:g} points below s = 64.")
+  return "\n\n".join([_grid_head(d, commit, cells, other), table, _bullets(lines), rule,
+                      r.files(f"{GRID}.json", f"{GRID}_fig4.png")])
+
+
+def grid_table4(r: Results) -> str:
+  """Table 4 (the ablations) at s = 64 and s = 8 beside the paper's s = 64, with its verdict."""
+  g = _grid(r)
+  if g is None:
+    return GRID_MISSING
+  d, commit, cells, other, by = g
+  paper = d["paper_t5_small_cnndm"]["ablations_s64"]
+  rows = []
+  for kind in ("srformer",) + sweep_stats.ABLATIONS:
+    row = [kind]
+    for s in (64, 8):
+      x = by.get(sweep_stats.name(kind, s))
+      row += ([f"{format_ci(x['rouge1'])} ({len(x['seeds'])})", format_ci(x["rouge1_dev"])] if x else ["–", "–"])
+    rows.append(row + [f"{paper[kind]:.2f}"])
+  table = _table(["kind", "s = 64 test (seeds)", "s = 64 dev", "s = 8 test (seeds)", "s = 8 dev",
+                  "paper R-1, s = 64"], rows)
+  lines = []
+  for split, metric in SPLITS:
+    v = sweep_stats.table4(by, 64, paper, metric)
+    above = "; ".join(f"{k}: {_yes(x)}" for k, x in v.get("srformer_above", {}).items()) or "no groups yet"
+    lines.append(f"s = 64, {split}: srformer above each ablation {_state(v)} ({above}); our order "
+                 f"{' > '.join(v['order']) or '–'}, the paper's {' > '.join(v['paper_order'])}"
+                 + (f" (the same: {_yes(v['same_order_as_paper'])})" if v["complete"] else ""))
+  links = r.files(f"{GRID}.json")
+  if os.path.exists(r.path(f"{GRID}_ablations.png")):
+    links += " · " + r.files(f"{GRID}_ablations.png")
+  return "\n\n".join([table, _bullets(lines),
+                      "Rule, fixed before the runs: srformer above each ablation with separated 95% intervals.",
+                      links])
+
+
+def grid_budget(r: Results) -> str:
+  """The budget at s = 8: full, segmented and srformer fine-tuned 500 (the older grid), 1500 and
+  3000 steps; srformer's distance to full at each."""
+  g = _grid(r)
+  if g is None:
+    return GRID_MISSING
+  d, commit, cells, other, by = g
+  old = r.load("segment_sweep_cpu.json")
+  old_by = sweep_stats.by_group(old["groups"]) if old else {}
+  at8 = lambda k, steps=None: sweep_stats.name(k, None if k == "full" else 8, steps=steps)  # noqa: E731
+  cols = ((500, old_by, lambda k: at8(k)), (d["overrides"]["train.num_steps"], by, lambda k: at8(k)),
+          (3000, by, lambda k: at8(k, 3000)))
+  rows, gaps = [], []
+  for kind in ("full", "segmented", "srformer"):
+    rows.append([kind] + [f"{format_ci(src[f(kind)]['rouge1'])} ({len(src[f(kind)]['seeds'])})"
+                          if f(kind) in src else "–" for _, src, f in cols])
+  for steps, src, f in cols:
+    if f("full") in src and f("srformer") in src:
+      gaps.append(f"{steps} steps {src[f('full')]['rouge1']['mean'] - src[f('srformer')]['rouge1']['mean']:.2f}")
+  line = ("srformer's distance to full (ROUGE-1 test points): " + ("; ".join(gaps) or "not yet")
+          + ". The 500-step cells are the older grid's (code at " + (_code_commits(old["cells"]) if old else "?")
+          + f"); the others this grid's.")
+  header = ["kind", "500 steps (seeds)", f"{cols[1][0]} steps (seeds)", "3000 steps (seeds)"]
+  return "\n\n".join([_table(header, rows), line])
+
+
+def grid_cells(r: Results) -> str:
+  """Every group of the 1500-step grid: test and dev ROUGE-1, source gain, distinct predictions."""
+  g = _grid(r)
+  if g is None:
+    return GRID_MISSING
+  d, commit, cells, other, by = g
+  rows = [[x["kind"], x["s"] or "–", x["schedule"] if x["s"] else "–", x["steps"], len(x["seeds"]),
+           format_ci(x["rouge1"]), format_ci(x["rouge1_dev"]), format_ci(x["test_loss"], ".3f"),
+           format_ci(x["source_gain"], ".3f"), format_ci(x["distinct_predictions"], ".0f"),
+           _paper_r1(d["paper_t5_small_cnndm"], x)] for x in _sweep_groups({"groups": list(by.values())})]
+  table = _table(["kind", "s", "schedule", "steps", "seeds", "ROUGE-1 test", "ROUGE-1 dev", "test loss",
+                  "source gain", "distinct (of 500)", "paper R-1"], rows)
+  done = {c["name"] for c in d["cells"]}
+  todo = [n for n in d["cells_planned"] if n not in done]
+  return "\n\n".join([_grid_head(d, commit, cells, other), table]
+                     + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
+
+
+def alternatives(r: Results) -> str:
+  """Quality against cost for every kind (benchmarks/alternatives.py), with the verdicts."""
+  d = r.load("cross_attention_alternatives_cpu.json")
+  if d is None or not d.get("groups"):
+    return "(not run yet: the 1500-step grid's cells, then `python benchmarks/alternatives.py`)"
+  fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+  rows = []
+  for g in d["groups"]:
+    flops = fmt(g["flops_vs_full"], ".3f")
+    if g["kind"] == "gru_memory":
+      flops += f" ({fmt(g['flops_vs_full_analytic'], '.2f')} counting every segment's step)"
+    rows.append([g["kind"], g["s"] or "–", len(g["seeds"]), format_ci(g["rouge1"]), format_ci(g["rouge1_dev"]),
+                 format_ci(g["source_gain"], ".3f"), flops, fmt(g["decode_ms_per_token_k16384"], ".2f")])
+  table = _table(["kind", "s", "seeds", "ROUGE-1 test", "ROUGE-1 dev", "source gain", "XLA flops / full",
+                  "decode ms/token, k = 16384"], rows)
+  lines = []
+  for key in ("verdict_s8", "verdict_s64"):
+    v = d.get(key) or {}
+    if not v:
+      continue
+    gate = v.get("gate")
+    line = (f"s = {v['s']}: gate (full attention reads its input) "
+            + ("holds" if gate else "not run yet" if gate is None else "does not hold: the comparison says little"))
+    for kind in ("pooled", "linear", "local_window", "gru_memory"):
+      if v.get(kind):
+        line += f"; {kind} " + ", ".join(f"{side} SRformer on {split}" for split, side in v[kind].items())
+    lines.append(line + ".")
+  return "\n\n".join([table, _bullets(lines), f"Rule: {d['verdict_s8']['rule']}.",
+                      r.files("cross_attention_alternatives_cpu.json", "cross_attention_alternatives_cpu.png")])
+
+
 def reader(r: Results) -> str:
   """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
   name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if os.path.exists(r.path(n))), None)
@@ -787,6 +998,11 @@ RENDERERS = {
     "segment_sweep": segment_sweep,
     "segment_sweep_budget": segment_sweep_budget,
     "glance_segment_sweep_budget": glance_segment_sweep_budget,
+    "grid_fig4": grid_fig4,
+    "grid_table4": grid_table4,
+    "grid_budget": grid_budget,
+    "grid_cells": grid_cells,
+    "alternatives": alternatives,
     "reader": reader,
     "reader_span_pilot": reader_span_pilot,
     "reader_dropout_pilot": reader_dropout_pilot,

@@ -38,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import common, stats  # noqa: E402
+from benchmarks.sweep_stats import aggregate  # noqa: E402,F401  (the groups of a list of cells)
 
 from srformer_jax.config import ALTERNATIVE_KINDS, RAF_KINDS  # noqa: E402
 
@@ -80,6 +81,16 @@ PRESETS = {
         overrides={"train.num_steps": 1500, "train.batch_size": 16, "train.save_every": 100,
                    "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 50,
                    "decode.num_beams": 2}),
+    # Issue 36, part A: four dialogues in, four summaries out (benchmarks/long_dialogsum.py), k 1024
+    # and q 256: full; segmented, srformer and xl at s = 8 (m = 128, the paper's k / s) and s = 64,
+    # every seed; the data are built into <runs>/data. Steps and batch: set by the pilot (docs).
+    "long1024": dict(
+        name="long_dialogsum_cpu", long=True, sizes=(8, 64), workers=2, seeds=(0, 1, 2),
+        dev_file="long_dialogsum.dev.jsonl", dev_summary_key="summary",
+        overrides={"train.num_steps": 1500, "train.batch_size": 16, "train.save_every": 100,
+                   "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 50,
+                   "decode.num_beams": 2, "data.max_source_len": 1024, "data.max_target_len": 256,
+                   "decode.batch_size": 25}),
     "gpu": dict(
         sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64, seeds=(0, 1, 2),
         overrides={"train.num_steps": 20000, "train.batch_size": 32, "train.save_every": 2000,
@@ -184,6 +195,21 @@ def cells_steps1500(preset: dict) -> list[dict]:
   return sorted(out, key=lambda c: (c["rank"], c["seed"]))  # stable: listed order within a rank
 
 
+def cells_long(preset: dict) -> list[dict]:
+  """The long-input grid: full and segmented / srformer / xl at the smallest s (every seed) first,
+  then the largest s."""
+  out = []
+  lo, hi = min(preset["sizes"]), max(preset["sizes"])
+  for rank, kinds_sizes in ((0, [("full", None)] + [(k, lo) for k in ("segmented", "srformer", "xl")]),
+                            (1, [(k, hi) for k in ("segmented", "srformer", "xl")])):
+    for kind, s in kinds_sizes:
+      for seed in preset["seeds"]:
+        group = kind if s is None else f"{kind}_s{s}_padded"
+        out.append(dict(kind=kind, s=s, schedule="padded", seed=seed, rank=rank, group=group,
+                        name=group + (f"_seed{seed}" if seed else "")))
+  return sorted(out, key=lambda c: (c["rank"], c["seed"]))
+
+
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -270,7 +296,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     if args.dev_file:
       evaluate_dev(cfg, workdir, os.path.abspath(os.path.join(args.data_dir, args.dev_file)),
                    args.dev_summary_key)
-    return collect(cell, workdir, timing, cfg)
+    return collect(cell, workdir, timing, cfg, positions=getattr(args, "positions", False))
 
 
 def cell_flags(overrides: dict, cell: dict) -> dict:
@@ -353,7 +379,21 @@ def cell_stats(cfg, workdir: str, kind: str, examples: int = 64) -> dict:
   return out
 
 
-def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
+def rouge1_by_position(preds: list[dict]) -> list[float]:
+  """Mean ROUGE-1 F x100 of the i-th summary of each output against the i-th reference (outputs and
+  references cut at benchmarks.long_dialogsum's separator)."""
+  from rouge_score import rouge_scorer
+
+  from benchmarks.long_dialogsum import PER_INPUT, split_positions
+  scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+  totals = [0.0] * PER_INPUT
+  for r in preds:
+    for i, (ref, pred) in enumerate(zip(split_positions(r["reference"]), split_positions(r["prediction"]))):
+      totals[i] += scorer.score(ref, pred)["rouge1"].fmeasure
+  return [100.0 * t / max(len(preds), 1) for t in totals]
+
+
+def collect(cell: dict, workdir: str, timing: dict, cfg=None, positions: bool = False) -> dict:
   stats_file = os.path.join(workdir, "cell_stats.json")
   if cfg is not None and not os.path.exists(stats_file):
     with open(stats_file, "w") as f:
@@ -375,6 +415,10 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None) -> dict:
     dev = dict(rouge1_dev=d["rouge1"], rouge2_dev=d["rouge2"], rougeL_dev=d["rougeL"],
                dev_examples=d["num_examples"], distinct_predictions_dev=len({r["prediction"] for r in dev_preds}),
                rouge1_dev_per_example=per_example_rouge1(dev_preds))
+    if positions:
+      dev["rouge1_dev_by_position"] = rouge1_by_position(dev_preds)
+  if positions:
+    dev["rouge1_by_position"] = rouge1_by_position(preds)
   return dict(cell, **dev, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
@@ -393,35 +437,6 @@ def per_example_rouge1(preds: list[dict]) -> list[float]:
   scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
   return [round(100.0 * scorer.score(sentences_per_line(r["reference"]), sentences_per_line(r["prediction"]))
                 ["rouge1"].fmeasure, 4) for r in preds]
-
-
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions",
-           "rouge1_dev")
-
-
-def aggregate(results: list[dict]) -> list[dict]:
-  """Per group (kind, s, schedule): mean and 95% interval of every metric over its seeds (Student-t);
-  a group with one seed gets a bootstrap interval over test examples for ROUGE-1 instead."""
-  groups: dict[str, list[dict]] = {}
-  for r in results:
-    groups.setdefault(r.get("group", r["name"]), []).append(r)
-  out = []
-  for name, rs in groups.items():
-    g = {k: rs[0][k] for k in ("kind", "s", "schedule")}
-    g.update(group=name, seeds=sorted(r.get("seed", 0) for r in rs), steps=rs[0].get("steps"))
-    for m in METRICS:
-      vals = [r[m] for r in rs if r.get(m) is not None]
-      g[m] = stats.mean_ci(vals) if vals else None
-    for metric, per_example in (("rouge1", "rouge1_per_example"), ("rouge1_dev", "rouge1_dev_per_example")):
-      if g[metric] is None:
-        continue
-      if len(rs) == 1 and rs[0].get(per_example):
-        boot = stats.bootstrap_ci(rs[0][per_example])
-        g[metric] = dict(g[metric], lo=boot["lo"], hi=boot["hi"], interval="bootstrap over examples")
-      elif len(rs) > 1:
-        g[metric]["interval"] = "t over seeds"
-    out.append(g)
-  return out
 
 
 def verdict(groups: list[dict]) -> dict:
@@ -580,6 +595,14 @@ def main():
     args.dev_file = preset.get("dev_file")
   if args.dev_summary_key is None:
     args.dev_summary_key = preset.get("dev_summary_key", args.summary_key)
+  args.positions = bool(preset.get("long"))
+  if preset.get("long"):  # the long-input task, built once into the runs folder from DialogSum
+    from benchmarks import long_dialogsum
+    data = os.path.join(args.runs or os.path.join(REPO, "runs", name), "data")
+    if not os.path.exists(os.path.join(data, long_dialogsum.STATS)):
+      long_dialogsum.build(args.data_dir, data, os.path.join(os.path.abspath(args.reader), "spm.model"))
+    args.data_dir, args.train_file, args.test_file = data, long_dialogsum.OUT["train"], long_dialogsum.OUT["test"]
+    args.eval_summary_key = "summary"
   if args.table:
     print(markdown_table(json.load(open(os.path.join(args.out, f"{name}.json")))))
     return
@@ -609,7 +632,8 @@ def main():
   overrides.update(preset["overrides"])
   overrides.update(parse_set(args.set))
   only = set(filter(None, args.only.split(",")))
-  grid = [c for c in (cells_steps1500(preset) if preset_name == "cpu1500" else cells(preset))
+  grid = [c for c in (cells_steps1500(preset) if preset_name == "cpu1500" else cells_long(preset)
+                      if preset.get("long") else cells(preset))
           if not only or c["name"] in only]
   cell_dir = os.path.join(args.out, name)  # one result file per finished cell
   if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
