@@ -7,7 +7,6 @@ from the saved run is refused (the saved model is evaluated). User errors: one l
 """
 
 import logging
-import os
 import sys
 
 from absl import flags
@@ -25,8 +24,7 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/absl chatter
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"run directory {workdir!r} does not exist (train.py --workdir)")
+  entry.check_workdir(workdir, existing=True)
   entry.check_overrides_match_run(cfg, workdir, sys.argv)
   scores = eval_lib.evaluate(cfg, workdir)
   print({k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()})

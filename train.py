@@ -26,7 +26,8 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/absl chatter
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  train_lib.train(cfg, workdir)  # user errors (divergence, no usable checkpoint): entry.run
+  entry.check_workdir(workdir, existing=False)
+  train_lib.train(cfg, workdir, check_eval_split=flags.FLAGS.eval)  # user errors (divergence, no usable checkpoint): entry.run
   if flags.FLAGS.eval:
     eval_lib.evaluate(cfg, workdir)
 

@@ -24,6 +24,7 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("srformer_jax").setLevel(logging.INFO)
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  entry.check_workdir(workdir, existing=not flags.FLAGS.train)
   if flags.FLAGS.train:
     lm_train.train(cfg, workdir)
   if flags.FLAGS.eval:

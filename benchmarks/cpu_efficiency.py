@@ -398,7 +398,7 @@ def crt_step(jax, memory: str, fraction: str, overrides: dict, s: dict, dropout:
   key = jax.random.key(1)
 
   def step():
-    holder["state"], m = trainer.step(holder["state"], x, x, False, key)
+    holder["state"], m = trainer.step(holder["state"], {"inputs": x, "targets": x, "reset": False}, key)
     return m["loss"]
   return model, trainer, step, holder, x, key
 
@@ -413,10 +413,7 @@ def crt_row(jax, name: str, memory: str, fraction: str, overrides: dict, s: dict
     model, trainer, step, holder, x, key = crt_step(jax, memory, fraction, overrides, s, dropout)
     out[f"{label}_s"] = common.time_fn(step, repeats)["median_s"]
     if label == "step":
-      put = lambda a: jax.make_array_from_process_local_data(trainer.batch_sharding, a)  # noqa: E731
-      import jax.numpy as jnp
-      with trainer.context():
-        lowered = trainer._step.lower(holder["state"], put(x), put(x), jnp.asarray(False), key)
+      lowered = trainer.lower(holder["state"], trainer.shard_batch({"inputs": x, "targets": x, "reset": False}), key)
       compiled = lowered.compile()
       out["xla_flops"] = _flops(compiled)
       hlo = compiled.as_text()

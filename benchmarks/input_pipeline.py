@@ -145,11 +145,9 @@ def lm_step_alone_steps_per_s(cfg, workdir: str, steps: int, repeats: int) -> li
   t = cfg.train
   trainer = lm_train.LMTrainer(model, tx, schedule, sharding.make_mesh((1, 1, 1)), t.batch_size, t.truncate_every)
   it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * model.config.segment_len)
-  inputs, targets, reset = next(it)
-  put = lambda a: jax.device_put(a, trainer.batch_sharding)  # noqa: E731
-  inputs, targets, reset = put(inputs), put(targets), jax.numpy.asarray(reset)  # on the device once
+  batch = trainer.put(trainer.window(*next(it)))  # on the device once
   rng = jax.random.key(0)
-  return _time_steps(lambda state: trainer.step(state, inputs, targets, reset, rng),
+  return _time_steps(lambda state: trainer.step(state, batch, rng),
                      trainer.init_state(jax.random.key(1)), steps, repeats)
 
 

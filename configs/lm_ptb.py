@@ -8,6 +8,8 @@ override with --config.data.data_dir=... (or train_path/valid_path/test_path).
 
 import ml_collections
 
+from configs import base
+
 CONTEXT_LEN = 128  # L: the full-context baseline's segment length
 FRACTIONS = {"full": 1, "half": 2, "quarter": 4}
 
@@ -21,16 +23,17 @@ def lm_config(memory: str, fraction: str = "full", context_len: int = CONTEXT_LE
       d_model=256, num_heads=4, d_ff=1024, num_layers=2, segment_len=segment_len, memory=memory,
       memory_input="token", memory_update="sequence", cell="gru", xl_len=0,
       relative_attention_num_buckets=32, relative_attention_max_distance=2 * context_len,
-      activation="gelu", dropout_rate=0.3, raf_threshold_init=1.0, raf_leak_init=0.5, dtype="float32"))
+      activation="gelu", dropout_rate=0.3, raf_threshold_init=1.0, raf_leak_init=0.5, dtype="float32",
+      kernels="auto"))
   c.data = ml_collections.ConfigDict(dict(
       data_dir="../shared/data/ptb", train_path="", valid_path="", test_path="", eval_batch_size=10))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=32,
+  c.train = base.train_section(
+      batch_size=32, num_steps=4000, learning_rate=1e-3, warmup_steps=200, weight_decay=0.01, grad_clip=0.25,
+      seed=0, log_every=50, save_every=500, keep_checkpoints=2)
+  c.train.update(dict(  # the language models' own fields
       segments_per_step=context_len // segment_len,  # window = context_len tokens per stream
       truncate_every=0,          # stop the memory's gradient every N segments; 0: only between windows
-      num_steps=4000, learning_rate=1e-3, warmup_steps=200, weight_decay=0.01, grad_clip=0.25,
-      seed=0, log_every=50, save_every=500, eval_every=1000, keep_checkpoints=2,
+      eval_every=1000,           # validation perplexity every N steps (0: none)
       patience=0,                # stop after this many validations without a new best (0: never)
-      keep_best=True,            # keep the best-validation state in <workdir>/best (evaluated)
-      mesh_shape=(-1, 1, 1)))
+      keep_best=True))           # keep the best-validation state in <workdir>/best (evaluated)
   return c

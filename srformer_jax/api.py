@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from srformer_jax import data
+from srformer_jax import data, defaults, runfiles
 from srformer_jax import validation as check
 from srformer_jax.config import ModelConfig
 from srformer_jax.decoding import DecodeConfig, generate_jit
@@ -48,9 +48,9 @@ def load_config(config) -> ml_collections.ConfigDict:
   path = os.fspath(config)
   if not os.path.exists(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
-  if path.endswith(".json"):
+  if path.endswith(".json"):  # a run_config.json, maybe from before fields were added: their defaults
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return defaults.with_defaults(ml_collections.ConfigDict(json.load(f)))
   if path.endswith(".py"):
     spec = importlib.util.spec_from_file_location("srformer_run_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -70,15 +70,15 @@ def load_run(workdir: str | os.PathLike, config=None,
   mesh_shape: overrides config.train.mesh_shape, e.g. (1, 1, 1) to load a run trained on many
     devices onto one.
   """
-  from srformer_jax import eval_lib, run_setup, train_lib  # orbax, optax: imported when a run is loaded
+  from srformer_jax import eval_lib, run_setup  # orbax, optax: imported when a run is loaded
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"run directory {workdir!r} does not exist")
   if config is None:
-    saved = os.path.join(workdir, train_lib.RUN_CONFIG_FILE)
+    saved = os.path.join(workdir, runfiles.RUN_CONFIG)
     if not os.path.exists(saved):
       raise FileNotFoundError(
-          f"{workdir!r} has no {train_lib.RUN_CONFIG_FILE} (runs trained before it was saved, or not a "
+          f"{workdir!r} has no {runfiles.RUN_CONFIG} (runs trained before it was saved, or not a "
           f"run directory): pass config=, the config it was trained with (a ConfigDict or the path "
           f"of its configs/*.py)")
     config = saved
@@ -136,9 +136,9 @@ def summarize(texts: str | Iterable[str], run: Run | str | os.PathLike, batch_si
   if not texts:
     return []
   from tqdm.auto import tqdm
-  from srformer_jax import train_lib
+  from srformer_jax import run_setup
   tok, model = run.tokenizer, run.model
-  spec = dataclasses.replace(train_lib.batch_spec(run.config, batch_size), long_target="truncate")
+  spec = dataclasses.replace(run_setup.batch_spec(run.config, batch_size), long_target="truncate")
   stats = data.Stats()
   out: list[str] = []
   show = len(texts) > batch_size if progress is None else progress

@@ -16,6 +16,7 @@ from flax import linen as nn
 from srformer_jax import layers
 from srformer_jax import sharding as sh
 from srformer_jax.attention.segmented import CrossAttention
+from srformer_jax.attention.cache import LayerCache
 from srformer_jax.attention.self_attention import SelfAttention, init_self_cache
 from srformer_jax.config import ModelConfig
 from srformer_jax.seq2seq import EncoderDecoderMixin
@@ -29,12 +30,12 @@ class _FFNMixin:
   def setup_ffn(self):
     c = self.config
     dt = jnp.dtype(c.dtype)
-    self.fc1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=True, dtype=dt)
-    self.fc2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt)
+    self.fc1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
+    self.fc2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
     self.final_layer_norm = layers.LayerNorm(c.layer_norm_epsilon, dt)
     self.act = layers.activation(c.activation_function)
-    self.dropout = layers.Dropout(c.dropout_rate)
-    self.act_dropout = layers.Dropout(c.activation_dropout)
+    self.dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
+    self.act_dropout = layers.Dropout(c.activation_dropout, hashed=self.config.cpu_kernels)
 
   def ffn(self, x, deterministic):
     h = self.act_dropout(self.act(self.fc1(x)), deterministic=deterministic)
@@ -79,11 +80,11 @@ class BartDecoderLayer(nn.Module, _FFNMixin):
     return self.encoder_attn.init_state(enc, enc_mask)
 
   def step(self, x, cache, index):
-    h, self_cache, _ = self.self_attn.step(x, cache["self"], index)
+    h, self_cache, _ = self.self_attn.step(x, cache.self_attn, index)
     x = self.self_attn_layer_norm(x + h)
-    h, cross = self.encoder_attn.step(x, cache["cross"], index)
+    h, cross = self.encoder_attn.step(x, cache.cross_attn, index)
     x = self.encoder_attn_layer_norm(x + h)
-    return self.ffn(x, True), {"self": self_cache, "cross": cross}
+    return self.ffn(x, True), LayerCache(self_attn=self_cache, cross_attn=cross)
 
 
 class BartStack(nn.Module):
@@ -94,7 +95,7 @@ class BartStack(nn.Module):
     c = self.config
     dt = jnp.dtype(c.dtype)
     self.embed_positions = layers.embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
-                                        (None, sh.EMBED), dtype=dt, init_std=0.02)
+                                        (None, sh.EMBED), dtype=dt, init_std=0.02, cpu=self.config.cpu_kernels)
     if self.is_decoder:  # remat: static_argnums give `deterministic` (self is 0)
       layer = layers.remat(BartDecoderLayer, c.remat_policy, static_argnums=(5,))
       self.layers = [layer(c) for _ in range(c.num_decoder_layers)]
@@ -102,7 +103,7 @@ class BartStack(nn.Module):
       layer = layers.remat(BartEncoderLayer, c.remat_policy, static_argnums=(3,))
       self.layers = [layer(c) for _ in range(c.num_encoder_layers)]
     self.layernorm_embedding = layers.LayerNorm(c.layer_norm_epsilon, dt)
-    self.dropout = layers.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
 
   def _embed(self, tok_emb, positions, deterministic):
     x = tok_emb + self.embed_positions(positions + POSITION_OFFSET)
@@ -128,8 +129,8 @@ class BartStack(nn.Module):
       raise ValueError(f"max decode length {max_len} exceeds max_position_embeddings="
                        f"{self.config.max_position_embeddings}")
     b = enc.shape[0] * beams  # decoding rows; the cross state stays per input
-    return [{"self": init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
-             "cross": layer.init_state(enc, enc_mask)} for layer in self.layers]
+    return [LayerCache(self_attn=init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
+                       cross_attn=layer.init_state(enc, enc_mask)) for layer in self.layers]
 
   def step(self, tok_emb, cache, index):
     x = self._embed(tok_emb, jnp.reshape(index, (1, 1)), True)
@@ -146,7 +147,7 @@ class BartModel(nn.Module):
   def setup(self):
     c = self.config
     self.shared = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=jnp.dtype(c.dtype),
-                               init_std=0.02)
+                               init_std=0.02, cpu=self.config.cpu_kernels)
     self.encoder = BartStack(c, is_decoder=False)
     self.decoder = BartStack(c, is_decoder=True)
 

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from srformer_jax.errors import CheckpointError
 from srformer_jax.processes import barrier
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ class _NoItemMetadataWarning(logging.Filter):
 logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
 
 
-class CheckpointError(RuntimeError):
-  """No usable checkpoint, or one that does not fit the model (one-line message)."""
 
 
 def sha256_file(path: str) -> str:

@@ -18,6 +18,9 @@ import argparse
 import logging
 import sys
 
+from srformer_jax import entry
+from srformer_jax.errors import USER_ERRORS
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m srformer_jax.cli",
@@ -60,8 +63,7 @@ def main(argv=None) -> int:
   try:
     return _summarize(args)
   except Exception as e:  # noqa: BLE001 (sorted out here)
-    from srformer_jax import entry
-    if args.verbose or not isinstance(e, entry.user_errors() + (ValueError, OSError)):
+    if args.verbose or not isinstance(e, USER_ERRORS + (ValueError, OSError)):
       raise
     print(f"error: {entry.one_line(e)} (--verbose shows the traceback)", file=sys.stderr)
     return 1

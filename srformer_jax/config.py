@@ -49,6 +49,21 @@ RECURRENT_KINDS = RAF_KINDS + ("no_raf", "gru_memory")
 #   cudnn      jax.nn.dot_product_attention(implementation="cudnn"), GPU only
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn")
 REMAT_POLICY_NAMES = ("none", "full", "dots", "dots_no_batch")
+# Forms of a few ops (`cpu_kernels`): the hashed dropout mask, dense layers with a CPU-laid-out weight
+# gradient and float32-accumulated low-precision products, add_bias's matmul-reduced gradient, the
+# reduction-only token accuracy, greedy decoding's beam-free cross-attention step.
+KERNELS = ("auto", "xla", "cpu")
+
+
+def cpu_kernels(kernels: str) -> bool:
+  """Whether a `kernels` choice takes the forms written for XLA:CPU: "auto" on the CPU backend only,
+  "cpu" everywhere, "xla" (the plain JAX forms) nowhere. Each such form computes the values of the
+  plain one (tests/test_house.py); they were chosen by timing XLA:CPU (docs/benchmarks.md), and
+  benchmarks/gpu_checks.sh times both forms on a GPU."""
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+  import jax  # the backend is known once jax is configured, not when this module is imported
+  return kernels == "cpu" or (kernels == "auto" and jax.default_backend() == "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +123,9 @@ class ModelConfig:
   attention_block_size: int = 512  # query/key block of the blockwise implementation
   remat_policy: str = "none"  # encoder/decoder layers: one of REMAT_POLICY_NAMES
   raf_remat: bool = False  # recompute SRformer's K_i^T V_i, RAF linear and RAF scan in the backward
+  # Which forms of a few ops: "auto" takes the ones written for XLA:CPU on the CPU backend only,
+  # "xla" the plain JAX forms everywhere, "cpu" the CPU forms everywhere (`layers.cpu_kernels`)
+  kernels: str = "auto"
 
   def __post_init__(self):
     if self.arch not in ("t5", "bart"):
@@ -135,6 +153,8 @@ class ModelConfig:
       raise ValueError(f"attention_block_size must be positive, got {self.attention_block_size}")
     if self.remat_policy not in REMAT_POLICY_NAMES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}")
+    if self.kernels not in KERNELS:
+      raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
     if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
       raise ValueError(f"dtype must be float32, bfloat16, float16 (or float64 with jax_enable_x64, for "
                        f"numerical checks), got {self.dtype!r}")
@@ -146,6 +166,11 @@ class ModelConfig:
   @property
   def logits_dtype(self) -> str:
     return "float64" if self.dtype == "float64" else "float32"
+
+  @property
+  def cpu_kernels(self) -> bool:
+    """Whether this model takes the forms written for XLA:CPU (see `kernels`)."""
+    return cpu_kernels(self.kernels)
 
   @property
   def uses_raf(self) -> bool:

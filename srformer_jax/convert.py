@@ -23,6 +23,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from srformer_jax.config import ModelConfig
+from srformer_jax.errors import ConversionError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 
 
-class ConversionError(ValueError):
-  """A checkpoint does not match the model: missing, unexpected or mis-shaped tensor."""
 
 
 def hf_name(path: tuple[str, ...]) -> tuple[str, bool]:

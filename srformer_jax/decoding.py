@@ -154,9 +154,9 @@ def _reorder_cache(cache, flat_idx):
   tokens, and beams are only ever reordered within their own example: it is held once per example
   (`init_cache(..., beams=k)`) and read by all of its beams, never copied.
   """
-  layers = [dict(layer, self=jax.tree.map(lambda x: x[flat_idx], layer["self"]))
-            for layer in cache["layers"]]
-  return dict(cache, layers=layers)
+  layers = [layer.replace(self_attn=jax.tree.map(lambda x: x[flat_idx], layer.self_attn))
+            for layer in cache.layers]
+  return cache.replace(layers=layers)
 
 
 def _beam_search(model, variables, enc, mask, dc: DecodeConfig):

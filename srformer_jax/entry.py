@@ -11,20 +11,10 @@ import sys
 
 import ml_collections
 
+from srformer_jax import runfiles
+from srformer_jax.errors import USER_ERRORS, ConfigError
+
 VERBOSE_HELP = "show the traceback of an error instead of its one-line message"
-
-
-class ConfigError(ValueError):
-  """A config override that names no field, or that contradicts the saved run."""
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-  """Exception types that are the user's to fix (bad paths, data, config, checkpoints)."""
-  from srformer_jax.checkpoint import CheckpointError
-  from srformer_jax.crt.data import DataError as LMDataError
-  from srformer_jax.data import DataError
-  from srformer_jax.train_lib import TrainingDiverged
-  return (ConfigError, DataError, LMDataError, CheckpointError, TrainingDiverged, FileNotFoundError)
 
 
 def one_line(e: BaseException) -> str:
@@ -123,17 +113,51 @@ def run(main):
     if verbose_requested(sys.argv):
       raise
     _report_override_error(e, _CONFIG_DEFAULT)
-    if isinstance(e, user_errors()):
+    if isinstance(e, USER_ERRORS):
       fail(one_line(e))
     raise
 
 
+def check_workdir(workdir: str, existing: bool):
+  """--workdir must be a directory (a file there is an error); `existing`: it must exist already
+  (evaluation), else it is created by the run."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir!r} is a file, not a run directory: pass a directory")
+  if existing and not os.path.isdir(workdir):
+    raise FileNotFoundError(f"run directory {workdir!r} does not exist (train.py --workdir)")
+
+
+def _check_overrides_match_model(cfg, workdir: str, argv: list[str]):
+  """--config.model.<field> / model.scratch.<field> against the saved ModelConfig (gen_len excepted:
+  decoding takes the config's)."""
+  path = os.path.join(workdir, runfiles.MODEL_CONFIG)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  for key in config_overrides(argv):
+    field = key.split(".")[-1]
+    if not key.startswith("model.") or field not in saved or field == "gen_len" or key.count(".") > 2:
+      continue
+    given = cfg
+    for part in key.split("."):
+      given = given[part]
+    was = saved[field]
+    if isinstance(was, list) and isinstance(given, tuple):
+      given = list(given)
+    if given is not None and given != was:
+      raise ConfigError(f"--config.{key}={given!r} contradicts the model in {workdir}: it was trained "
+                        f"with {field}={was!r} ({runfiles.MODEL_CONFIG}); evaluation uses the saved model, "
+                        f"so drop the override or use another --workdir")
+
+
 def check_overrides_match_run(cfg, workdir: str, argv: list[str]):
   """Refuses --config.model.* overrides that differ from the run saved in workdir (evaluation uses
-  the saved model; an override there would be silently ignored)."""
-  from srformer_jax.train_lib import RUN_CONFIG_FILE
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  the saved model; an override there would be silently ignored). Checked against run_config.json,
+  or, for a run without one, against the model itself (model_config.json)."""
+  path = os.path.join(workdir, runfiles.RUN_CONFIG)
   if not os.path.exists(path):
+    _check_overrides_match_model(cfg, workdir, argv)
     return
   with open(path) as f:
     saved = ml_collections.ConfigDict(json.load(f))
@@ -147,5 +171,5 @@ def check_overrides_match_run(cfg, workdir: str, argv: list[str]):
       given = list(given)
     if given != was:
       raise ConfigError(f"--config.{key}={given!r} contradicts the run in {workdir}: it was trained "
-                        f"with config.{key}={was!r} ({RUN_CONFIG_FILE}); evaluation uses the saved "
+                        f"with config.{key}={was!r} ({runfiles.RUN_CONFIG}); evaluation uses the saved "
                         f"model, so drop the override or use another --workdir")

@@ -15,8 +15,9 @@ import re
 import jax
 import numpy as np
 
-from srformer_jax import data, run_setup, sharding, validation
+from srformer_jax import data, processes, run_setup, runfiles, sharding, validation
 from srformer_jax.decoding import DecodeConfig, compile_generate
+from srformer_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -45,19 +46,25 @@ def decode_config(cfg) -> DecodeConfig:
   d = cfg.decode
   return DecodeConfig(max_len=d.max_len or cfg.data.max_target_len, num_beams=d.num_beams,
                       length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
-                      min_len=d.min_len, early_stopping=d.get("early_stopping", True))
+                      min_len=d.min_len, early_stopping=d.early_stopping)
 
 
-# (model, tokenizer, params) of a run: the newest good checkpoint, else config.model.init_from
-load_for_eval = run_setup.load_trained_model
+def check_split(cfg, workdir: str, split_key: str = "eval_split"):
+  """Refuses, before any training, an evaluation split with no example (a DataError naming
+  config.data.<split_key>), instead of finding it out once training has finished."""
+  src = run_setup.load_source(cfg, split_key, workdir)
+  if next(iter(src), None) is None:
+    raise DataError(f"config.data.{split_key} ({cfg.data[split_key]!r}) holds no examples ({src.stats}): "
+                    f"point it at a split with documents to evaluate on, or pass --eval=false")
 
 
 def evaluate(cfg, workdir: str, split_key: str = "eval_split", out_dir: str | None = None) -> dict:
   """Generates for the eval split, writes predictions.jsonl and rouge.json (into `out_dir`, default
   the run's `workdir`), returns the scores."""
   from tqdm.auto import tqdm
-  run_setup.init_distributed(cfg)
-  model, tok, params = load_for_eval(cfg, workdir)
+  run_setup.validate_config(cfg)
+  processes.init_distributed(cfg)
+  model, tok, params = run_setup.load_trained_model(cfg, workdir)
   src = run_setup.load_source(cfg, split_key, workdir)
   spec = run_setup.batch_spec(cfg, cfg.decode.batch_size)
   rows, put = (0, spec.batch_size), None
@@ -66,21 +73,21 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split", out_dir: str | No
     batch_sharding = sharding.batch_sharding(run_setup.make_mesh(cfg))
     shards = sharding.batch_shards(batch_sharding.mesh)
     spec = dataclasses.replace(spec, batch_size=-(-spec.batch_size // shards) * shards)
-    rows = run_setup.local_rows(batch_sharding, spec.batch_size)
+    rows = processes.local_rows(batch_sharding, spec.batch_size)
     put = lambda v: jax.make_array_from_process_local_data(  # noqa: E731
         batch_sharding, v, (spec.batch_size,) + v.shape[1:])
   dc = decode_config(cfg)
   preds, refs = [], []
-  bar = tqdm(desc="eval", dynamic_ncols=True, disable=not run_setup.is_main())
+  bar = tqdm(desc="eval", dynamic_ncols=True, disable=not processes.is_main())
   gen = None
-  for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.get("max_eval_examples"), rows):
+  for batch, references, n in data.eval_batches(src, tok, spec, cfg.data.max_eval_examples, rows):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     validation.id_range(ids, model.config.vocab_size, "input_ids")
     if put is not None:
       ids, mask = put(ids), put(mask)
     if gen is None:  # every batch has this shape (the last one is padded): one compilation
       gen = compile_generate(model, params, ids, mask, dc)
-      run_setup.barrier("eval_generate_compiled")  # see compile_generate
+      processes.barrier("eval_generate_compiled")  # see compile_generate
     out = gen(params, ids, mask)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -93,12 +100,12 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split", out_dir: str | No
   scores = rouge(preds, refs)
   scores.update(num_examples=len(preds), num_beams=dc.num_beams, max_len=dc.max_len,
                 cross_attention=model.config.cross_attention, segment_size=model.config.segment_size)
-  if run_setup.is_main():
+  if processes.is_main():
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+    with open(os.path.join(out_dir, runfiles.PREDICTIONS), "w") as f:
       for p, r in zip(preds, refs):
         f.write(json.dumps({"prediction": p, "reference": r}, ensure_ascii=False) + "\n")
-    run_setup.write_json(os.path.join(out_dir, "rouge.json"), scores, indent=2)
+    runfiles.write_json(os.path.join(out_dir, runfiles.ROUGE), scores, indent=2)
     log.info("ROUGE: %s", {k: round(scores[k], 2) for k in ROUGE_TYPES})
   return scores

@@ -18,6 +18,9 @@ from srformer_jax import sharding as sh
 class Dropout(nn.Module):
   """Inverted dropout whose mask is a cheap hash of each element's position (a drop-in for `nn.Dropout`).
 
+  `hashed=False` is `nn.Dropout` itself (a Bernoulli draw per element from threefry): the plain form
+  for other backends (`cpu_kernels`).
+
   `nn.Dropout` draws a Bernoulli variable per element from 32-bit uniforms; with the default
   (partitionable) threefry keys that is one 20-round hash per element, which on a CPU costs more than
   the matmuls around it. Here threefry draws two words per row (every axis but the last) and each
@@ -30,11 +33,14 @@ class Dropout(nn.Module):
   """
   rate: float
   rng_collection: str = "dropout"
+  hashed: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     if deterministic or self.rate == 0.0:
       return x
+    if not self.hashed:
+      return nn.Dropout(self.rate, rng_collection=self.rng_collection)(x, deterministic=False)
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     keep = dropout_keep_mask(self.make_rng(self.rng_collection), self.rate, x.shape)
@@ -136,8 +142,10 @@ _dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
 def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool, dtype,
-          name: str | None = None, init_std: float | None = None) -> nn.Dense:
-  """A `nn.Dense` whose kernel (and bias) carry logical axis names."""
+          name: str | None = None, init_std: float | None = None, cpu: bool = True) -> nn.Dense:
+  """A `nn.Dense` whose kernel (and bias) carry logical axis names; `cpu`: its product is
+  `dense_dot_general` (the weight gradient laid out for XLA:CPU, low-precision products accumulated
+  and returned in float32 before rounding), else `lax.dot_general` (see `cpu_kernels`)."""
   if init_std is None:
     kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
   else:
@@ -149,24 +157,29 @@ def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
       param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-      dot_general=dense_dot_general,
+      dot_general=dense_dot_general if cpu else jax.lax.dot_general,
       name=name,
   )
 
 
 class Embed(nn.Embed):
-  """`nn.Embed` whose `attend` (tied output logits) accumulates low-precision products in float32."""
+  """`nn.Embed` whose `attend` (tied output logits) accumulates low-precision products in float32
+  (`cpu`; else `nn.Embed.attend`, see `cpu_kernels`)."""
+
+  cpu: bool = True
 
   def attend(self, query: jax.Array) -> jax.Array:
+    if not self.cpu:
+      return super().attend(query)
     query, embedding = self.promote_dtype(query, self.embedding, dtype=self.dtype)
     # q: ..., d: features, v: num_embeddings
     return accumulating_dot_general(query, embedding, (((query.ndim - 1,), (1,)), ((), ())))  # [..., v]
 
 
 def embed(num: int, features: int, axes: tuple[str | None, str | None], *, dtype,
-          name: str | None = None, init_std: float = 1.0) -> nn.Embed:
+          name: str | None = None, init_std: float = 1.0, cpu: bool = True) -> nn.Embed:
   return Embed(
-      num, features, dtype=dtype, param_dtype=jnp.float32,
+      num, features, dtype=dtype, param_dtype=jnp.float32, cpu=cpu,
       embedding_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes), name=name)
 
 
@@ -312,7 +325,7 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def dot_product_attention(q, k, v, bias=None, *, position_bias=None, dropout=None, deterministic=True,
-                          head_major_kv=False):
+                          head_major_kv=False, cpu: bool = True):
   """Softmax attention. q [b,q,h,d], k/v [b,k,h,d], bias broadcastable to [b,h,q,k] -> [b,q,h,d].
 
   `position_bias` [1, h, q, k] (T5's, trained) is added to the scores on its own, before `bias`
@@ -321,7 +334,8 @@ def dot_product_attention(q, k, v, bias=None, *, position_bias=None, dropout=Non
 
   `head_major_kv`: k/v are [b,h,k,d], the layout of the decoding caches, which lets each step
   stream them without a transpose. Scores and softmax are computed in float32 (float64 under a
-  float64 config). Scaling of q (if any) is the caller's business.
+  float64 config). Scaling of q (if any) is the caller's business. `cpu`: the position bias is
+  added by `add_bias` (its batch-reduced gradient as a matmul), else by `+` (see `cpu_kernels`).
   """
   # Head-major operands throughout: XLA:CPU runs "bhqk,bkhd->bqhd" (v strided by heads) about 3x
   # slower than the same contraction on [b, h, k, d] plus the transposes (benchmarks/cpu_efficiency.py).
@@ -330,7 +344,7 @@ def dot_product_attention(q, k, v, bias=None, *, position_bias=None, dropout=Non
   q = jnp.swapaxes(q, 1, 2)  # [b, h, q, d]
   scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=accum_dtype(q.dtype))
   if position_bias is not None:
-    scores = add_bias(scores, position_bias)
+    scores = add_bias(scores, position_bias) if cpu else scores + position_bias
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores, axis=-1)

@@ -22,6 +22,8 @@ from srformer_jax.config import ModelConfig
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+  """The Flax module of `config.arch` (T5 or BART) with the cross-attention of `config`; call it
+  with `.apply({"params": params}, input_ids, attention_mask, decoder_input_ids)` for logits."""
   if config.arch == "t5":
     from srformer_jax.t5 import T5ForConditionalGeneration
     return T5ForConditionalGeneration(config)
@@ -61,4 +63,5 @@ def logical_param_specs(config: ModelConfig):
 
 
 def count_params(params) -> int:
+  """The number of parameters (array elements) in a parameter pytree."""
   return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -24,15 +24,14 @@ def init_distributed(cfg):
   """jax.distributed.initialize() from config.train (coordinator_address / num_processes /
   process_id; unset ones are autodetected from the environment, e.g. SLURM or TPU pods)."""
   t = cfg.train
-  explicit = t.get("coordinator_address") or t.get("num_processes")
-  if not (t.get("distributed") or explicit) or jax.distributed.is_initialized():
+  explicit = t.coordinator_address or t.num_processes
+  if not (t.distributed or explicit) or jax.distributed.is_initialized():
     return
-  jax.distributed.initialize(coordinator_address=t.get("coordinator_address") or None,
-                             num_processes=t.get("num_processes") or None,
-                             process_id=t.get("process_id"))
+  jax.distributed.initialize(coordinator_address=t.coordinator_address or None,
+                             num_processes=t.num_processes or None, process_id=t.process_id)
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
-  timeout = t.get("peer_timeout_s", PEER_TIMEOUT_S)
+  timeout = t.peer_timeout_s
   if timeout:
     start_peer_watch(timeout)
 

@@ -14,18 +14,26 @@ import os
 
 import jax
 
-from srformer_jax import checkpoint, data, processes, sharding
+from srformer_jax import checkpoint, data, processes, runfiles, sharding
 from srformer_jax.config import ModelConfig
-# the process helpers live in `processes`; these names stay importable from here
-from srformer_jax.processes import (BARRIER_TIMEOUT_S, barrier, init_distributed, is_main,  # noqa: F401
-                                    local_rows, main_first)
+from srformer_jax.errors import ConfigError, DataError
 from srformer_jax.model import abstract_params, build_model, logical_param_specs
+from srformer_jax.processes import main_first
 
 log = logging.getLogger(__name__)
 
 
 def make_mesh(cfg):
-  return sharding.make_mesh(tuple(cfg.train.mesh_shape))
+  """The (data, fsdp, tensor) mesh of config.train.mesh_shape over the devices jax sees."""
+  shape = tuple(cfg.train.mesh_shape)
+  if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or (d < 1 and d != -1) for d in shape):
+    raise ConfigError(f"config.train.mesh_shape must be three positive integers (data, fsdp, tensor), one of "
+                      f"them may be -1, got {shape}")
+  try:
+    return sharding.make_mesh(shape)
+  except ValueError as e:
+    raise ConfigError(f"config.train.mesh_shape {shape}: {e}; set it for the {jax.device_count()} devices "
+                      f"there are, e.g. (-1, 1, 1)") from None
 
 
 def check_train_batch(cfg, mesh):
@@ -33,7 +41,6 @@ def check_train_batch(cfg, mesh):
   (data x fsdp), which jax would otherwise report mid-step as an IndivisibleError. (Micro-batches
   of a grad_accum step may split unevenly: XLA pads them.) Values that are not positive integers
   are left to `validate_config`'s message."""
-  from srformer_jax.entry import ConfigError
   batch = cfg.train.batch_size
   if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
     return
@@ -49,33 +56,53 @@ def check_train_batch(cfg, mesh):
 
 
 def model_fields(cfg) -> dict:
-  """SRformer / numerics fields of config.model that override the checkpoint's architecture."""
+  """SRformer / numerics fields of config.model that override the checkpoint's architecture. RAF's
+  initial leak is left to the architecture when None (`ModelConfig.from_hf`: T5 0.1, BART 0.5, as
+  the authors' code)."""
   m = cfg.model
   fields = dict(cross_attention=m.cross_attention, segment_size=m.segment_size,
-                gen_len=m.get("gen_len") or cfg.data.max_target_len, faithful=m.get("faithful", False),
-                dtype=m.get("dtype", "float32"), segment_schedule=m.get("segment_schedule", "padded"))
-  for key in ("raf_threshold_init", "raf_leak_init", "dropout_rate", "attention_impl",
-              "attention_block_size", "remat_policy", "raf_remat"):
-    if m.get(key) is not None:
-      fields[key] = m[key]
+                gen_len=m.gen_len or cfg.data.max_target_len, faithful=m.faithful, dtype=m.dtype,
+                segment_schedule=m.segment_schedule, dropout_rate=m.dropout_rate,
+                attention_impl=m.attention_impl, attention_block_size=m.attention_block_size,
+                remat_policy=m.remat_policy, raf_remat=m.raf_remat, kernels=m.kernels,
+                raf_threshold_init=m.raf_threshold_init)
+  if m.raf_leak_init is not None:
+    fields["raf_leak_init"] = m.raf_leak_init
   return fields
 
 
 POSITIVE_INTS = ("train.batch_size", "train.grad_accum", "train.log_every", "train.save_every",
-                 "decode.batch_size")
+                 "train.keep_checkpoints", "decode.batch_size", "decode.num_beams",
+                 "data.max_source_len", "data.max_target_len", "data.spm_vocab_size")
+
+
+def check_positive_ints(cfg, paths):
+  for path in paths:
+    section, key = path.split(".")
+    value = cfg[section][key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
 
 
 def validate_config(cfg):
-  """Rejects config values that cannot work (before any data is read or tokenised)."""
-  from srformer_jax.entry import ConfigError
-  for path in POSITIVE_INTS:
-    section, key = path.split(".")
-    value = cfg[section].get(key, 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
+  """Rejects config values that cannot work, naming the `config.` field, before any work is done
+  (no data read, no tokenizer trained): the run's own fields, then the model's (as ModelConfig
+  checks them) and the mesh's."""
+  check_positive_ints(cfg, POSITIVE_INTS)
   if cfg.train.batch_size % cfg.train.grad_accum:
     raise ConfigError(f"config.train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                       f"config.train.grad_accum ({cfg.train.grad_accum})")
+  fields = model_fields(cfg)
+  arch = dict(cfg.model.scratch) if not cfg.model.init_from else dict(
+      arch="t5", vocab_size=8, d_model=8, num_heads=2, d_kv=4, d_ff=8, num_encoder_layers=1, num_decoder_layers=1)
+  arch.setdefault("vocab_size", 8)
+  where = "config.model" if cfg.model.init_from else "config.model (with config.model.scratch)"
+  try:
+    ModelConfig(**arch, **fields)
+  except (TypeError, ValueError) as e:
+    named = next((k for k in list(fields) + list(arch) if str(e).startswith(k) or f" {k}" in str(e)), None)
+    path = (f"config.model.{named}" if named in fields else f"config.model.scratch.{named}") if named else where
+    raise ConfigError(f"{path}: {e}") from None
 
 
 def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
@@ -83,10 +110,10 @@ def build_tokenizer(cfg, workdir: str, train_texts=None) -> data.Tokenizer:
   workdir/spm when none is there."""
   spec = cfg.data.tokenizer
   if spec == "train_spm":
-    path = os.path.join(workdir, "spm", "spm.model")
+    path = os.path.join(workdir, runfiles.SPM_DIR, "spm.model")
     if not os.path.exists(path):
       if train_texts is None:
-        raise data.DataError(f"no trained tokenizer at {path}: run train.py first")
+        raise DataError(f"no trained tokenizer at {path}: run train.py first")
       with processes.busy():  # SentencePiece's C++ trainer holds the GIL: no heartbeats meanwhile
         data.train_sentencepiece(list(train_texts), path[:-len(".model")], cfg.data.spm_vocab_size,
                                  seed=cfg.train.seed)
@@ -100,40 +127,42 @@ def load_source(cfg, split_key: str, workdir: str):
   """The text source of data.<split_key> (tfds splits are streamed)."""
   d = cfg.data
   split = d[split_key]
-  max_examples = d.get("max_train_examples") if split_key == "train_split" else d.get("max_eval_examples")
+  max_examples = d.max_train_examples if split_key == "train_split" else d.max_eval_examples
   if d.source == "tfds":
-    return data.read_tfds(d.name, split, d.get("data_dir"), max_examples)
+    return data.read_tfds(d.name, split, d.data_dir, max_examples)
   if d.source == "jsonl":
     if not os.path.exists(split):
-      raise data.DataError(f"data file {split!r} does not exist: set config.data.{split_key} to a "
-                           f"JSONL file with '{d.get('document_key', 'document')}' and "
+      raise DataError(f"data file {split!r} does not exist: set config.data.{split_key} to a "
+                           f"JSONL file with '{d.document_key}' and "
                            f"'{_summary_key(d, split_key)}' fields per line")
-    return data.read_jsonl(split, d.get("document_key", "document"), _summary_key(d, split_key),
-                           max_examples)
+    try:
+      return data.read_jsonl(split, d.document_key, _summary_key(d, split_key), max_examples)
+    except DataError as e:  # which config field holds the file
+      raise DataError(f"config.data.{split_key}: {e}") from None
   if d.source == "docstrings":
     from srformer_jax import corpus
-    paths = main_first("corpus", lambda: corpus.write_corpus(os.path.join(workdir, "corpus")))
+    paths = main_first("corpus", lambda: corpus.write_corpus(os.path.join(workdir, runfiles.CORPUS)))
     return data.read_jsonl(paths[split], max_examples=max_examples)
-  raise data.DataError(f"config.data.source must be tfds, jsonl or docstrings, got {d.source!r}")
+  raise DataError(f"config.data.source must be tfds, jsonl or docstrings, got {d.source!r}")
 
 
 def _summary_key(d, split_key: str) -> str:
   """The JSONL summary field of a split (eval_summary_key for test files with several references,
   e.g. DialogSum's summary1..3)."""
-  if split_key == "eval_split" and d.get("eval_summary_key"):
+  if split_key == "eval_split" and d.eval_summary_key:
     return d.eval_summary_key
-  return d.get("summary_key", "summary")
+  return d.summary_key
 
 
 def source_id(cfg, split_key: str, workdir: str) -> str:
   """What a split's text depends on (for the tokenised-split cache key)."""
   d = cfg.data
   split = d[split_key]
-  limit = d.get("max_train_examples") if split_key == "train_split" else d.get("max_eval_examples")
+  limit = d.max_train_examples if split_key == "train_split" else d.max_eval_examples
   if d.source == "tfds":
-    return json.dumps(["tfds", d.name, split, d.get("data_dir"), limit])
-  path = split if d.source == "jsonl" else os.path.join(workdir, "corpus", f"{split}.jsonl")
-  return json.dumps([d.source, _file_identity(path, workdir), limit, d.get("document_key"),
+    return json.dumps(["tfds", d.name, split, d.data_dir, limit])
+  path = split if d.source == "jsonl" else os.path.join(workdir, runfiles.CORPUS, f"{split}.jsonl")
+  return json.dumps([d.source, _file_identity(path, workdir), limit, d.document_key,
                      _summary_key(d, split_key)])
 
 
@@ -148,14 +177,14 @@ def _file_identity(path: str, workdir: str) -> list:
 def batch_spec(cfg, batch_size=None) -> data.BatchSpec:
   d = cfg.data
   return data.BatchSpec(batch_size or cfg.train.batch_size, d.max_source_len, d.max_target_len,
-                        d.get("prefix", ""), d.get("long_target", "truncate"))
+                        d.prefix, d.long_target)
 
 
 def build_model_config(cfg, tok: data.Tokenizer) -> tuple[ModelConfig, dict | None, list[str]]:
   """(model config, converted params or None for a random init, newly initialised names)."""
   from srformer_jax import convert
   m = cfg.model
-  if m.get("init_from"):
+  if m.init_from:
     # new SRformer parameters (RAF) are initialised from the run's seed (seed 0: jax.random.key(0), as
     # load_hf_checkpoint's default), so seeds differ in them as in data order and dropout
     mc, params, new = convert.load_hf_checkpoint(m.init_from, rng=jax.random.key(cfg.train.seed),
@@ -180,7 +209,6 @@ class TrainSetup:
 
 def setup_training(cfg, workdir: str) -> TrainSetup:
   """Tokenizer, model and the tokenised training split of a run (shared files by process 0)."""
-  validate_config(cfg)
   os.makedirs(workdir, exist_ok=True)
   src = load_source(cfg, "train_split", workdir)
   if cfg.data.tokenizer == "train_spm":
@@ -191,7 +219,7 @@ def setup_training(cfg, workdir: str) -> TrainSetup:
   spec = batch_spec(cfg)
   sid = source_id(cfg, "train_split", workdir)
   table = main_first("tokenized", lambda: data.tokenized_split(
-      lambda: src, tok, spec, os.path.join(workdir, "tokenized"), sid))
+      lambda: src, tok, spec, os.path.join(workdir, runfiles.TOKENIZED), sid))
   model_config, params, new = build_model_config(cfg, tok)
   return TrainSetup(build_model(model_config), tok, table, params, new)
 
@@ -200,8 +228,8 @@ def load_trained_model(cfg, workdir: str):
   """(model, tokenizer, params) for inference: the newest good checkpoint in workdir (with
   workdir/model_config.json), else the config.model.init_from checkpoint."""
   tok = build_tokenizer(cfg, workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  cfg_file = os.path.join(workdir, "model_config.json")
+  ckpt_dir = os.path.join(workdir, runfiles.CHECKPOINTS)
+  cfg_file = os.path.join(workdir, runfiles.MODEL_CONFIG)
   if os.path.exists(cfg_file) and os.path.isdir(ckpt_dir):
     with open(cfg_file) as f:
       model_config = ModelConfig.from_dict(json.load(f))
@@ -226,16 +254,5 @@ def load_trained_model(cfg, workdir: str):
   return build_model(model_config), tok, params
 
 
-def write_json(path: str, obj, **kw):
-  """Writes JSON from process 0 only (atomically: a temporary file, renamed)."""
-  if not is_main():
-    return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, **kw)
-  os.replace(tmp, path)
-
-
-__all__ = ["init_distributed", "is_main", "barrier", "main_first", "local_rows", "make_mesh", "check_train_batch",
-           "model_fields", "validate_config", "build_tokenizer", "load_source", "source_id", "batch_spec",
-           "build_model_config", "TrainSetup", "setup_training", "load_trained_model", "write_json"]
+__all__ = ["make_mesh", "check_train_batch", "model_fields", "validate_config", "build_tokenizer", "load_source",
+           "source_id", "batch_spec", "build_model_config", "TrainSetup", "setup_training", "load_trained_model"]

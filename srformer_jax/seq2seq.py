@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from srformer_jax import validation as check
+from srformer_jax.attention.cache import DecodeCache
 
 
 class EncoderDecoderMixin:
@@ -47,7 +48,8 @@ class EncoderDecoderMixin:
     return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
 
   def init_cache(self, encoder_out, attention_mask, max_len: int, beams: int = 1):
-    """Decoding state: {'index': 0, 'layers': [{'self': kv cache, 'cross': cross-attn state}]}.
+    """Decoding state: a `DecodeCache` (index 0; per layer a `LayerCache`: the self-attention K/V
+    cache and the cross-attention state).
 
     `beams`: decoding rows per input (beam search). The self-attention caches hold b * beams rows,
     grouped by input; the cross-attention state, which depends only on the input, is computed and
@@ -58,13 +60,13 @@ class EncoderDecoderMixin:
     max_len = check.integer(max_len, "max_len", 1, " (the number of decoding steps)")
     beams = check.integer(beams, "beams", 1, " (decoding rows per input)")
     _, decoder = self._stacks()
-    return {"index": jnp.zeros((), jnp.int32),
-            "layers": decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len, beams)}
+    return DecodeCache(index=jnp.zeros((), jnp.int32),
+                       layers=decoder.init_cache(encoder_out, attention_mask.astype(bool), max_len, beams))
 
   def decode_step(self, token_ids, cache):
-    """token_ids [b * beams] at position cache['index'] -> (logits [b * beams, V], new cache)."""
+    """token_ids [b * beams] at position cache.index -> (logits [b * beams, V], new cache)."""
     token_ids = self._ids(token_ids, "token_ids", ndim=1)
     _, decoder = self._stacks()
-    index = cache["index"]
-    x, layer_caches = decoder.step(self._embed(token_ids[:, None]), cache["layers"], index)
-    return self._logits(x)[:, 0], {"index": index + 1, "layers": layer_caches}
+    index = cache.index
+    x, layer_caches = decoder.step(self._embed(token_ids[:, None]), cache.layers, index)
+    return self._logits(x)[:, 0], DecodeCache(index=index + 1, layers=layer_caches)

@@ -13,6 +13,7 @@ from flax import linen as nn
 from srformer_jax import layers
 from srformer_jax import sharding as sh
 from srformer_jax.attention.segmented import CrossAttention
+from srformer_jax.attention.cache import LayerCache
 from srformer_jax.attention.self_attention import SelfAttention, init_self_cache
 from srformer_jax.config import ModelConfig
 from srformer_jax.seq2seq import EncoderDecoderMixin
@@ -25,12 +26,12 @@ class T5DenseAct(nn.Module):
     c = self.config
     dt = jnp.dtype(c.dtype)
     if c.is_gated_ffn:
-      self.wi_0 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt)
-      self.wi_1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt)
+      self.wi_0 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+      self.wi_1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
     else:
-      self.wi = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt)
-    self.wo = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=False, dtype=dt)
-    self.dropout = layers.Dropout(c.dropout_rate)
+      self.wi = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.wo = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
     act = c.feed_forward_proj.split("-")[-1]
     self.act = layers.activation("gelu_new" if c.feed_forward_proj == "gated-gelu" else act)
 
@@ -63,7 +64,7 @@ class T5LayerSelfAttention(_Sublayer):
     self.SelfAttention = SelfAttention(self.config, causal=self.causal,
                                        has_relative_attention_bias=self.has_relative_attention_bias)
     self.layer_norm = self._norm()
-    self.dropout = layers.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate, hashed=self.config.cpu_kernels)
 
   def __call__(self, x, mask, position_bias, deterministic=True):
     y, position_bias = self.SelfAttention(self.layer_norm(x), mask, position_bias, deterministic)
@@ -79,7 +80,7 @@ class T5LayerCrossAttention(_Sublayer):
   def setup(self):
     self.EncDecAttention = CrossAttention(self.config)
     self.layer_norm = self._norm()
-    self.dropout = layers.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate, hashed=self.config.cpu_kernels)
 
   def __call__(self, x, enc, enc_mask, deterministic=True):
     y = self.EncDecAttention(self.layer_norm(x), enc, enc_mask, deterministic)
@@ -98,7 +99,7 @@ class T5LayerFF(_Sublayer):
   def setup(self):
     self.DenseReluDense = T5DenseAct(self.config)
     self.layer_norm = self._norm()
-    self.dropout = layers.Dropout(self.config.dropout_rate)
+    self.dropout = layers.Dropout(self.config.dropout_rate, hashed=self.config.cpu_kernels)
 
   def __call__(self, x, deterministic=True):
     return self._residual(x, self.DenseReluDense(self.layer_norm(x), deterministic), deterministic)
@@ -132,10 +133,10 @@ class T5Block(nn.Module):
     return self.layer_1.init_state(enc, enc_mask)
 
   def step(self, x, cache, index, position_bias):
-    x, self_cache, position_bias = self.layer_0.step(x, cache["self"], index, position_bias)
-    x, cross = self.layer_1.step(x, cache["cross"], index)
+    x, self_cache, position_bias = self.layer_0.step(x, cache.self_attn, index, position_bias)
+    x, cross = self.layer_1.step(x, cache.cross_attn, index)
     x = self.layer_2(x)
-    return x, {"self": self_cache, "cross": cross}, position_bias
+    return x, LayerCache(self_attn=self_cache, cross_attn=cross), position_bias
 
 
 class T5Stack(nn.Module):
@@ -148,7 +149,7 @@ class T5Stack(nn.Module):
     block = layers.remat(T5Block, c.remat_policy, static_argnums=(6,))  # 6: deterministic
     self.block = [block(c, self.is_decoder, has_relative_attention_bias=(i == 0)) for i in range(n)]
     self.final_layer_norm = layers.RMSNorm(c.layer_norm_epsilon, jnp.dtype(c.dtype))
-    self.dropout = layers.Dropout(c.dropout_rate)
+    self.dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
 
   def __call__(self, x, mask, enc=None, enc_mask=None, deterministic=True):
     """x [b, t, D] embeddings; mask [b, t] bool (keys). Decoder: causal, plus enc [b, k, D]."""
@@ -161,8 +162,8 @@ class T5Stack(nn.Module):
 
   def init_cache(self, enc, enc_mask, max_len: int, beams: int = 1):
     b = enc.shape[0] * beams  # decoding rows; the cross state stays per input
-    return [{"self": init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
-             "cross": blk.init_state(enc, enc_mask)} for blk in self.block]
+    return [LayerCache(self_attn=init_self_cache(self.config, b, max_len, jnp.dtype(self.config.dtype)),
+                       cross_attn=blk.init_state(enc, enc_mask)) for blk in self.block]
 
   def step(self, x, cache, index):
     position_bias = None
@@ -180,12 +181,12 @@ class T5ForConditionalGeneration(EncoderDecoderMixin, nn.Module):
 
   def setup(self):
     c = self.config
-    self.shared = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=jnp.dtype(c.dtype))
+    self.shared = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=jnp.dtype(c.dtype), cpu=self.config.cpu_kernels)
     self.encoder = T5Stack(c, is_decoder=False)
     self.decoder = T5Stack(c, is_decoder=True)
     if not c.tie_word_embeddings:
       self.lm_head = layers.dense(c.vocab_size, (sh.EMBED, sh.VOCAB), use_bias=False,
-                                  dtype=jnp.dtype(c.dtype), init_std=c.d_model ** -0.5)
+                                  dtype=jnp.dtype(c.dtype), init_std=c.d_model ** -0.5, cpu=self.config.cpu_kernels)
 
   def _embed(self, ids):
     return self.shared(ids)

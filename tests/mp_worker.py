@@ -2,7 +2,10 @@
 
 python -m tests.mp_worker '<json: workdir, port, num_processes, process_id, local_devices,
                           num_steps, save_every, stop_after, step_delay, evaluate, compilation_cache,
-                          peer_timeout_s>'
+                          peer_timeout_s, lm_corpus>'
+
+With `lm_corpus` (a WordPTB-layout folder) it trains the language model of tests/test_crt.py's
+`lm_cfg` there (train_lm.py's loop) instead of the summarisation model.
 """
 
 import json
@@ -30,7 +33,11 @@ from tests.test_multiprocess import mp_cfg  # noqa: E402
 
 def main():
   logging.basicConfig(level=logging.INFO)
-  cfg = mp_cfg(args.get("num_steps", 6), args.get("save_every", 3))
+  if args.get("lm_corpus"):
+    from tests.test_multiprocess import lm_mp_cfg
+    cfg = lm_mp_cfg(args["lm_corpus"])
+  else:
+    cfg = mp_cfg(args.get("num_steps", 6), args.get("save_every", 3))
   if args.get("num_processes", 1) > 1:
     cfg.train.update(coordinator_address=f"127.0.0.1:{args['port']}",
                      num_processes=args["num_processes"], process_id=args["process_id"])
@@ -44,7 +51,11 @@ def main():
       time.sleep(delay)
       return step(self, *a, **kw)
     train_lib.Trainer.step = slow_step
-  train_lib.train(cfg, args["workdir"], stop_after=args.get("stop_after"))
+  if args.get("lm_corpus"):
+    from srformer_jax.crt import train as lm_train
+    lm_train.train(cfg, args["workdir"], stop_after=args.get("stop_after"))
+  else:
+    train_lib.train(cfg, args["workdir"], stop_after=args.get("stop_after"))
   if args.get("evaluate"):
     eval_lib.evaluate(cfg, args["workdir"])
   print(f"process {jax.process_index()} done", flush=True)

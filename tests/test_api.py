@@ -11,13 +11,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import base
 from srformer_jax import (DecodeConfig, ModelConfig, api, build_model, data, eval_lib, generate_jit,
                           init_params, load_hf_checkpoint, load_run, save_hf_checkpoint, summarize,
-                          train_lib)
-from srformer_jax import summarize as summarize_fn
+                          run_setup, train_lib)
 from srformer_jax.config import HF_FIELDS, SRFORMER_PREFIX
 from srformer_jax.decoding import _generate_jitted
 
@@ -66,12 +66,15 @@ def trained_run(tmp_path_factory):
 def test_load_run_reads_the_saved_config(trained_run):
   w, cfg, _ = trained_run
   run = load_run(w)
-  assert run.config.to_dict() == json.loads(cfg.to_json_best_effort())
+  assert json.loads(run.config.to_json_best_effort()) == json.loads(cfg.to_json_best_effort())
   with open(os.path.join(w, "model_config.json")) as f:
     assert run.model_config == ModelConfig.from_dict(json.load(f))
-  assert run.decode_config == eval_lib.decode_config(cfg) == DecodeConfig(max_len=8, length_penalty=2.0)
-  _, _, params = eval_lib.load_for_eval(cfg, w)
-  jax.tree.map(np.testing.assert_array_equal, run.params, params)
+  assert run.decode_config == DecodeConfig(max_len=8, length_penalty=2.0)
+  # the parameters of the last step: the train step measured their norm on the device (metrics.jsonl)
+  with open(os.path.join(w, "metrics.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  assert last["step"] == cfg.train.num_steps
+  np.testing.assert_allclose(float(optax.global_norm(run.params)), last["param_norm"], rtol=1e-6)
 
 
 def test_load_run_without_saved_config_needs_one(trained_run, tmp_path):
@@ -79,7 +82,7 @@ def test_load_run_without_saved_config_needs_one(trained_run, tmp_path):
   import shutil
   copy = str(tmp_path / "old_run")
   shutil.copytree(w, copy)
-  os.remove(os.path.join(copy, train_lib.RUN_CONFIG_FILE))
+  os.remove(os.path.join(copy, "run_config.json"))
   with pytest.raises(FileNotFoundError, match="pass config="):
     load_run(copy)
   run = load_run(copy, config=cfg)
@@ -92,7 +95,7 @@ def _eval_decode(run, docs, dc):
   """What evaluation does (eval_lib.evaluate's loop) for these documents."""
   out = []
   for batch, _, n in data.eval_batches(data.ListSource([(d, "") for d in docs]), run.tokenizer,
-                                       train_lib.batch_spec(run.config, run.config.decode.batch_size)):
+                                       run_setup.batch_spec(run.config, run.config.decode.batch_size)):
     tokens = generate_jit(run.model, run.params, batch["input_ids"], batch["attention_mask"], dc)
     out += [run.tokenizer.decode(r) for r in np.asarray(tokens)[:n]]
   return out
@@ -302,12 +305,13 @@ def test_public_names():
   import srformer_jax
   for name in ("load_run", "summarize", "Run"):
     assert name in srformer_jax.__all__
-  assert summarize_fn is api.summarize
+  for name in srformer_jax.__all__:  # every public name is there and says what it is
+    assert (getattr(srformer_jax, name).__doc__ or "").strip(), name
 
 
 def test_package_dependencies_are_the_runtime_requirements():
   """pyproject's dependencies (pip install -e .) lower-bound what requirements.txt pins for runtime."""
-  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  import tomllib  # pyproject requires Python 3.11
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(root, "pyproject.toml"), "rb") as f:
     project = tomllib.load(f)

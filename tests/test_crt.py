@@ -341,3 +341,62 @@ def test_bfloat16_compute_trains_with_a_float32_carry(name):
   assert jax.tree.map(lambda a: a.dtype, new16) == jax.tree.map(lambda a: a.dtype, carry)
   assert all(bool(jnp.isfinite(g).all()) and g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
   np.testing.assert_allclose(float(l16), float(l32), rtol=2e-2)
+
+
+def test_train_lm_killed_between_two_saves_resumes_as_uninterrupted(tmp_path):
+  """A run killed after logging steps past its last checkpoint (here: checkpoint 4 saved, steps 5
+  and 6 logged, checkpoint 6 lost) resumes from step 4 with metrics.jsonl trimmed back to it, and
+  ends with the rows and the state of a run never interrupted."""
+  import shutil
+  from srformer_jax.crt import train as lm_train
+  from tests.test_multiprocess import lm_params
+  cfg = lm_cfg(tmp_path)
+  cfg.train.update(num_steps=6, save_every=2, eval_every=3, keep_checkpoints=5)
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  lm_train.train(cfg, a)
+  lm_train.train(cfg, b)
+  shutil.rmtree(os.path.join(b, "checkpoints", "6"))  # the kill: step 6's save never finished
+  rows = lambda w: [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]  # noqa: E731
+  assert [r["step"] for r in rows(b)] == list(range(1, 7))
+  lm_train.train(cfg, b)
+  got, want = rows(b), rows(a)
+  assert [r["step"] for r in got] == list(range(1, 7))  # 5 and 6 logged once, by the resumed run
+  for key in ("loss", "grad_norm", "param_norm", "epoch"):
+    np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], atol=1e-6, rtol=0)
+  assert [r.get("valid_nll") is not None for r in got] == [False, False, True, False, False, True]
+  jax.tree.map(np.testing.assert_array_equal, lm_params(cfg, b), lm_params(cfg, a))
+
+
+def test_train_lm_py_diverging_exits_1_and_saves_no_nonfinite_state(tmp_path):
+  """train_lm.py at learning rate 1e6: one line, exit 1, every checkpoint finite (the loop's
+  divergence flag, as train.py's)."""
+  import subprocess
+  import sys
+  from srformer_jax import checkpoint
+  from tests.test_multiprocess import lm_params
+  corpus = write_corpus(tmp_path)
+  w = str(tmp_path / "run")
+  flags = {"model.d_model": 16, "model.num_heads": 2, "model.d_ff": 32, "model.segment_len": 4,
+           "model.relative_attention_num_buckets": 8, "train.segments_per_step": 2, "train.batch_size": 8,
+           "train.num_steps": 8, "train.learning_rate": 1e6, "train.warmup_steps": 0, "train.log_every": 4,
+           "train.save_every": 1, "train.eval_every": 0, "data.data_dir": corpus}
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "train_lm.py", "--config=configs/crt_ptb.py:half", f"--workdir={w}",
+                        "--eval=false"] + [f"--config.{k}={v}" for k, v in flags.items()],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 1, out.stderr[-3000:]
+  lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "training diverged: non-finite loss, gradient norm or parameters at step" in lines[0]
+  bad = int(lines[0].split("at step ")[1].split()[0])
+  from configs import crt_ptb
+  cfg = crt_ptb.get_config("half")
+  for k, v in flags.items():
+    section, key = k.split(".")
+    cfg[section][key] = v
+  ck = checkpoint.Checkpointer(os.path.join(w, "checkpoints"))
+  steps = ck.manager.all_steps()
+  ck.close()
+  assert steps and max(steps) == bad - 1
+  params = lm_params(cfg, w)  # the newest, the state before the flagged step
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -26,6 +26,17 @@ def mp_cfg(num_steps=6, save_every=3):
   return cfg
 
 
+def lm_mp_cfg(corpus: str):
+  """The language model of test_crt's lm_cfg on 2 devices (train_lm.py's loop), 6 steps."""
+  from configs import lm_ptb
+  cfg = lm_ptb.lm_config("crt", "half", context_len=8)
+  cfg.model.update(d_model=16, num_heads=2, d_ff=32, relative_attention_num_buckets=8, dropout_rate=0.1)
+  cfg.data.update(data_dir=corpus, eval_batch_size=2)
+  cfg.train.update(batch_size=8, num_steps=6, warmup_steps=1, log_every=1, save_every=3, eval_every=3,
+                   learning_rate=3e-3, mesh_shape=(2, 1, 1))
+  return cfg
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -264,3 +275,49 @@ def test_two_process_eval_gathers_all_examples(tmp_path, corpus_dir, reference):
     got = f.readlines()
   assert len(got) == one["num_examples"] == cfg.data.max_eval_examples
   assert got == want
+
+
+def test_two_processes_train_the_language_model_as_one_with_two_devices(tmp_path):
+  """train_lm.py's loop on 2 processes x 1 device equals 1 process on 2 devices: the same losses,
+  validation and final parameters (the default suite's multi-host run: bounded, 127.0.0.1)."""
+  from srformer_jax.crt import train as lm_train
+  from tests.test_crt import write_corpus
+  corpus = write_corpus(tmp_path)
+  cfg = lm_mp_cfg(corpus)
+  one = str(tmp_path / "one")
+  lm_train.train(cfg, one)
+  two = str(tmp_path / "two")
+  os.makedirs(two)
+  procs = []
+  port = _free_port()
+  for pid in range(2):
+    args = dict(workdir=two, port=port, num_processes=2, process_id=pid, local_devices=1, lm_corpus=corpus,
+                compilation_cache=_CACHE["dir"])
+    log = open(os.path.join(two, f"worker{pid}.log"), "w")
+    procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
+  _wait(procs, two, timeout=300)
+  rows = lambda w: [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]  # noqa: E731
+  a, b = rows(one), rows(two)
+  assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 7))
+  for key in ("loss", "grad_norm", "param_norm"):  # float32 sums in another order: ~1e-7 relative
+    np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], atol=1e-5, rtol=1e-6)
+  np.testing.assert_allclose([r["valid_nll"] for r in b if "valid_nll" in r],
+                             [r["valid_nll"] for r in a if "valid_nll" in r], atol=1e-5, rtol=0)
+  _assert_params_close(lm_params(cfg, two), lm_params(cfg, one))
+
+
+def lm_params(cfg, workdir):
+  """The parameters of a language-model run's latest checkpoint (on one device)."""
+  from srformer_jax import checkpoint
+  from srformer_jax.crt import train as lm_train
+  from srformer_jax.crt.model import init_params
+  model, _, _ = lm_train.setup(cfg, workdir)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one),
+                          jax.eval_shape(lambda r: init_params(model.config, r), jax.random.key(0)))
+  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    return ck.restore_params(abstract)[0]
+  finally:
+    ck.close()

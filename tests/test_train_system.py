@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from srformer_jax import checkpoint, data, prefetch, run_setup, train_lib
+from srformer_jax import checkpoint, data, errors, prefetch, processes, run_setup, train_lib
 from srformer_jax.checkpoint import CheckpointError, Checkpointer
 from tests.test_training import (CharTokenizer, _final_params, _losses, _workdir, corpus_dir,  # noqa: F401
                                  docstring_cfg)
@@ -46,7 +46,7 @@ def test_divergence_stops_names_step_and_saves_no_nan(tmp_path, corpus_dir):  # 
   cfg = docstring_cfg(num_steps=8, save_every=1)
   cfg.train.update(learning_rate=1e6, warmup_steps=0, log_every=2)
   w = _workdir(tmp_path, corpus_dir, "nan")
-  with pytest.raises(train_lib.TrainingDiverged) as e:
+  with pytest.raises(errors.TrainingDiverged) as e:
     train_lib.train(cfg, w)
   msg = str(e.value)
   bad = int(msg.split("at step ")[1].split()[0])
@@ -394,4 +394,4 @@ def test_prefetcher_keeps_order_and_positions_and_raises():
 def test_local_rows_of_a_single_process_is_the_whole_batch():
   from srformer_jax import sharding
   bs = sharding.batch_sharding(sharding.make_mesh((4, 1, 1)))
-  assert run_setup.local_rows(bs, 8) == (0, 8)
+  assert processes.local_rows(bs, 8) == (0, 8)

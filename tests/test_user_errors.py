@@ -185,3 +185,91 @@ def test_eval_py_no_usable_checkpoint(trained_run, tmp_path):  # noqa: F811
           f.truncate(os.path.getsize(os.path.join(root, n)) // 2)
   out = _run(["eval.py", f"--workdir={w}"])
   _one_line_error(out, "no usable checkpoint in", "step 2")
+
+
+# ------------------------------------------------------------------------------------------------
+# the cases that reached a traceback (each one line, exit 1, before any work)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.model.segment_size=0", "config.model.segment_size: segment_size must be a positive integer"),
+    ("--config.model.segment_size=-4", "config.model.segment_size: segment_size must be a positive integer"),
+    ("--config.model.raf_threshold_init=0", "config.model.raf_threshold_init: raf_threshold_init must be > 0"),
+    ("--config.data.max_source_len=0", "config.data.max_source_len must be a positive integer"),
+    ("--config.train.mesh_shape=(4,1,1)", "config.train.mesh_shape (4, 1, 1): mesh (4, 1, 1) needs 4 devices"),
+    ("--config.model.kernels=gpu", "config.model.kernels: kernels must be one of"),
+])
+def test_train_py_invalid_model_data_or_mesh_field_is_one_line_before_any_work(tmp_path, override, needle):
+  w = tmp_path / "w"
+  out = _run(["train.py", f"--workdir={w}", override], cwd=REPO)
+  assert out.returncode == 1
+  _one_line_error(out, needle)
+  assert not os.path.exists(w / "corpus")  # nothing was built or tokenised
+
+
+def test_a_damaged_tokenizer_is_one_line_in_train_eval_and_the_cli(trained_run, tmp_path):  # noqa: F811
+  w, cfg, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(w, copy)
+  spm = copy / "spm" / "spm.model"
+  spm.write_bytes(spm.read_bytes()[:100])  # truncated
+  data_file = cfg.data.train_split
+  base = [f"--workdir={copy}", "--config.data.source=jsonl", f"--config.data.train_split={data_file}",
+          f"--config.data.eval_split={data_file}", "--config.data.tokenizer=train_spm"]
+  for args in (["eval.py", *base], ["-m", "srformer_jax.cli", f"--workdir={copy}"]):
+    out = _run(args, stdin="Some text to summarize.")
+    assert out.returncode == 1
+    _one_line_error(out, "cannot be read", "spm.model")
+  out = _run(["train.py", *base, "--config.train.num_steps=4"])
+  assert out.returncode == 1
+  _one_line_error(out, "cannot be read", "spm.model")
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "train_lm.py"])
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, script):
+  f = tmp_path / "not_a_dir"
+  f.write_text("x")
+  out = _run([script, f"--workdir={f}"])
+  assert out.returncode == 1
+  _one_line_error(out, "is a file, not a run directory")
+
+
+def test_an_empty_eval_split_is_refused_before_training(tmp_path):
+  train, empty = tmp_path / "train.jsonl", tmp_path / "empty.jsonl"
+  train.write_text("".join(json.dumps({"document": f"doc {i} text", "summary": "sum"}) + "\n" for i in range(8)))
+  empty.write_text(json.dumps({"document": "", "summary": ""}) + "\n")
+  w = tmp_path / "w"
+  args = ["train.py", f"--workdir={w}", "--config.data.source=jsonl", f"--config.data.train_split={train}",
+          f"--config.data.eval_split={empty}", "--config.data.tokenizer=train_spm"]
+  out = _run(args + ["--config.data.spm_vocab_size=40"])  # more pieces than 8 short lines make
+  assert out.returncode == 1
+  _one_line_error(out, "config.data.spm_vocab_size 40 does not fit the training text", "too high")
+  out = _run(args + ["--config.data.spm_vocab_size=22"])
+  assert out.returncode == 1
+  # found after the training split was read (its log lines stand before), but before any step
+  assert "Traceback" not in out.stderr
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, out.stderr[-3000:]
+  line = errors[0]
+  for needle in ("config.data.eval_split", "no usable examples", "read 1, kept 0; skipped: 1 empty"):
+    assert needle in line, line
+  assert "Stats(" not in line
+  assert not os.path.exists(w / "checkpoints")  # found before any training
+
+
+def test_eval_py_checks_overrides_against_the_model_when_there_is_no_run_config(trained_run, tmp_path):  # noqa: F811
+  w, cfg, _ = trained_run
+  copy = tmp_path / "old"
+  shutil.copytree(w, copy)
+  os.remove(copy / "run_config.json")
+  data_file = cfg.data.train_split
+  out = _run(["eval.py", f"--workdir={copy}", "--config.data.source=jsonl", f"--config.data.eval_split={data_file}",
+              "--config.data.tokenizer=train_spm", "--config.model.segment_size=16"])
+  assert out.returncode == 1
+  _one_line_error(out, "--config.model.segment_size=16", "segment_size=8", "model_config.json", "contradicts")
+
+
+def test_train_lm_py_invalid_model_field_is_one_line(tmp_path):
+  out = _run(["train_lm.py", f"--workdir={tmp_path / 'w'}", "--config.model.segment_len=0"])
+  assert out.returncode == 1
+  _one_line_error(out, "config.model.segment_len: segment_len (L) must be positive")

@@ -35,9 +35,9 @@ class ProjectionsMixin:
            if c.arch == "t5" else {})
     for name in (q, k, v):
       setattr(self, name, layers.dense(c.inner_dim, (sh.EMBED, sh.JOINED_KV), use_bias=bias, dtype=dt,
-                                       init_std=std.get(name)))
+                                       init_std=std.get(name), cpu=self.config.cpu_kernels))
     setattr(self, o, layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=bias, dtype=dt,
-                                  init_std=std.get(o)))
+                                  init_std=std.get(o), cpu=self.config.cpu_kernels))
 
   def project_q(self, x: jax.Array) -> jax.Array:
     """[b, t, D] -> [b, t, h, d] (BART: scaled by d**-0.5)."""

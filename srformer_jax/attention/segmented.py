@@ -57,6 +57,7 @@ from flax import linen as nn
 
 from srformer_jax import layers
 from srformer_jax.attention import raf
+from srformer_jax.attention.cache import DenseCrossState, LinearCrossState, SegmentCrossState
 from srformer_jax.attention.projections import ProjectionsMixin
 from srformer_jax.config import GATED_KINDS, RECURRENT_KINDS, ModelConfig
 
@@ -245,7 +246,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
           "gate", nn.with_logical_partitioning(nn.initializers.constant(c.raf_gate_init), (None,)),
           (c.num_heads,), jnp.float32)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
-    self.attn_dropout = layers.Dropout(rate)
+    self.attn_dropout = layers.Dropout(rate, hashed=self.config.cpu_kernels)
 
   # ---------------------------------------------------------------------------------------------
   # pieces shared by the training and decoding paths
@@ -446,7 +447,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     if c.cross_attention == "full":
       return layers.dot_product_attention(
           q, k, v, layers.sequence_mask_bias(enc_mask), dropout=self.attn_dropout,
-          deterministic=deterministic)
+          deterministic=deterministic, cpu=self.config.cpu_kernels)
     if c.cross_attention == "linear":
       acc = layers.accum_dtype(q.dtype)
       s_sum, z = linear_summaries(k, v, enc_mask, acc)  # [b, h, d, e], [b, h, d]
@@ -534,11 +535,14 @@ class CrossAttention(nn.Module, ProjectionsMixin):
   def init_state(self, enc, enc_mask):
     """Per-input decoding state, computed once: nothing in it changes while decoding.
 
-    enc [b, k, D]; enc_mask [b, k] bool.
-      full:      'k', 'v' [b, h, k, d], 'mask' [b, k]
-      segmented: 'ks', 'vs' [m, b, h, s, d], 'ms' [m, b, s]
-      recurrent: + 'rec' [n, b, h, d, e]: RAF(W P_i) / ||K|| for the n segments decoding visits
-                 (`length` schedule: all n = m segments, and 'mb' [b], each example's m_b).
+    enc [b, k, D]; enc_mask [b, k] bool. A typed pytree per kind (`attention.cache`):
+      full, local_window: DenseCrossState k, v [b, h, k, d], mask [b, k] (local_window under the
+                 `length` schedule: length [b])
+      linear:    LinearCrossState s [b, h, d, e], z [b, h, d]
+      segmented: SegmentCrossState ks, vs [m, b, h, s, d], ms [m, b, s]
+      recurrent: + rec [n, b, h, d, e]: RAF(W P_i) / ||K|| for the n segments decoding visits
+                 (`length` schedule: all n = m segments, and mb [b], each example's m_b)
+      pooled:    + pk, pv [b, h, m, d], pm [b, m]: the segments' means
     Segment-major, head-major layouts make what a step reads one contiguous block.
 
     Why 'rec' is precomputed: the segments a decoder visits are fixed by (t, gen_len, m), never by the
@@ -551,31 +555,30 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     c = self.config
     k, v = self.project_kv(enc)
     if c.cross_attention in ("full", "local_window"):
-      state = {"k": jnp.swapaxes(k, 1, 2), "v": jnp.swapaxes(v, 1, 2), "mask": enc_mask}
-      if c.cross_attention == "local_window" and c.segment_schedule == "length":
-        state["length"] = jnp.sum(enc_mask, axis=1, dtype=jnp.int32)
-      return state
+      length = (jnp.sum(enc_mask, axis=1, dtype=jnp.int32)
+                if c.cross_attention == "local_window" and c.segment_schedule == "length" else None)
+      return DenseCrossState(k=jnp.swapaxes(k, 1, 2), v=jnp.swapaxes(v, 1, 2), mask=enc_mask, length=length)
     if c.cross_attention == "linear":
       s_sum, z = linear_summaries(k, v, enc_mask, layers.accum_dtype(k.dtype))
-      return {"S": s_sum, "z": z}
+      return LinearCrossState(s=s_sum, z=z)
     ks, vs, ms = self._split(k, v, enc_mask)
     m = ks.shape[1]
     warn_if_unused_segments(m, c.gen_len, k.shape[1], c.segment_size, "config.gen_len")
     to_state = lambda x: jnp.transpose(x, (1, 0, 3, 2, 4))  # [b, m, s, h, d] -> [m, b, h, s, d]
-    state = {"ks": to_state(ks), "vs": to_state(vs), "ms": jnp.swapaxes(ms, 0, 1)}
+    fields = {}
     if c.cross_attention == "pooled":
       pk, pv, pm = pooled_segments(ks, vs, ms)
-      state.update(pk=jnp.swapaxes(pk, 1, 2), pv=jnp.swapaxes(pv, 1, 2), pm=pm)  # [b, h, m, d], [b, m]
+      fields.update(pk=jnp.swapaxes(pk, 1, 2), pv=jnp.swapaxes(pv, 1, 2), pm=pm)  # [b, h, m, d], [b, m]
     if c.segment_schedule == "length":
-      state["mb"], _, visits = length_plan(ms, c.gen_len)  # [b], -, [b, m]
+      fields["mb"], _, visits = length_plan(ms, c.gen_len)  # [b], -, [b, m]
     else:
       visits = _decoding_visits(c.gen_len, m)
     if c.cross_attention in RECURRENT_KINDS:
       rec = self._recurrent_outputs(ks, vs, visits)  # [b, n, h, d, e]
       scale = self._recurrent_scale(ks)
       rec = rec if scale is None else rec * scale[:, None, :, None, :].astype(rec.dtype)
-      state["rec"] = jnp.swapaxes(rec, 0, 1)
-    return state
+      fields["rec"] = jnp.swapaxes(rec, 0, 1)
+    return SegmentCrossState(ks=to_state(ks), vs=to_state(vs), ms=jnp.swapaxes(ms, 0, 1), **fields)
 
   def step(self, x, state, t):
     """One decoding step at position t (scalar). x [b*r, 1, D] -> (out [b*r, 1, D], state unchanged).
@@ -587,13 +590,13 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     c = self.config
     q = self.project_q(x)  # [b*r, 1, h, d]
     kind = c.cross_attention
-    b = (state["k"].shape[0] if kind in ("full", "local_window")
-         else state["S"].shape[0] if kind == "linear" else state["ks"].shape[1])
+    b = (state.k.shape[0] if kind in ("full", "local_window")
+         else state.s.shape[0] if kind == "linear" else state.ks.shape[1])
     r = q.shape[0] // b
     if kind == "full":  # an input's r rows are r query positions of that input
-      bias = layers.sequence_mask_bias(state["mask"])
-      ctx = layers.dot_product_attention(q.reshape(b, r, *q.shape[2:]), state["k"], state["v"], bias,
-                                         head_major_kv=True)
+      bias = layers.sequence_mask_bias(state.mask)
+      ctx = layers.dot_product_attention(q.reshape(b, r, *q.shape[2:]), state.k, state.v, bias,
+                                         head_major_kv=True, cpu=self.config.cpu_kernels)
       return self.project_out(ctx.reshape(q.shape)), state
 
     acc = layers.accum_dtype(q.dtype)
@@ -601,7 +604,7 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     # multiply-reduces XLA:CPU ran this step ~2x slower (T5-small, k = 512: ~35 -> ~18 ms per token,
     # benchmarks/decode_scaling.py). `rows` puts an input's state against its r rows.
     q1 = q[:, 0].astype(acc)                                         # [b, h, d]
-    if r == 1:
+    if r == 1 and c.cpu_kernels:
       rows = lambda a: a  # noqa: E731
     else:
       q1 = q1.reshape(b, r, *q1.shape[1:])                           # [b, r, h, d]
@@ -609,26 +612,26 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     out = lambda ctx: (self.project_out(ctx.reshape(b * r, 1, *ctx.shape[-2:]).astype(q.dtype)),  # noqa: E731
                        state)
     if kind == "linear":  # O(d^2) per token: the input's S and z
-      return out(linear_read(elu_feature_map(q1), rows(state["S"]), rows(state["z"])))
+      return out(linear_read(elu_feature_map(q1), rows(state.s), rows(state.z)))
     if kind == "local_window":
-      k_len = state["k"].shape[2]
+      k_len = state.k.shape[2]
       w = self._window_width(k_len)
       if c.segment_schedule == "length":  # idx [b, w]: each example's own window
-        idx = window_start(t, c.gen_len, state["length"], w)[:, None] + jnp.arange(w)
-        keys = jnp.take_along_axis(state["k"], idx[:, None, :, None], axis=2)   # [b, h, w, d]
-        vals = jnp.take_along_axis(state["v"], idx[:, None, :, None], axis=2)
-        mask = jnp.take_along_axis(state["mask"], idx, axis=1)                  # [b, w]
+        idx = window_start(t, c.gen_len, state.length, w)[:, None] + jnp.arange(w)
+        keys = jnp.take_along_axis(state.k, idx[:, None, :, None], axis=2)   # [b, h, w, d]
+        vals = jnp.take_along_axis(state.v, idx[:, None, :, None], axis=2)
+        mask = jnp.take_along_axis(state.mask, idx, axis=1)                  # [b, w]
       else:
         start = window_start(t, c.gen_len, k_len, w)
-        keys = jax.lax.dynamic_slice_in_dim(state["k"], start, w, axis=2)
-        vals = jax.lax.dynamic_slice_in_dim(state["v"], start, w, axis=2)
-        mask = jax.lax.dynamic_slice_in_dim(state["mask"], start, w, axis=1)
+        keys = jax.lax.dynamic_slice_in_dim(state.k, start, w, axis=2)
+        vals = jax.lax.dynamic_slice_in_dim(state.v, start, w, axis=2)
+        mask = jax.lax.dynamic_slice_in_dim(state.mask, start, w, axis=1)
       return out(self._step_softmax(q1, rows, keys, vals, mask))
 
-    ks, vs, ms = state["ks"], state["vs"], state["ms"]
+    ks, vs, ms = state.ks, state.vs, state.ms
     m = ks.shape[0]
     if c.segment_schedule == "length":  # seg [b]: each example its own segment
-      seg = segment_of(t, c.gen_len, state["mb"])
+      seg = segment_of(t, c.gen_len, state.mb)
       take = lambda a, i: a[i, jnp.arange(a.shape[1])]
     else:  # seg: a scalar, the same for the whole batch
       seg = segment_of(t, c.gen_len, m)
@@ -643,13 +646,12 @@ class CrossAttention(nn.Module, ProjectionsMixin):
         mask = jnp.concatenate([take(ms, prev) & jnp.reshape(seg > 0, (-1, 1)), mask], axis=1)
       memory = None
       if kind == "pooled":  # the other non-empty segments' means: mask [b, m]
-        memory = (state["pk"], state["pv"],
-                  state["pm"] & (jnp.arange(m)[None, :] != jnp.reshape(seg, (-1, 1))))
+        memory = (state.pk, state.pv, state.pm & (jnp.arange(m)[None, :] != jnp.reshape(seg, (-1, 1))))
       ctx = ctx + self._step_softmax(q1, rows, keys, vals, mask, memory)
     if c.cross_attention in RECURRENT_KINDS:
       slot = (seg if c.segment_schedule == "length"
               else jnp.asarray(np.cumsum(_decoding_visits(c.gen_len, m)) - 1, jnp.int32)[seg])
-      rec = take(state["rec"], slot)                                 # [b, h, d, e]
+      rec = take(state.rec, slot)                                    # [b, h, d, e]
       ctx = ctx + jnp.sum(q1[..., None] * rows(rec), axis=-2)        # [b, (r,) h, e]
     return out(ctx)
 

@@ -18,6 +18,7 @@ from flax import linen as nn
 from srformer_jax import layers
 from srformer_jax import sharding as sh
 from srformer_jax.attention.blockwise import blockwise_attention
+from srformer_jax.attention.cache import SelfCache
 from srformer_jax.attention.projections import ProjectionsMixin
 from srformer_jax.config import ModelConfig
 
@@ -80,9 +81,9 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     if self.has_relative_attention_bias:
       self.relative_attention_bias = layers.embed(  # HF T5's init: std d_model**-0.5
           c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS), dtype=jnp.float32,
-          init_std=c.d_model ** -0.5)
+          init_std=c.d_model ** -0.5, cpu=self.config.cpu_kernels)
     rate = c.dropout_rate if c.arch == "t5" else c.attention_dropout
-    self.attn_dropout = layers.Dropout(rate)
+    self.attn_dropout = layers.Dropout(rate, hashed=self.config.cpu_kernels)
 
   def compute_bias(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """T5 relative position bias: [1, h, q, k] float32."""
@@ -142,11 +143,11 @@ class SelfAttention(nn.Module, ProjectionsMixin):
       return self.project_out(ctx), position_bias
     mask_bias = layers.self_attention_mask_bias(mask, self.causal)
     ctx = layers.dot_product_attention(q, k, v, mask_bias, position_bias=position_bias, dropout=self.attn_dropout,
-                                       deterministic=deterministic)
+                                       deterministic=deterministic, cpu=self.config.cpu_kernels)
     return self.project_out(ctx), position_bias
 
   def step(self, x, cache, index, position_bias=None):
-    """One decoding step. x [b, 1, D]; cache {'k','v'} [b, h, L, d]; index: position of x.
+    """One decoding step. x [b, 1, D]; cache: a `SelfCache` ([b, h, L, d]); index: position of x.
 
     Returns (output [b, 1, D], new cache, position_bias [1, h, 1, L]).
     """
@@ -154,8 +155,8 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     k, v = self.project_kv(x)
     zero = jnp.zeros((), jnp.int32)
     to_cache = lambda a, c: jnp.swapaxes(a, 1, 2).astype(c.dtype)  # [b, 1, h, d] -> [b, h, 1, d]
-    k_cache = jax.lax.dynamic_update_slice(cache["k"], to_cache(k, cache["k"]), (zero, zero, index, zero))
-    v_cache = jax.lax.dynamic_update_slice(cache["v"], to_cache(v, cache["v"]), (zero, zero, index, zero))
+    k_cache = jax.lax.dynamic_update_slice(cache.k, to_cache(k, cache.k), (zero, zero, index, zero))
+    v_cache = jax.lax.dynamic_update_slice(cache.v, to_cache(v, cache.v), (zero, zero, index, zero))
     max_len = k_cache.shape[2]
     key_pos = jnp.arange(max_len)
     if self.has_relative_attention_bias and position_bias is None:
@@ -165,11 +166,11 @@ class SelfAttention(nn.Module, ProjectionsMixin):
     if position_bias is not None:
       bias = bias + position_bias
     ctx = layers.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), bias,
-                                       head_major_kv=True)
-    return self.project_out(ctx), {"k": k_cache, "v": v_cache}, position_bias
+                                       head_major_kv=True, cpu=self.config.cpu_kernels)
+    return self.project_out(ctx), SelfCache(k=k_cache, v=v_cache), position_bias
 
 
 def init_self_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32):
-  """Zeroed key/value cache of one decoder layer: {'k','v'} [batch, heads, max_len, d_kv]."""
+  """Zeroed key/value cache of one decoder layer: a `SelfCache` of [batch, heads, max_len, d_kv]."""
   shape = (batch, config.num_heads, max_len, config.d_kv)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  return SelfCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))

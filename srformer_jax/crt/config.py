@@ -16,6 +16,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from srformer_jax.config import KERNELS, cpu_kernels
+
 MEMORY_KINDS = ("crt", "none", "xl")
 MEMORY_INPUTS = ("token", "layer")      # CRT: memory as one extra token in front / added at every layer
 MEMORY_UPDATES = ("sequence", "pooled")  # CRT: cell run over the segment's outputs / one step on their mean
@@ -42,6 +44,7 @@ class CRTConfig:
   raf_threshold_init: float = 1.0    # only for cell="raf"
   raf_leak_init: float = 0.5
   dtype: str = "float32"             # computation dtype; parameters are float32
+  kernels: str = "auto"              # forms of a few ops: see srformer_jax.config.KERNELS
 
   def __post_init__(self):
     if self.segment_len <= 0:
@@ -56,6 +59,13 @@ class CRTConfig:
       raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
     if self.xl_len < 0:
       raise ValueError(f"xl_len must be >= 0, got {self.xl_len}")
+    if self.kernels not in KERNELS:
+      raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
+
+  @property
+  def cpu_kernels(self) -> bool:
+    """Whether this model takes the forms written for XLA:CPU (`srformer_jax.config.cpu_kernels`)."""
+    return cpu_kernels(self.kernels)
 
   @property
   def d_kv(self) -> int:

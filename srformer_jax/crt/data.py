@@ -16,13 +16,13 @@ import os
 
 import numpy as np
 
+from srformer_jax.errors import DataError
+
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
 
 
-class DataError(ValueError):
-  pass
 
 
 def split_paths(data_dir: str, pattern: str = "ptb.{split}.txt") -> dict[str, str]:

@@ -110,13 +110,13 @@ class Block(nn.Module):
     dt = c.jnp_dtype
     self.ln1 = layers.LayerNorm(dtype=dt)
     self.ln2 = layers.LayerNorm(dtype=dt)
-    self.q = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt)
-    self.k = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt)
-    self.v = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt)
-    self.o = layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=False, dtype=dt)
-    self.ff1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=True, dtype=dt)
-    self.ff2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt)
-    self.dropout = layers.Dropout(c.dropout_rate)
+    self.q = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.k = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.v = layers.dense(c.d_model, (sh.EMBED, sh.JOINED_KV), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.o = layers.dense(c.d_model, (sh.JOINED_KV, sh.EMBED), use_bias=False, dtype=dt, cpu=self.config.cpu_kernels)
+    self.ff1 = layers.dense(c.d_ff, (sh.EMBED, sh.MLP), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
+    self.ff2 = layers.dense(c.d_model, (sh.MLP, sh.EMBED), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
+    self.dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
     self.act = layers.activation(c.activation)
 
   def kv(self, x):
@@ -143,7 +143,7 @@ class Block(nn.Module):
       pk, pv = self.kv(prefix)
       k = jnp.concatenate([pk, k.astype(pk.dtype)], axis=1)
       v = jnp.concatenate([pv, v.astype(pv.dtype)], axis=1)
-    ctx = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias)  # [b, q, h, d]
+    ctx = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, cpu=self.config.cpu_kernels)  # [b, q, h, d]
     x = x + self.dropout(self.o(layers.merge_heads(ctx)), deterministic=deterministic)
     h = self.act(self.ff1(self.ln2(x)))
     h = self.dropout(h, deterministic=deterministic)
@@ -160,19 +160,19 @@ class CRTLM(nn.Module):
     c = self.config
     dt = c.jnp_dtype
     self.embed = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=dt,
-                              init_std=c.d_model ** -0.5)
+                              init_std=c.d_model ** -0.5, cpu=self.config.cpu_kernels)
     self.rel_bias = layers.embed(c.relative_attention_num_buckets, c.num_heads, (None, sh.HEADS),
-                                 dtype=jnp.float32)
+                                 dtype=jnp.float32, cpu=self.config.cpu_kernels)
     self.blocks = [Block(c, name=f"layer_{i}") for i in range(c.num_layers)]
     self.ln_f = layers.LayerNorm(dtype=dt)
-    self.emb_dropout = layers.Dropout(c.dropout_rate)
+    self.emb_dropout = layers.Dropout(c.dropout_rate, hashed=self.config.cpu_kernels)
     if c.memory == "crt":
       self.cell = MemoryCell(c)
       if c.memory_input == "token":
-        self.mem_in = layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt)
+        self.mem_in = layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
       else:
         self.mem_in_layers = [layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt,
-                                           name=f"mem_in_{i}") for i in range(c.num_layers)]
+                                           name=f"mem_in_{i}", cpu=self.config.cpu_kernels) for i in range(c.num_layers)]
 
   # --- pieces ---------------------------------------------------------------------------------
 
@@ -186,7 +186,8 @@ class CRTLM(nn.Module):
     acc = layers.accum_dtype(c.jnp_dtype)
     pb = jnp.transpose(self.rel_bias(bucket), (2, 0, 1))[None].astype(acc)  # [1, h, q, k]
     allowed = (rel <= 0)[None, None] & k_valid[:, None, None, :]
-    return layers.add_bias(pb, jnp.where(allowed, 0.0, jnp.finfo(acc).min).astype(acc))
+    bias = jnp.where(allowed, 0.0, jnp.finfo(acc).min).astype(acc)
+    return layers.add_bias(pb, bias) if self.config.cpu_kernels else pb + bias
 
   def embed_tokens(self, tokens, deterministic):
     x = self.embed(tokens) * math.sqrt(self.config.d_model)

@@ -1,7 +1,8 @@
-"""Language-model training and evaluation for CRT and its baselines (config -> model, data, loop).
+"""Language-model training and evaluation for CRT and its baselines (config -> model, data, task).
 
-The loop mirrors the summarisation path (`train_lib.train`): orbax checkpoints of the train state and
-the data position (`checkpoint.Checkpointer`), metrics.jsonl (strict JSON), TensorBoard, tqdm and a
+Training runs the loop the summarisation model runs (`loop.train_loop`): orbax checkpoints of the
+train state and the data position, metrics.jsonl (strict JSON) and TensorBoard trimmed to the
+restored step, run files from process 0, prefetched batches, the divergence flag, tqdm and a
 loss.png, and automatic resumption from the latest checkpoint in the workdir. The train state also
 holds the memory carried from one window of the streams to the next, so a resumed run continues
 exactly where it stopped.
@@ -15,28 +16,25 @@ stopped run trains no further). `evaluate` scores the best-validation checkpoint
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 from flax import struct
-from jax.sharding import NamedSharding
 
-from srformer_jax import checkpoint, run_setup, sharding
+from srformer_jax import checkpoint, loop, processes, run_setup, runfiles, sharding
 from srformer_jax.crt import data as lm_data
 from srformer_jax.crt import stream
 from srformer_jax.crt.config import CRTConfig
 from srformer_jax.crt.model import CRTLM, init_carry, init_params
-from srformer_jax.train_lib import make_optimizer
+from srformer_jax.errors import ConfigError, DataError
+from srformer_jax.trainer import ShardedTrainer, flag_nonfinite, make_optimizer  # noqa: F401 (make_optimizer: the LM runs' optimizer)
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +53,41 @@ def model_config(cfg, vocab_size: int) -> CRTConfig:
   return CRTConfig(**fields)
 
 
+LM_POSITIVE_INTS = ("train.batch_size", "train.segments_per_step", "train.log_every", "train.save_every",
+                    "train.keep_checkpoints", "data.eval_batch_size")
+
+
+def validate_config(cfg):
+  """Rejects, before any work and naming the `config.` field, values that cannot work: the loop's
+  and the data's, then the model's as CRTConfig checks them, then the mesh's."""
+  run_setup.check_positive_ints(cfg, LM_POSITIVE_INTS)
+  fields = dict(cfg.model)
+  try:
+    CRTConfig(**dict(fields, vocab_size=8))
+  except (TypeError, ValueError) as e:
+    named = next((k for k in fields if str(e).startswith(k) or f" {k}" in str(e) or f"({k})" in str(e)), None)
+    raise ConfigError(f"config.model{'.' + named if named else ''}: {e}") from None
+
+
 def corpus_paths(cfg) -> dict[str, str]:
   d = cfg.data
-  paths = lm_data.split_paths(d.data_dir) if d.get("data_dir") else {}
+  paths = lm_data.split_paths(d.data_dir) if d.data_dir else {}
   for split in lm_data.SPLITS:
-    if d.get(f"{split}_path"):
+    if d[f"{split}_path"]:
       paths[split] = d[f"{split}_path"]
   if "train" not in paths:
-    raise lm_data.DataError("set config.data.data_dir or config.data.train_path")
+    raise DataError("set config.data.data_dir or config.data.train_path")
   return paths
 
 
-def make_train_step(model: CRTLM, tx, schedule, truncate_every: int):
-  """Pure `(state, inputs, targets, reset, rng) -> (state, metrics)` on one window [b, T]."""
+def make_train_step(model: CRTLM, tx, schedule, truncate_every: int, guard: bool = True):
+  """Pure `(state, batch, rng, first_bad) -> (state, metrics)` on one window: batch["inputs"],
+  batch["targets"] [b, T] and batch["reset"] (a scalar: the memory starts afresh). The divergence
+  flag as in `trainer.flag_nonfinite`."""
   c = model.config
 
-  def train_step(state: LMTrainState, inputs, targets, reset, rng):
+  def train_step(state: LMTrainState, batch, rng, first_bad=-1):
+    inputs, targets, reset = batch["inputs"], batch["targets"], batch["reset"]
     rng = jax.random.fold_in(rng, state.step)
     fresh = init_carry(c, inputs.shape[0], jnp.float32)
     carry = jax.tree.map(lambda a, z: jnp.where(reset, z, a), state.carry, fresh)
@@ -85,17 +102,19 @@ def make_train_step(model: CRTLM, tx, schedule, truncate_every: int):
     params = optax.apply_updates(state.params, updates)
     new_carry = jax.tree.map(lambda a, old: jax.lax.stop_gradient(a).astype(old.dtype), new_carry, carry)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+    metrics = flag_nonfinite(metrics, params, state.step, first_bad, guard)
     return LMTrainState(step=state.step + 1, params=params, opt_state=opt_state, carry=new_carry), metrics
 
   return train_step
 
 
-class LMTrainer:
-  """Mesh, state shardings and the jitted train step of one LM and optimizer."""
+class LMTrainer(ShardedTrainer):
+  """A language model's `ShardedTrainer`: parameters, optimizer state and the memory carried per
+  stream (split along the batch axis, like the streams)."""
 
   def __init__(self, model: CRTLM, tx, schedule, mesh, batch: int, truncate_every: int,
-               rules=sharding.DEFAULT_RULES):
-    self.model, self.tx, self.mesh, self.rules, self.batch = model, tx, mesh, rules, batch
+               rules=sharding.DEFAULT_RULES, guard: bool = True):
+    self.model, self.tx, self.batch = model, tx, batch
     config = model.config
 
     def boxed_state(rng):
@@ -103,39 +122,40 @@ class LMTrainer:
       return LMTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           carry=init_carry(config, batch))
 
-    self._boxed_state = boxed_state
-    abstract = jax.eval_shape(boxed_state, jax.random.key(0))
-    specs = nn.get_partition_spec(abstract)
-    batch_spec = nn.logical_to_mesh_axes((sharding.BATCH,), rules)
-    specs = specs.replace(carry=jax.tree.map(lambda _: batch_spec, abstract.carry))
-    self.state_sharding = sharding.logical_to_sharding(specs, mesh, rules)
-    self.batch_sharding = sharding.batch_sharding(mesh, rules)
-    self.replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step = make_train_step(model, tx, schedule, truncate_every)
-    with self.context():
-      self._step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding,
-                                               self.batch_sharding, self.replicated, self.replicated),
-                           out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
+    def state_specs(abstract, specs):
+      from flax import linen as nn
+      batch_spec = nn.logical_to_mesh_axes((sharding.BATCH,), rules)
+      return specs.replace(carry=jax.tree.map(lambda _: batch_spec, abstract.carry))
 
-  def context(self):
-    return sharding.mesh_context(self.mesh, self.rules)
+    super().__init__(make_train_step(model, tx, schedule, truncate_every, guard), boxed_state, mesh, rules,
+                     batch_leaves={"inputs": "batch", "targets": "batch", "reset": "replicated"},
+                     state_specs=state_specs)
 
-  def init_state(self, rng) -> LMTrainState:
-    with self.context():
-      return jax.jit(lambda r: nn.unbox(self._boxed_state(r)), out_shardings=self.state_sharding)(rng)
+  def window(self, inputs, targets, reset) -> dict:
+    """A host window of the global streams as the step's batch: this process's rows of inputs and
+    targets [batch, T] and the reset flag."""
+    lo, hi = self.local_rows(self.batch)
+    return {"inputs": np.asarray(inputs)[lo:hi], "targets": np.asarray(targets)[lo:hi], "reset": np.bool_(reset)}
 
-  def abstract_state(self):
-    shapes = jax.eval_shape(lambda r: nn.unbox(self._boxed_state(r)), jax.random.key(0))
-    return jax.tree.map(lambda s, shd: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shd),
-                        shapes, self.state_sharding)
+  def put(self, batch: dict) -> dict:
+    """The step's input from `window`'s batch (global arrays)."""
+    return self.shard_batch(batch, self.batch)
 
-  def step(self, state, inputs, targets, reset, rng):
-    """One jitted step; inputs/targets [batch, tokens] as host arrays (this process's rows) or as
-    arrays already on the devices (used as they are)."""
-    put = lambda a: a if isinstance(a, jax.Array) else jax.make_array_from_process_local_data(
-        self.batch_sharding, np.asarray(a))
-    with self.context():
-      return self._step(state, put(inputs), put(targets), jnp.asarray(reset), rng)
+
+class _Windows:
+  """A `StreamIterator` as the loop's batches: `LMTrainer.window` dicts, with its position."""
+
+  def __init__(self, it: lm_data.StreamIterator, trainer: LMTrainer):
+    self.it, self.trainer = it, trainer
+
+  def __next__(self):
+    return self.trainer.window(*next(self.it))
+
+  def state(self) -> dict:
+    return self.it.state()
+
+  def restore(self, state: dict):
+    self.it.restore(state)
 
 
 def perplexity(model: CRTLM, params, ids: np.ndarray, batch: int) -> dict:
@@ -147,71 +167,69 @@ def perplexity(model: CRTLM, params, ids: np.ndarray, batch: int) -> dict:
   return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": int(n)}
 
 
-def _plot(metrics_file: str, out_png: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  train, valid = [], []
-  with open(metrics_file) as f:
-    for line in f:
-      r = json.loads(line)
-      if "loss" in r:
-        train.append((r["step"], r["loss"]))
-      if "valid_nll" in r:
-        valid.append((r["step"], r["valid_nll"]))
-  if not train:
-    return
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot(*zip(*train), label="train")
-  if valid:
-    ax.plot(*zip(*valid), "o-", label="valid")
-  ax.set_xlabel("step")
-  ax.set_ylabel("token cross-entropy (nats)")
-  ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(out_png))) or "training")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
-  plt.close(fig)
-
-
 def setup(cfg, workdir: str):
   """(model, vocab, {split: ids}); the vocabulary is also written to workdir/vocab.txt."""
   os.makedirs(workdir, exist_ok=True)
   vocab, ids = lm_data.load_corpus(corpus_paths(cfg))
-  with open(os.path.join(workdir, "vocab.txt"), "w") as f:
-    f.write("\n".join(vocab.words) + "\n")
+  if processes.is_main():
+    with open(os.path.join(workdir, runfiles.VOCAB), "w") as f:
+      f.write("\n".join(vocab.words) + "\n")
   return stream.build_model(model_config(cfg, len(vocab))), vocab, ids
 
 
-BEST_DIR, BEST_FILE, STOPPED_FILE = "best", "best.json", "stopped.json"
+class _BestKeeper:
+  """The validation of a language-model run: perplexity on the valid split, the best state so far
+  in <workdir>/best (with best.json, written after it), and the patience rule."""
 
+  def __init__(self, cfg, workdir: str, model, valid_ids, keep_best: bool, epoch):
+    self.cfg, self.model, self.valid_ids, self.epoch = cfg, model, valid_ids, epoch
+    self.patience, self.eval_every = cfg.train.patience, cfg.train.eval_every
+    self.best_file = os.path.join(workdir, runfiles.BEST)
+    self.best = runfiles.read_json(self.best_file)
+    best_dir = os.path.join(workdir, runfiles.BEST_DIR)
+    # best.json is written after its checkpoint: a best/ without it is a save that a kill cut short.
+    # (A best.json from further on than the checkpoint we resume from is kept: resumption is exact,
+    # so this run reaches that same state again.)
+    if self.best is None and os.path.isdir(best_dir) and processes.is_main():
+      shutil.rmtree(best_dir)
+    processes.barrier("lm_best_dir_checked")
+    self.ckpt = checkpoint.Checkpointer(best_dir, 1) if keep_best else None
 
-def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  def __call__(self, state, step: int, data_state: dict) -> loop.Validation:
+    v = perplexity(self.model, state.params, self.valid_ids, self.cfg.data.eval_batch_size)
+    record = {"valid_nll": v["nll"], "valid_ppl": v["ppl"]}
+    if self.ckpt is not None and (self.best is None or v["nll"] < self.best["valid_nll"]):
+      self.best = {"step": step, "valid_nll": v["nll"], "valid_ppl": v["ppl"], "epoch": self.epoch(data_state)}
+      if self.ckpt.latest_step() != step:  # else a kill came between this save and best.json
+        self.ckpt.save(step, state, data_state, wait=True)
+      runfiles.write_json(self.best_file, self.best, indent=2)
+    record["best_valid_ppl"] = self.best["valid_ppl"] if self.best else v["ppl"]
+    # patience counts evaluations since the best one (the best step is itself an evaluation)
+    stop = bool(self.patience) and self.best is not None and (step - self.best["step"]) >= self.patience * self.eval_every
+    if stop:
+      log.info("no validation gain for %d evaluations since step %d (valid ppl %.2f): stopping at step %d",
+               self.patience, self.best["step"], self.best["valid_ppl"], step)
+    return loop.Validation(record, stop)
 
-
-def _write_json(path: str, payload: dict):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, allow_nan=False)
-  os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one
+  def close(self):
+    if self.ckpt is not None:
+      self.ckpt.close()
 
 
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   """Trains (resuming from the latest checkpoint in workdir); returns the last logged metrics.
 
-  `stop_after` ends this invocation after that many steps (used to test resumption).
+  `stop_after` ends this invocation after that many steps (used to test resumption). Raises
+  `TrainingDiverged` on a non-finite loss, gradient norm or parameters.
   """
   t = cfg.train
-  stopped = _read_json(os.path.join(workdir, STOPPED_FILE))
+  stopped = runfiles.read_json(os.path.join(workdir, runfiles.STOPPED))
   if stopped is not None:
     log.info("%s: training stopped at step %d (no validation gain for %d evaluations); nothing to do",
              workdir, stopped["step"], stopped["patience"])
     return stopped.get("last", {})
+  validate_config(cfg)  # before any work: one line naming the config field
+  processes.init_distributed(cfg)
   mesh = run_setup.make_mesh(cfg)
   run_setup.check_train_batch(cfg, mesh)  # before any data is read
   model, vocab, ids = setup(cfg, workdir)
@@ -219,92 +237,29 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   tx, schedule = make_optimizer(cfg)
   trainer = LMTrainer(model, tx, schedule, mesh, t.batch_size, t.truncate_every)
   it = lm_data.StreamIterator(ids["train"], t.batch_size, t.segments_per_step * c.segment_len)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  patience = t.get("patience", 0)
-  keep_best = bool(t.eval_every) and "valid" in ids and t.get("keep_best", True)
-  best_file = os.path.join(workdir, BEST_FILE)
-  best = _read_json(best_file)
-  # best.json is written after its checkpoint: a best/ without it is a save that a kill cut short.
-  # (A best.json from further on than the checkpoint we resume from is kept: resumption is exact,
-  # so this run reaches that same state again.)
-  if best is None and os.path.isdir(os.path.join(workdir, BEST_DIR)) and jax.process_index() == 0:
-    shutil.rmtree(os.path.join(workdir, BEST_DIR))
-  best_ckpt = checkpoint.Checkpointer(os.path.join(workdir, BEST_DIR), 1) if keep_best else None
-  rng = jax.random.key(t.seed)
-  if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(trainer.abstract_state())
-    it.restore(data_state)
-    log.info("resumed from step %d (epoch %d, offset %d)", int(state.step), it.epoch, it.offset)
-  else:
-    state = trainer.init_state(jax.random.fold_in(rng, 1))
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(c), f, indent=2)
-
-  from tensorboardX import SummaryWriter
-  from tqdm.auto import tqdm
-  main = jax.process_index() == 0
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if main else None
-  metrics_file = os.path.join(workdir, "metrics.jsonl")
-  start = int(state.step)
-  end = t.num_steps if stop_after is None else min(t.num_steps, start + stop_after)
-  bar = tqdm(total=t.num_steps, initial=start, desc="train", dynamic_ncols=True, disable=not main)
-  last: dict = {}
   tokens_per_step = t.batch_size * it.window
-  t0, logged_at = time.perf_counter(), start
-  stop = False
-  for step in range(start, end):
-    inputs, targets, reset = next(it)
-    state, metrics = trainer.step(state, inputs, targets, reset, rng)
-    record = None
-    if (step + 1) % t.log_every == 0 or step + 1 == end:
-      record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      dt = time.perf_counter() - t0  # the first interval includes compilation
-      record.update(step=step + 1, epoch=it.epoch + it.offset / (it.windows_per_epoch * it.window),
-                    ppl=math.exp(min(record["loss"], 50.0)),
-                    tokens_per_s=tokens_per_step * (step + 1 - logged_at) / max(dt, 1e-9))
-      t0, logged_at = time.perf_counter(), step + 1
-      bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['learning_rate']:.2e}")
-    if t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == end) and "valid" in ids:
-      v = perplexity(model, state.params, ids["valid"], cfg.data.eval_batch_size)
-      record = dict(record or {"step": step + 1}, valid_nll=v["nll"], valid_ppl=v["ppl"])
-      if best_ckpt is not None and (best is None or v["nll"] < best["valid_nll"]):
-        best = {"step": step + 1, "valid_nll": v["nll"], "valid_ppl": v["ppl"],
-                "epoch": it.epoch + it.offset / (it.windows_per_epoch * it.window)}
-        if best_ckpt.latest_step() != step + 1:  # else a kill came between this save and best.json
-          best_ckpt.save(step + 1, state, it.state(), wait=True)
-        if main:
-          _write_json(best_file, best)
-      record["best_valid_ppl"] = best["valid_ppl"] if best else v["ppl"]
-      # patience counts evaluations since the best one (the best step is itself an evaluation)
-      stop = bool(patience) and best is not None and (step + 1 - best["step"]) >= patience * t.eval_every
-      t0 = time.perf_counter()
-    if record is not None:
-      last = record
-      if writer is not None:
-        for k, val in record.items():
-          if k != "step":
-            writer.add_scalar(f"train/{k}" if not k.startswith("valid") else f"valid/{k[6:]}", val, step + 1)
-        with open(metrics_file, "a") as f:
-          f.write(json.dumps(record, allow_nan=False) + "\n")
-    if (step + 1) % t.save_every == 0 or step + 1 == end or stop:
-      ckpt.save(step + 1, state, it.state())
-    bar.update(1)
-    if stop:
-      log.info("%s: no validation gain for %d evaluations since step %d (valid ppl %.2f): stopping at "
-               "step %d", workdir, patience, best["step"], best["valid_ppl"], step + 1)
-      ckpt.wait()
-      if main:
-        _write_json(os.path.join(workdir, STOPPED_FILE),
-                    {"step": step + 1, "patience": patience, "best": best, "last": last})
-      break
-  bar.close()
-  ckpt.close()
-  if best_ckpt is not None:
-    best_ckpt.close()
-  if writer is not None:
-    writer.close()
-    if os.path.exists(metrics_file):
-      _plot(metrics_file, os.path.join(workdir, "loss.png"))
+  epoch_tokens = it.windows_per_epoch * it.window
+  epoch = lambda s: s["epoch"] + s["offset"] / epoch_tokens  # noqa: E731
+
+  def describe(record, data_state, steps, seconds):
+    return dict(record, epoch=epoch(data_state), ppl=math.exp(min(record["loss"], 50.0)),
+                tokens_per_s=tokens_per_step * steps / seconds)
+
+  keeper = None
+  if t.eval_every and "valid" in ids:
+    keeper = _BestKeeper(cfg, workdir, model, ids["valid"], bool(t.keep_best), epoch)
+  task = loop.Task(trainer=trainer, batches=_Windows(it, trainer), put=trainer.put, init_state=trainer.init_state,
+                   model_config=c, describe=describe, validate=keeper,
+                   validate_every=t.eval_every if keeper else 0,
+                   position=lambda s: f"epoch {s['epoch']}, offset {s['offset']}")
+  try:
+    last, stopped = loop.train_loop(cfg, workdir, task, stop_after)
+  finally:
+    if keeper is not None:
+      keeper.close()
+  if stopped:
+    runfiles.write_json(os.path.join(workdir, runfiles.STOPPED),
+                        {"step": last["step"], "patience": t.patience, "best": keeper.best, "last": last}, indent=2)
   return last
 
 
@@ -313,10 +268,11 @@ def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best") -
   one; else the latest) or of the latest (`which="latest"`); written to workdir/eval_results.json."""
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+  validate_config(cfg)
   model, vocab, ids = setup(cfg, workdir)
-  best_dir = os.path.join(workdir, BEST_DIR)
-  use_best = which == "best" and os.path.isdir(best_dir) and os.path.exists(os.path.join(workdir, BEST_FILE))
-  ckpt = checkpoint.Checkpointer(best_dir if use_best else os.path.join(workdir, "checkpoints"))
+  best_dir = os.path.join(workdir, runfiles.BEST_DIR)
+  use_best = which == "best" and os.path.isdir(best_dir) and os.path.exists(os.path.join(workdir, runfiles.BEST))
+  ckpt = checkpoint.Checkpointer(best_dir if use_best else os.path.join(workdir, runfiles.CHECKPOINTS))
   abstract = jax.eval_shape(lambda r: init_params(model.config, r), jax.random.key(0))
   replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
@@ -327,6 +283,5 @@ def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best") -
   for split in splits:
     if split in ids:
       results[split] = perplexity(model, params, ids[split], cfg.data.eval_batch_size)
-  with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-    json.dump(results, f, indent=2, allow_nan=False)
+  runfiles.write_json(os.path.join(workdir, runfiles.EVAL_RESULTS), results, indent=2)
   return results

@@ -99,7 +99,8 @@ class BatchIterator:
     while len(chosen) < self.spec.batch_size:
       tries += 1
       if tries > 100 * self.spec.batch_size + len(self.table):
-        raise DataError(f"no usable examples under the current limits ({self.stats})")
+        raise DataError(f"no usable examples under the current limits (config.data.max_source_len, "
+                        f"max_target_len, long_target): {self.stats}")
       i = self._next_index()
       if self._accept(i):
         chosen.append(i)

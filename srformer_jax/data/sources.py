@@ -11,6 +11,8 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from srformer_jax.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -23,8 +25,6 @@ TFDS_FIELDS = {
 }
 
 
-class DataError(ValueError):
-  """Unusable input data (missing file, nothing left after filtering, ...)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -46,6 +46,15 @@ class Stats:
   def merge(self, other: "Stats"):
     for f in dataclasses.fields(self):
       setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+  def __str__(self) -> str:
+    """'read 12, kept 0; skipped: 12 empty' (the counts that are not zero)."""
+    skipped = [f"{getattr(self, f.name)} {f.name[len('skipped_'):].replace('_', ' ')}"
+               for f in dataclasses.fields(self) if f.name.startswith("skipped_") and getattr(self, f.name)]
+    truncated = [f"{getattr(self, f.name)} {f.name[len('truncated_'):]}s"
+                 for f in dataclasses.fields(self) if f.name.startswith("truncated_") and getattr(self, f.name)]
+    return (f"read {self.read}, kept {self.kept}" + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+            + (f"; truncated: {', '.join(truncated)}" if truncated else ""))
 
   @classmethod
   def from_dict(cls, d: dict | None) -> "Stats":

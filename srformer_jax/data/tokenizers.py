@@ -25,7 +25,13 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
     if not os.path.exists(model_file):
       raise DataError(f"SentencePiece model {model_file!r} does not exist")
-    self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    except (RuntimeError, OSError, ValueError) as e:  # a damaged or foreign file
+      first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+      raise DataError(f"SentencePiece model {model_file!r} cannot be read ({first}): it is damaged or not "
+                      f"a SentencePiece model; rebuild it (delete it and rerun train.py) or set "
+                      f"config.data.tokenizer to a good one") from None
     self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
     self.vocab_size = self.sp.get_piece_size()
     with open(model_file, "rb") as f:
@@ -94,9 +100,18 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
       f.write(t.replace("\n", " ") + "\n")
   spm.set_random_generator_seed(seed)
   extra = {"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}
-  spm.SentencePieceTrainer.train(
-      input=corpus, model_prefix=out_prefix, vocab_size=vocab_size, model_type="unigram",
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=2,
-      input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2, **extra)
-  os.remove(corpus)
+  try:
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=out_prefix, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=2,
+        input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2, **extra)
+  except RuntimeError as e:  # a vocabulary the text cannot give: too large, or below its characters
+    if "Vocabulary size" not in str(e):
+      raise
+    why = str(e).split("] ", 1)[-1].splitlines()[0].split(" Increase")[0]
+    raise DataError(f"config.data.spm_vocab_size {vocab_size} does not fit the training text (SentencePiece: "
+                    f"{why}); change it or train on more text") from None
+  finally:
+    if os.path.exists(corpus):
+      os.remove(corpus)
   return out_prefix + ".model"
