@@ -302,11 +302,12 @@ def matmul_floor(hlo_text: str, repeats: int, slowest: int = 8) -> dict:
 
 
 def _optimizer(lr: float = 1e-3):
-  """The experiments' optimizer (train_lib.make_optimizer: clipping + AdamW with a decay mask)."""
+  """The experiments' optimizer (trainer.make_optimizer: clipping + AdamW with a decay mask)."""
   import ml_collections
-  from srformer_jax.train_lib import make_optimizer
-  cfg = ml_collections.ConfigDict({"train": dict(warmup_steps=10, num_steps=1000, learning_rate=lr,
-                                                 grad_clip=1.0, weight_decay=0.01)})
+  from srformer_jax.defaults import train_section
+  from srformer_jax.trainer import make_optimizer
+  cfg = ml_collections.ConfigDict({"train": train_section(warmup_steps=10, num_steps=1000, learning_rate=lr,
+                                                          grad_clip=1.0, weight_decay=0.01)})
   return make_optimizer(cfg)
 
 

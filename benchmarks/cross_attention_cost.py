@@ -29,7 +29,7 @@ def main():
       fwd = cost.cross_attention_cost(kind, q_len, k_len, d, s)
       bwd = cost.cross_attention_cost(kind, q_len, k_len, d, s, backward=True)
       # peak temp memory of forward+backward at a training-like size (batch 8, 8 heads)
-      config = cost._config(kind, q_len, d, s, heads)
+      config = cost.cross_attention_config(kind, q_len, d, s, heads)
       module = CrossAttention(config)
       qx = jnp.zeros((8, q_len, heads, d))
       kx = jnp.zeros((8, k_len, heads, d))

@@ -12,6 +12,9 @@
 # 2. MFU: train step at batch 64, k = 1024, bf16, full vs SRformer      (benchmarks/train_throughput.py)
 # 3. decode scaling: ms per generated token against the input length    (benchmarks/decode_scaling.py)
 # 4. generate vs Hugging Face PyTorch on the same GPU                   (benchmarks/vs_hf_torch.py)
+# 5. the forms written for XLA:CPU against the plain JAX forms (model.kernels="cpu" vs "xla"): train
+#    step and greedy decoding, sweep model and T5-small, bf16 — is "auto" (plain on GPU) right here?
+#                                                                       (benchmarks/kernel_forms.py)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cuda
@@ -36,6 +39,7 @@ step decode_scaling 70 python3 benchmarks/decode_scaling.py --platform gpu --len
   --batch 8 --new_tokens 128 --repeats 3
 step vs_hf_torch 90 python3 benchmarks/vs_hf_torch.py --platform gpu --batch 8 --source_len 512 \
   --new_tokens 128 --repeats 3 --rounds 1
+step kernel_forms 90 python3 benchmarks/kernel_forms.py --platform gpu --dtype bfloat16 --repeats 5
 
 echo "=== summary"
 printf '%s\n' "${status[@]}" | tee "$RESULTS/gpu_checks_status.txt"

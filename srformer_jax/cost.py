@@ -16,7 +16,9 @@ from srformer_jax.attention.segmented import CrossAttention
 from srformer_jax.config import ModelConfig
 
 
-def _config(kind: str, q_len: int, d: int, s: int, heads: int, arch: str = "t5") -> ModelConfig:
+def cross_attention_config(kind: str, q_len: int, d: int, s: int, heads: int = 1, arch: str = "t5") -> ModelConfig:
+  """The smallest model config around one cross-attention of `kind` (heads of size d, segment size
+  s, decoder length q_len): what the cost functions here, and the benchmarks, build the module from."""
   return ModelConfig(arch=arch, vocab_size=8, d_model=d * heads, num_heads=heads, d_kv=d, d_ff=8,
                      num_encoder_layers=1, num_decoder_layers=1, cross_attention=kind, segment_size=s,
                      gen_len=q_len, dropout_rate=0.0)
@@ -34,7 +36,7 @@ def _cost(compiled) -> dict[str, float]:
 def cross_attention_cost(kind: str, q_len: int, k_len: int, d: int, s: int, heads: int = 1,
                          batch: int = 1, backward: bool = False) -> dict[str, float]:
   """XLA cost of one cross-attention forward (or forward+backward) at the given sizes."""
-  config = _config(kind, q_len, d, s, heads)
+  config = cross_attention_config(kind, q_len, d, s, heads)
   module = CrossAttention(config)
   q = jnp.zeros((batch, q_len, heads, d))
   k = jnp.zeros((batch, k_len, heads, d))
@@ -55,7 +57,7 @@ def cross_attention_cost(kind: str, q_len: int, k_len: int, d: int, s: int, head
 def decode_step_cost(kind: str, k_len: int, d: int, s: int, q_len: int = 128, heads: int = 1,
                      batch: int = 1) -> dict[str, float]:
   """XLA cost of one cached decoding step of the cross-attention (state built beforehand)."""
-  config = _config(kind, q_len, d, s, heads)
+  config = cross_attention_config(kind, q_len, d, s, heads)
   module = CrossAttention(config)
   x = jnp.zeros((batch, 1, d * heads))
   enc = jnp.zeros((batch, k_len, d * heads))

@@ -220,3 +220,39 @@ def test_every_model_config_field_a_run_sets_is_declared_in_the_defaults():
   assert set(fields) <= {f.name for f in dataclasses.fields(ModelConfig)}
   ModelConfig(arch="t5", vocab_size=8, d_model=8, num_heads=2, d_kv=4, d_ff=8, num_encoder_layers=1,
               num_decoder_layers=1, **fields)  # and the defaults make a valid model
+
+
+# ------------------------------------------------------------------------------------------------
+# what the benchmarks use is public API
+
+
+def test_trainer_lower_compiles_the_step_the_trainer_runs():
+  """Trainer.lower (the benchmarks read its cost and memory analysis) lowers the very step that
+  Trainer.step runs: its compiled executable gives the same new state and metrics."""
+  import ml_collections
+
+  from srformer_jax import sharding
+  from srformer_jax.defaults import train_section
+  from srformer_jax.train_lib import Trainer
+  from srformer_jax.trainer import make_optimizer
+  config = tiny(cross_attention="srformer", segment_size=4)
+  tx, schedule = make_optimizer(ml_collections.ConfigDict({"train": train_section(num_steps=10)}))
+  trainer = Trainer(build_model(config), tx, schedule, sharding.make_mesh((1, 1, 1)), guard=True)
+  ids, mask, dec = batch()
+  host = {"input_ids": ids, "attention_mask": mask, "labels": dec, "label_mask": np.ones_like(dec)}
+  rng = jax.random.key(0)
+  compiled = trainer.lower(trainer.abstract_state(), trainer.shard_batch(host), rng).compile()
+  assert compiled.cost_analysis() and compiled.memory_analysis() is not None
+  state = trainer.init_state(jax.random.key(1))
+  copy = jax.tree.map(jnp.copy, state)
+  first_bad = jax.device_put(np.int32(-1), trainer.replicated)
+  a, ma = compiled(state, trainer.shard_batch(host), rng, first_bad)
+  b, mb = trainer.step(copy, host, rng)
+  jax.tree.map(np.testing.assert_array_equal, (a.params, ma["loss"]), (b.params, mb["loss"]))
+
+
+def test_cross_attention_config_builds_the_costed_module():
+  from srformer_jax import cost
+  c = cost.cross_attention_config("pooled", q_len=16, d=8, s=4, heads=2)
+  assert (c.cross_attention, c.segment_size, c.gen_len, c.num_heads, c.d_kv) == ("pooled", 4, 16, 2, 8)
+  assert cost.cross_attention_cost("segmented", 16, 64, 8, 4)["flops"] < cost.cross_attention_cost("full", 16, 64, 8, 4)["flops"]

@@ -151,3 +151,16 @@ def test_model_learns_to_read_its_source_on_a_copy_task(kind):
     state, _ = trainer.step(state, batch(32), jax.random.key(i))
   out = source_reliance(model, state.params, [(batch(64), 64)])
   assert out["source_gain"] > 0.2, out
+
+
+@pytest.mark.slow
+def test_kernel_forms_quick(tmp_path):
+  """benchmarks/kernel_forms.py --quick: both forms of every row timed, ratios written."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "benchmarks/kernel_forms.py", "--quick", "--repeats", "1", "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.load(open(tmp_path / "kernel_forms_cpu.json"))["rows"]
+  assert {(r["kind"], r["form"]) for r in rows} == {(k, f) for k in ("full", "srformer") for f in ("cpu", "xla")}
+  assert all(r["train_xla_over_cpu"] > 0 and r["decode_xla_over_cpu"] > 0 for r in rows)
