@@ -1,95 +1,210 @@
-"""An offline summarization corpus built from the Python standard library's docstrings.
+"""An offline summarization corpus: the docstrings of the Python code installed on this machine.
 
-Each example pairs a function's or class's docstring body (its explanation, arguments, caveats)
-with its one-line summary, written by the CPython authors: real human-written text pairs that every
-machine with Python has, so the default job needs no download. Train/validation/test are split by
-a hash of the qualified name, so they are stable across runs and machines.
+Each example pairs a function's, class's or method's docstring body (its explanation, arguments,
+caveats) with its one-line summary, written by the authors of that code: real human-written text
+pairs that every machine with this project installed has, so the default job needs no download.
+
+What is read: the Python standard library and the packages the project installs (`RUNTIME`, the
+runtime part of requirements.txt, and everything they require that is installed), as *source*:
+each `.py` file is parsed (`ast`), never imported, so nothing runs, prints or opens a window, and a
+file that does not parse, or is larger than `MAX_FILE_BYTES`, is skipped. Tests and vendored copies
+are left out. Pairs are deduplicated by their body (the first in sorted module order is kept) and
+split into train / validation / test by a hash of the qualified name (5% test, 5% validation), so
+the split is stable across runs and machines; which pairs there are depends on the installed
+versions, which the corpus records (`corpus_stats.json`).
+
+The corpus is built once per machine and package set (a cache under ~/.cache/srformer_jax, or
+$SRFORMER_JAX_CACHE) with a progress bar, and copied into each run that uses it.
 """
 
 from __future__ import annotations
 
+import ast
+import concurrent.futures
 import hashlib
-import importlib
-import inspect
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
-import warnings
+import shutil
+import sys
+import sysconfig
 
-# Plain-library modules whose import has no side effects (no GUI, no network, no prints).
-STDLIB_MODULES = (
-    "abc argparse ast asyncio base64 bisect bz2 calendar cmd codecs collections collections.abc "
-    "colorsys concurrent.futures configparser contextlib copy csv dataclasses datetime decimal "
-    "difflib dis email email.message email.utils enum filecmp fileinput fnmatch fractions ftplib "
-    "functools getopt gettext glob gzip hashlib heapq hmac html html.parser http.client http.cookies "
-    "http.server imaplib importlib importlib.metadata inspect io ipaddress itertools json json.decoder "
-    "json.encoder keyword linecache locale logging logging.handlers lzma mailbox mimetypes "
-    "multiprocessing multiprocessing.pool numbers operator optparse os os.path pathlib pickle "
-    "pickletools pkgutil platform plistlib poplib pprint profile pstats queue quopri random re "
-    "reprlib sched secrets selectors shelve shlex shutil signal smtplib socket socketserver "
-    "sqlite3 ssl stat statistics string stringprep struct subprocess symtable sysconfig tabnanny "
-    "tarfile tempfile textwrap threading timeit token tokenize trace traceback tracemalloc types "
-    "typing unittest unittest.mock urllib.parse urllib.request uuid warnings wave weakref "
-    "xml.dom.minidom xml.etree.ElementTree xml.sax zipfile zipimport zlib zoneinfo").split()
-
+# The runtime distributions of requirements.txt (their dependencies that are installed come too).
+RUNTIME = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "ml-collections", "numpy",
+           "transformers", "safetensors", "sentencepiece", "tokenizers", "tensorflow-cpu", "tensorflow",
+           "tensorflow-datasets", "rouge-score", "nltk", "tqdm", "matplotlib", "tensorboardX", "absl-py",
+           "torch")
+SKIP_DIRS = {"tests", "test", "testing", "_vendor", "vendor", "idlelib", "turtledemo", "tkinter", "lib2to3",
+             "ensurepip", "site-packages", "dist-packages", "__pycache__", "examples", "benchmarks"}
+MAX_FILE_BYTES = 1 << 20
+SPLITS = ("train", "validation", "test")
+STATS = "corpus_stats.json"
 _WS = re.compile(r"\s+")
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _clean(text: str) -> str:
   return _WS.sub(" ", text).strip()
 
 
-def _split_docstring(doc: str) -> tuple[str, str] | None:
-  """(summary line, body) of a docstring with a one-paragraph summary and a real body."""
-  doc = inspect.cleandoc(doc)
-  parts = re.split(r"\n\s*\n", doc, maxsplit=1)
+def split_docstring(doc: str) -> tuple[str, str] | None:
+  """(summary, body) of a docstring whose first paragraph is a one-sentence summary of 4-40 words
+  ending in a period and whose body has at least 12 words; None otherwise."""
+  parts = re.split(r"\n\s*\n", doc.strip(), maxsplit=1)
   if len(parts) != 2:
     return None
   summary, body = _clean(parts[0]), _clean(parts[1])
-  if not (4 <= len(summary.split()) <= 40) or len(body.split()) < 12:
+  if not (4 <= len(summary.split()) <= 40) or not summary.endswith(".") or len(body.split()) < 12:
+    return None
+  if summary.count(". ") > 1 or summary.startswith((">>>", "..", "#", "-", "*", ":")):  # not one sentence
     return None
   return summary, body
 
 
-def _members(module):
-  for name, obj in sorted(vars(module).items()):
-    if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-      continue
-    if inspect.isclass(obj):
-      yield f"{module.__name__}.{name}", obj
-      for mname, meth in sorted(vars(obj).items()):
-        if not mname.startswith("_") and (inspect.isfunction(meth) or inspect.ismethoddescriptor(meth)):
-          yield f"{module.__name__}.{name}.{mname}", meth
-    elif inspect.isfunction(obj) or inspect.isbuiltin(obj):
-      yield f"{module.__name__}.{name}", obj
+def _signature(node) -> str:
+  try:
+    args = ast.unparse(node.args)
+  except Exception:  # noqa: BLE001 (an exotic signature: leave it out)
+    return "()"
+  return f"({args})" if len(args) <= 200 else "(...)"
 
 
-def build_docstring_corpus(modules=STDLIB_MODULES) -> list[dict]:
-  """[{id, document, summary}] from the docstrings of `modules` (sorted, deterministic)."""
-  rows, seen = [], set()
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    for mod_name in modules:
-      try:
-        module = importlib.import_module(mod_name)
-      except Exception:  # a module this Python lacks (e.g. built without sqlite3)
+def pairs_of_source(source: str, module: str) -> list[dict]:
+  """[{id, document, summary}] of the public functions, classes and methods of one module's source."""
+  try:
+    tree = ast.parse(source)
+  except (SyntaxError, ValueError):
+    return []
+  rows = []
+
+  def visit(body, prefix: str, in_class: bool):
+    for node in body:
+      if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
         continue
-      for qualname, obj in _members(module):
-        doc = getattr(obj, "__doc__", None)
-        if not isinstance(doc, str):
+      doc = ast.get_docstring(node)
+      split = split_docstring(doc) if doc else None
+      if split is not None:
+        sig = "" if isinstance(node, ast.ClassDef) else _signature(node)
+        rows.append({"id": f"{prefix}.{node.name}", "document": f"{node.name}{sig}: {split[1]}",
+                     "summary": split[0]})
+      if isinstance(node, ast.ClassDef) and not in_class:
+        visit(node.body, f"{prefix}.{node.name}", True)
+
+  visit(tree.body, module, False)
+  return rows
+
+
+def _pairs_of_file(job: tuple[str, str]) -> list[dict]:
+  path, module = job
+  try:
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+      return []
+    with open(path, encoding="utf-8") as f:
+      return pairs_of_source(f.read(), module)
+  except (OSError, UnicodeDecodeError):
+    return []
+
+
+def _distribution_closure(names) -> dict[str, str]:
+  """{distribution: version} of the installed distributions among `names` and what they require."""
+  out, todo = {}, list(names)
+  while todo:
+    name = todo.pop()
+    key = re.split(r"[\s;<>=!~\[]", name.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    if not key or key in out:
+      continue
+    try:
+      dist = importlib.metadata.distribution(key)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+    out[key] = dist.version
+    todo += [r for r in (dist.requires or []) if "extra ==" not in r]
+  return out
+
+
+def _top_level_dirs(dists) -> dict[str, str]:
+  """{import name: package directory} of the distributions' top-level packages."""
+  out = {}
+  for name in dists:
+    dist = importlib.metadata.distribution(name)
+    tops = (dist.read_text("top_level.txt") or "").split()
+    if not tops:  # no top_level.txt: the first path component of its files
+      tops = sorted({str(f).split("/")[0] for f in (dist.files or []) if str(f).endswith(".py")
+                     and "/" in str(f) and not str(f).split("/")[0].endswith((".dist-info", ".data"))})
+    for top in tops:
+      if "/" in top or top.startswith("_"):
+        continue
+      try:  # a top-level package: found without running it
+        spec = importlib.util.find_spec(top)
+      except (ImportError, ValueError):
+        continue
+      if spec is not None and spec.submodule_search_locations:
+        out[top] = list(spec.submodule_search_locations)[0]
+  return out
+
+
+def source_files(packages: dict[str, str], stdlib: bool = True) -> list[tuple[str, str]]:
+  """(path, module name) of every .py file to read, sorted: the standard library's and each
+  package directory's, without tests and vendored copies."""
+  roots = [(d, name) for name, d in sorted(packages.items())]
+  if stdlib:
+    roots.append((sysconfig.get_paths()["stdlib"], ""))
+  jobs = []
+  for root, name in roots:
+    for d, dirs, files in os.walk(root):
+      dirs[:] = sorted(x for x in dirs if x not in SKIP_DIRS and not x.startswith("."))
+      rel = os.path.relpath(d, root)
+      parts = ([name] if name else []) + ([] if rel == "." else rel.split(os.sep))
+      if any(not p.isidentifier() for p in parts):
+        continue
+      for f in sorted(files):
+        if not f.endswith(".py") or f.startswith(("test_", "conftest")) or f.endswith("_test.py"):
           continue
-        split = _split_docstring(doc)
-        if split is None or split[1] in seen:
-          continue
-        seen.add(split[1])
-        try:
-          # default values like <object object at 0x7f...> differ per process: drop the address
-          sig = _ADDRESS.sub("", str(inspect.signature(obj)))
-        except (TypeError, ValueError):
-          sig = ""
-        name = qualname.rsplit(".", 1)[-1]
-        rows.append({"id": qualname, "document": f"{name}{sig}: {split[1]}", "summary": split[0]})
+        mod = parts + ([] if f == "__init__.py" else [f[:-3]])
+        if mod and all(p.isidentifier() for p in mod):
+          jobs.append((os.path.join(d, f), ".".join(mod)))
+  return jobs
+
+
+def build_docstring_corpus(packages: dict[str, str] | None = None, stdlib: bool = True,
+                           progress: bool = True, workers: int | None = None) -> list[dict]:
+  """[{id, document, summary}] from the sources (deduplicated by body; deterministic order).
+
+  packages: {import name: directory}; None: the packages the project installs (`RUNTIME`)."""
+  if packages is None:
+    packages = _top_level_dirs(_distribution_closure(RUNTIME))
+  jobs = source_files(packages, stdlib)
+  from tqdm.auto import tqdm
+  rows, seen = [], set()
+  workers = workers or min(4, os.cpu_count() or 1)
+  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    results = pool.map(_pairs_of_file, jobs, chunksize=32)
+    for found in tqdm(results, total=len(jobs), desc="docstring corpus", unit="file", disable=not progress,
+                      dynamic_ncols=True, mininterval=1.0):
+      for r in found:
+        if r["document"] not in seen:
+          seen.add(r["document"])
+          rows.append(r)
+  return rows
+
+
+def stdlib_rows(modules: str) -> list[dict]:
+  """The pairs of a few standard-library modules or packages ("json,email"), read in this process."""
+  stdlib = sysconfig.get_paths()["stdlib"]
+  jobs = []
+  for name in modules.split(","):
+    base = os.path.join(stdlib, *name.strip().split("."))
+    if os.path.isdir(base):
+      jobs += source_files({name.strip(): base}, stdlib=False)
+    elif os.path.exists(base + ".py"):
+      jobs.append((base + ".py", name.strip()))
+  rows, seen = [], set()
+  for job in jobs:
+    for r in _pairs_of_file(job):
+      if r["document"] not in seen:
+        seen.add(r["document"])
+        rows.append(r)
   return rows
 
 
@@ -98,20 +213,61 @@ def split_of(example_id: str) -> str:
   return "test" if h < 5 else "validation" if h < 10 else "train"
 
 
-def write_corpus(out_dir: str) -> dict[str, str]:
-  """Writes train/validation/test JSONL files (if absent) and returns their paths."""
+def cache_dir() -> str:
+  return os.environ.get("SRFORMER_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "srformer_jax")
+
+
+def corpus_key(modules: str = "") -> str:
+  """What the corpus depends on: Python, the installed versions of what it reads, the selection."""
+  versions = _distribution_closure(RUNTIME) if not modules else {}
+  blob = json.dumps([sys.version, versions, modules, MAX_FILE_BYTES, sorted(SKIP_DIRS), 2], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _write(rows: list[dict], out_dir: str, stats: dict) -> dict[str, str]:
   os.makedirs(out_dir, exist_ok=True)
-  paths = {s: os.path.join(out_dir, f"{s}.jsonl") for s in ("train", "validation", "test")}
-  if all(os.path.exists(p) for p in paths.values()):
-    return paths
-  rows = build_docstring_corpus()
+  paths = {s: os.path.join(out_dir, f"{s}.jsonl") for s in SPLITS}
+  counts = dict.fromkeys(SPLITS, 0)
   files = {s: open(p + ".tmp", "w", encoding="utf-8") for s, p in paths.items()}
   try:
     for r in rows:
-      files[split_of(r["id"])].write(json.dumps(r, ensure_ascii=False) + "\n")
+      s = split_of(r["id"])
+      counts[s] += 1
+      files[s].write(json.dumps(r, ensure_ascii=False) + "\n")
   finally:
     for f in files.values():
       f.close()
   for s, p in paths.items():
     os.replace(p + ".tmp", p)
+  with open(os.path.join(out_dir, STATS), "w") as f:
+    json.dump(dict(stats, counts=counts), f, indent=2)
+  return paths
+
+
+def write_corpus(out_dir: str, modules: str = "") -> dict[str, str]:
+  """The corpus in out_dir (train/validation/test JSONL and corpus_stats.json), built once per
+  machine into the cache and copied. `modules`: comma-separated standard-library modules to read
+  instead of everything (e.g. "json,argparse": a small corpus for tests)."""
+  paths = {s: os.path.join(out_dir, f"{s}.jsonl") for s in SPLITS}
+  if all(os.path.exists(p) for p in paths.values()):
+    return paths
+  cached = os.path.join(cache_dir(), "docstring_corpus", corpus_key(modules))
+  if not all(os.path.exists(os.path.join(cached, f"{s}.jsonl")) for s in SPLITS):
+    if modules:
+      rows, versions = stdlib_rows(modules), {}
+    else:
+      rows = build_docstring_corpus()
+      versions = _distribution_closure(RUNTIME)
+    tmp = cached + f".tmp{os.getpid()}"
+    _write(rows, tmp, {"python": sys.version.split()[0], "packages": versions, "modules": modules or "all",
+                       "pairs": len(rows)})
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    if os.path.exists(cached):  # another process finished first
+      shutil.rmtree(tmp)
+    else:
+      os.replace(tmp, cached)
+  os.makedirs(out_dir, exist_ok=True)
+  for name in [f"{s}.jsonl" for s in SPLITS] + [STATS]:
+    shutil.copyfile(os.path.join(cached, name), os.path.join(out_dir, name + ".tmp"))
+    os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
   return paths

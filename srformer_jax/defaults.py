@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_source_len=1024, max_target_len=128,
       long_target="truncate",    # summaries over max_target_len: truncate | skip | error
       max_train_examples=0, max_eval_examples=0,
+      docstring_modules="",      # source "docstrings": "" reads every installed package; "json,email":
+                                 # those standard-library modules only (a small corpus, for tests)
   ))
   c.train = train_section()
   c.decode = ml_collections.ConfigDict(dict(

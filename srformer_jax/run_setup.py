@@ -141,7 +141,8 @@ def load_source(cfg, split_key: str, workdir: str):
       raise DataError(f"config.data.{split_key}: {e}") from None
   if d.source == "docstrings":
     from srformer_jax import corpus
-    paths = main_first("corpus", lambda: corpus.write_corpus(os.path.join(workdir, runfiles.CORPUS)))
+    paths = main_first("corpus", lambda: corpus.write_corpus(os.path.join(workdir, runfiles.CORPUS),
+                                                             d.docstring_modules))
     return data.read_jsonl(paths[split], max_examples=max_examples)
   raise DataError(f"config.data.source must be tfds, jsonl or docstrings, got {d.source!r}")
 
