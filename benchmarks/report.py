@@ -121,10 +121,30 @@ def default_job(r: Results) -> str:
   d = r.load("default_job_cpu.json")
   if d is None:
     return "(not measured yet)"
-  return (f"Measured on a {_machine(d.get('machine'))}: training loss {d['first_loss']:.2f} → "
+  line = (f"Measured on a {_machine(d.get('machine'))}: training loss {d['first_loss']:.2f} → "
           f"{d['last_loss']:.2f} in {d['steps']} steps, test ROUGE-1 / 2 / L {d['rouge1']:.1f} / "
           f"{d['rouge2']:.1f} / {d['rougeL']:.1f}, {d['wall_s'] / 60:.1f} min in all "
           f"({r.files('default_job_cpu.json')}).")
+  c = d.get("corpus")
+  if c:
+    n = c["counts"]
+    line += (f" The corpus: {c['pairs']:,} pairs ({n['train']:,} train, {n['validation']:,} validation, "
+             f"{n['test']:,} test) from Python {c['python']} and {len(c['packages'])} installed packages.")
+  if d.get("test_examples"):
+    rows = [[f"`{e['id']}`", e["document"][:160].replace("|", "\\|") + ("…" if len(e["document"]) > 160 else ""),
+             e["reference"].replace("|", "\\|"), e["prediction"].replace("|", "\\|")] for e in d["test_examples"]]
+    line += ("\n\nThe first three test docstrings, with the model's summary beside the reference:\n\n"
+             + _table(["docstring of", "document (start)", "reference", "model"], rows))
+  return line
+
+
+def default_job_snippet(r: Results) -> str:
+  """What the README's summarize(...) snippet printed on the measured default run."""
+  d = r.load("default_job_cpu.json")
+  if d is None or not d.get("summarize_snippet"):
+    return "(not measured yet: `python benchmarks/default_job.py`)"
+  return "Printed on the measured run (`benchmarks/default_job.py` runs this snippet):\n\n" + "\n".join(
+      f"- {e['summary']}" for e in d["summarize_snippet"])
 
 
 _PIPELINE_SIZES = {"small": "small (`configs/default.py` model, batch {b})", "tiny": "tiny (d_model 32, batch {b})",
@@ -982,6 +1002,7 @@ def glance_cpu_efficiency(r: Results) -> str:
 
 RENDERERS = {
     "default_job": default_job,
+    "default_job_snippet": default_job_snippet,
     "input_pipeline": input_pipeline,
     "grain_pipeline": grain_pipeline,
     "cpu_efficiency": cpu_efficiency,
