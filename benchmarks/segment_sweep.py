@@ -656,8 +656,8 @@ def main():
     todo = [c for c in grid if c["name"] not in done and (  # --collect: finished workdirs only
         not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]
     futures = {pool.submit(run_and_keep, cell): cell for cell in todo}
-    pending = [None] if not futures else []  # with nothing to train, write the files once
-    for future in [*concurrent.futures.as_completed(futures), *pending]:
+    # as each cell finishes (with nothing to train: once, from the result files)
+    for future in concurrent.futures.as_completed(futures) if futures else [None]:
       if future is not None:
         done[futures[future]["name"]] = future.result()
       results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
