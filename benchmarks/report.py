@@ -770,6 +770,37 @@ def alternatives(r: Results) -> str:
                       r.files("cross_attention_alternatives_cpu.json", "cross_attention_alternatives_cpu.png")])
 
 
+def scisumm_corpus(r: Results) -> str:
+  """The long-document LM corpus (benchmarks/scisumm_lm.py): papers and tokens per split."""
+  d = r.load("scisumm_lm_stats.json")
+  if d is None:
+    return "(not built yet: `python benchmarks/scisumm_lm.py --out DIR`)"
+  rows = [[split, v["documents"], f"{v['tokens'] / 1e6:.2f} M", f"{v['doc_tokens']['p50']:,.0f}",
+           f"{100 * v['tokens_past_512_in_doc']:.0f}%", f"{100 * v['unk_rate']:.1f}%"]
+          for split, v in d["splits"].items()]
+  return (_table(["split", "papers", "tokens", "median tokens per paper", "tokens past word 512 of their paper",
+                  "`<unk>`"], rows)
+          + f"\n\nVocabulary {d['vocab_size']:,} (with `<unk>`); {d['documents_left_out']} papers under "
+          f"{d['min_words']} words left out; split seed {d['seed']} ({r.files('scisumm_lm_stats.json')}).")
+
+
+def long_dialogsum_data(r: Results) -> str:
+  """The long-input task (benchmarks/long_dialogsum.py): examples and token lengths per split."""
+  d = r.load("long_dialogsum_stats.json")
+  if d is None:
+    return "(not built yet: `python benchmarks/long_dialogsum.py --out DIR`)"
+  rows = [[split, v["examples"], f"{v['source_tokens']['p50']:.0f} / {v['source_tokens']['p95']:.0f} / "
+           f"{v['source_tokens']['max']}", f"{100 * v['source_truncated']:.1f}%",
+           f"{v['target_tokens']['p50']:.0f} / {v['target_tokens']['p95']:.0f} / {v['target_tokens']['max']}",
+           f"{100 * v['target_truncated']:.1f}%"] for split, v in d["splits"].items()]
+  return (_table(["split", "inputs", "input tokens (median / 95% / max)", f"over {d['max_source_len']}",
+                  "target tokens (median / 95% / max)", f"over {d['max_target_len']}"], rows)
+          + f"\n\n{d['per_input']} dialogues per input, each cut to {d['dialogue_cap_tokens']} tokens "
+          f"(cut: {', '.join(f'{k} {v}' for k, v in d['dialogues_cut'].items())}); {d['regroupings']} "
+          f"regroupings of the training dialogues; tokens of `{d['tokenizer']}` "
+          f"({r.files('long_dialogsum_stats.json')}).")
+
+
 def reader(r: Results) -> str:
   """The pretrained reader (benchmarks/reader.py): its curve against steps and the gate."""
   name = next((n for n in ("reader_cpu_infill.json", "reader_cpu.json") if os.path.exists(r.path(n))), None)
@@ -1025,6 +1056,8 @@ RENDERERS = {
     "grid_cells": grid_cells,
     "alternatives": alternatives,
     "reader": reader,
+    "scisumm_corpus": scisumm_corpus,
+    "long_dialogsum_data": long_dialogsum_data,
     "reader_span_pilot": reader_span_pilot,
     "reader_dropout_pilot": reader_dropout_pilot,
     "swap_at_init": swap_at_init,
