@@ -45,7 +45,8 @@ def aggregate(results: list[dict]) -> list[dict]:
         continue
       if len(rs) == 1 and rs[0].get(per_example):
         boot = stats.bootstrap_ci(rs[0][per_example])
-        g[metric] = dict(g[metric], lo=boot["lo"], hi=boot["hi"], interval="bootstrap over examples")
+        split = "dev" if metric.endswith("_dev") else "test"
+        g[metric] = dict(g[metric], lo=boot["lo"], hi=boot["hi"], interval=f"bootstrap over {split} examples")
       elif len(rs) > 1:
         g[metric]["interval"] = "t over seeds"
     out.append(g)
