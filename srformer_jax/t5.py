@@ -181,7 +181,8 @@ class T5ForConditionalGeneration(EncoderDecoderMixin, nn.Module):
 
   def setup(self):
     c = self.config
-    self.shared = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=jnp.dtype(c.dtype), cpu=self.config.cpu_kernels)
+    self.shared = layers.embed(c.vocab_size, c.d_model, (sh.VOCAB, sh.EMBED), dtype=jnp.dtype(c.dtype),
+                               cpu=c.cpu_kernels)
     self.encoder = T5Stack(c, is_decoder=False)
     self.decoder = T5Stack(c, is_decoder=True)
     if not c.tie_word_embeddings:

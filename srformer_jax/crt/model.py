@@ -143,7 +143,8 @@ class Block(nn.Module):
       pk, pv = self.kv(prefix)
       k = jnp.concatenate([pk, k.astype(pk.dtype)], axis=1)
       v = jnp.concatenate([pv, v.astype(pv.dtype)], axis=1)
-    ctx = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, cpu=self.config.cpu_kernels)  # [b, q, h, d]
+    ctx = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias,
+                                       cpu=self.config.cpu_kernels)  # [b, q, h, d]
     x = x + self.dropout(self.o(layers.merge_heads(ctx)), deterministic=deterministic)
     h = self.act(self.ff1(self.ln2(x)))
     h = self.dropout(h, deterministic=deterministic)
@@ -172,7 +173,8 @@ class CRTLM(nn.Module):
         self.mem_in = layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt, cpu=self.config.cpu_kernels)
       else:
         self.mem_in_layers = [layers.dense(c.d_model, (sh.EMBED, None), use_bias=True, dtype=dt,
-                                           name=f"mem_in_{i}", cpu=self.config.cpu_kernels) for i in range(c.num_layers)]
+                                           name=f"mem_in_{i}", cpu=self.config.cpu_kernels)
+                            for i in range(c.num_layers)]
 
   # --- pieces ---------------------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ from srformer_jax.crt import stream
 from srformer_jax.crt.config import CRTConfig
 from srformer_jax.crt.model import CRTLM, init_carry, init_params
 from srformer_jax.errors import ConfigError, DataError
-from srformer_jax.trainer import ShardedTrainer, flag_nonfinite, make_optimizer  # noqa: F401 (make_optimizer: the LM runs' optimizer)
+# make_optimizer: the LM runs' optimizer, as `crt.train.make_optimizer` for the benchmarks
+from srformer_jax.trainer import ShardedTrainer, flag_nonfinite, make_optimizer  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ class _BestKeeper:
       runfiles.write_json(self.best_file, self.best, indent=2)
     record["best_valid_ppl"] = self.best["valid_ppl"] if self.best else v["ppl"]
     # patience counts evaluations since the best one (the best step is itself an evaluation)
-    stop = bool(self.patience) and self.best is not None and (step - self.best["step"]) >= self.patience * self.eval_every
+    stop = (bool(self.patience) and self.best is not None
+            and (step - self.best["step"]) >= self.patience * self.eval_every)
     if stop:
       log.info("no validation gain for %d evaluations since step %d (valid ppl %.2f): stopping at step %d",
                self.patience, self.best["step"], self.best["valid_ppl"], step)
