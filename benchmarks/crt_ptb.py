@@ -33,7 +33,29 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common, stats  # noqa: E402
+from benchmarks import common, scisumm_lm, stats  # noqa: E402
+
+RESULT_NAMES = {"scisumm": "crt_scisumm_cpu", "quick_scisumm": "crt_scisumm_quick"}  # else crt_ptb_<preset>
+CODE = ["srformer_jax", "configs", "train_lm.py", "benchmarks/crt_ptb.py", "benchmarks/scisumm_lm.py",
+        "benchmarks/common.py", "benchmarks/stats.py"]  # what a run's result depends on
+
+# name: (memory kind, segment fraction of L, CRT overrides)
+MODELS = {
+    "full_L": ("none", "full", {}),
+    "segmented_L/4": ("none", "quarter", {}),
+    "crt_L/4": ("crt", "quarter", {}),
+    "segmented_L/2": ("none", "half", {}),
+    "crt_L/2": ("crt", "half", {}),
+    "xl_L/2": ("xl", "half", {}),
+    "crt_L/2_layer": ("crt", "half", {"memory_input": "layer"}),
+    "crt_L/2_pooled": ("crt", "half", {"memory_update": "pooled"}),
+    "crt_L/2_ortho": ("crt", "half", {"cell": "ortho_gru"}),
+}
+GATE_CLAIM = ("full_L", "segmented_L/4", "crt_L/4")
+MAIN = GATE_CLAIM + ("segmented_L/2", "crt_L/2", "xl_L/2")
+ALTERNATIVES = ("crt_L/2_layer", "crt_L/2_pooled", "crt_L/2_ortho")
+GATE_CLAIM_XL = GATE_CLAIM + ("xl_L/2",)
+
 
 # Per preset: the model and schedule shared by every run, the seeds, and the longer-context repeat.
 # cpu: d 128, 2 layers, L = 64; one epoch of PTB (~930k tokens) is ~450 steps of 32 x 64 tokens, so
@@ -53,33 +75,30 @@ PRESETS = {
                 batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=40, eval_every=60,
                 patience=3, eval_batch_size=10, seeds=(0, 1, 2), extra_seeds=(0,),
                 long=dict(context_len=1024, batch_size=16, num_steps=600, eval_every=60, seeds=(0, 1))),
+    # scisumm (issue 36 B): the ScisummNet ACL papers as one stream (benchmarks/scisumm_lm.py, built
+    # into <workdir>/corpus), L = 512 where CRT's forward FLOPs are below full's, the cpu preset's
+    # model, tokens per step and schedule as its L = 512 repeat: 4 streams x 512 tokens, 2000 steps
+    # (~1 epoch of the 3.96M training tokens), validated every 250 steps. The four models of the gate,
+    # the claim and XL, 3 seeds each; test perplexity also by position within the document.
+    "scisumm": dict(context_len=512, d_model=128, num_heads=4, d_ff=512, num_layers=2, dropout_rate=0.1,
+                    batch_size=4, num_steps=2000, learning_rate=2e-3, warmup_steps=100, eval_every=250,
+                    patience=2, eval_batch_size=10, seeds=(0, 1, 2), corpus="scisumm",
+                    models=GATE_CLAIM_XL, by_position=(0, 512, 2048)),
     "quick": dict(context_len=16, d_model=32, num_heads=2, d_ff=64, num_layers=2, dropout_rate=0.0,
                   batch_size=4, num_steps=6, learning_rate=3e-3, warmup_steps=2, eval_every=3,
                   patience=1, eval_batch_size=2, seeds=(0, 1), extra_seeds=(0,),
                   long=dict(context_len=32, batch_size=2, num_steps=4, eval_every=2, seeds=(0,))),
 }
-
-# name: (memory kind, segment fraction of L, CRT overrides)
-MODELS = {
-    "full_L": ("none", "full", {}),
-    "segmented_L/4": ("none", "quarter", {}),
-    "crt_L/4": ("crt", "quarter", {}),
-    "segmented_L/2": ("none", "half", {}),
-    "crt_L/2": ("crt", "half", {}),
-    "xl_L/2": ("xl", "half", {}),
-    "crt_L/2_layer": ("crt", "half", {"memory_input": "layer"}),
-    "crt_L/2_pooled": ("crt", "half", {"memory_update": "pooled"}),
-    "crt_L/2_ortho": ("crt", "half", {"cell": "ortho_gru"}),
-}
-GATE_CLAIM = ("full_L", "segmented_L/4", "crt_L/4")
-MAIN = GATE_CLAIM + ("segmented_L/2", "crt_L/2", "xl_L/2")
-ALTERNATIVES = ("crt_L/2_layer", "crt_L/2_pooled", "crt_L/2_ortho")
+PRESETS["quick_scisumm"] = dict({k: v for k, v in PRESETS["quick"].items() if k not in ("long", "extra_seeds")},
+                                seeds=(0,), corpus="scisumm", models=GATE_CLAIM_XL, by_position=(0, 8))
 
 
 def plan(preset: dict) -> list[dict]:
   """Every run of the protocol, in the order it runs: seed by seed for the gate/claim models, then
   the other main models seed by seed, the alternatives, and the longer-context repeat."""
   base = preset["context_len"]
+  if "models" in preset:  # one list of models, seed by seed
+    return [dict(name=n, seed=k, context_len=base) for k in preset["seeds"] for n in preset["models"]]
   runs = [dict(name=n, seed=k, context_len=base) for k in preset["seeds"] for n in GATE_CLAIM]
   runs += [dict(name=n, seed=k, context_len=base) for k in preset["seeds"] for n in MAIN[3:]]
   runs += [dict(name=n, seed=k, context_len=base) for k in preset["extra_seeds"] for n in ALTERNATIVES]
@@ -94,19 +113,24 @@ def run_id(run: dict) -> str:
 
 def settings_for(preset: dict, context_len: int) -> dict:
   """The preset's settings at this context length (the longer-context repeat overrides a few)."""
-  p = {k: v for k, v in preset.items() if k not in ("long", "seeds", "extra_seeds")}
+  p = {k: v for k, v in preset.items() if k not in ("long", "seeds", "extra_seeds", "models", "corpus",
+                                                    "by_position")}
   if context_len != preset["context_len"]:
     p.update({k: v for k, v in preset["long"].items() if k != "seeds"})
   return p
 
 
-def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_dir: str, seed: int):
+def run_config(preset: dict, memory: str, fraction: str, overrides: dict, data_dir: str, seed: int,
+               paths: dict | None = None):
+  """The run's config; `paths` ({split: file}) instead of a WordPTB `data_dir`."""
   from configs import lm_ptb
   p = preset
   cfg = lm_ptb.lm_config(memory, fraction, context_len=p["context_len"])
   cfg.model.update(d_model=p["d_model"], num_heads=p["num_heads"], d_ff=p["d_ff"],
                    num_layers=p["num_layers"], dropout_rate=p["dropout_rate"], **overrides)
   cfg.data.update(data_dir=data_dir, eval_batch_size=p["eval_batch_size"])
+  if paths:
+    cfg.data.update(data_dir="", **{f"{split}_path": path for split, path in paths.items()})
   cfg.train.update(batch_size=p["batch_size"], num_steps=p["num_steps"], learning_rate=p["learning_rate"],
                    warmup_steps=p["warmup_steps"], eval_every=p["eval_every"], patience=p["patience"],
                    log_every=25, save_every=p["eval_every"], seed=seed)
@@ -143,6 +167,26 @@ def synthetic_corpus(root: str) -> str:
   return root
 
 
+def scisumm_corpus(root: str, source: str, quick: bool) -> dict:
+  """{split: file} of the ScisummNet stream, built into `root` once (benchmarks/scisumm_lm.py); the
+  quick mode builds it from a few synthetic documents instead."""
+  if not os.path.exists(os.path.join(root, scisumm_lm.STATS)):
+    if quick:
+      import numpy as np
+      rng = np.random.default_rng(0)
+      words = [f"w{i}" for i in range(40)]
+      src = os.path.join(root, "synthetic.jsonl")
+      os.makedirs(root, exist_ok=True)
+      with open(src, "w") as f:
+        for d in range(12):
+          f.write(json.dumps({"id": f"D{d:02d}", "article": " ".join(
+              words[int(i)] for i in rng.integers(0, 40, int(rng.integers(60, 120))))}) + "\n")
+      scisumm_lm.build(root, src, valid_docs=2, test_docs=2, vocab_size=30, min_words=20)
+    else:
+      scisumm_lm.build(root, source)
+  return {split: os.path.join(root, scisumm_lm.PATTERN.format(split=split)) for split in scisumm_lm.SPLITS}
+
+
 def training_summary(rundir: str) -> dict:
   """Epochs, steps and median training tokens/s (log intervals after the first, which holds the
   compilation) from a run's metrics.jsonl."""
@@ -176,6 +220,10 @@ def aggregate(runs: list[dict]) -> dict:
                    # the table's throughput: other work on the machine only slows a run (some early
                    # runs shared it, or were resumed), so the fastest seed is the model's own speed
                    "train_tokens_per_s_fastest": max(r.get("train_tokens_per_s") or 0.0 for r in rs),
+                   **({"test_by_position": [
+                       {"from": b["from"], "to": b["to"], "tokens": b["tokens"],
+                        "ppl": stats.mean_ci([r["test_by_position"][i]["ppl"] for r in rs])}
+                       for i, b in enumerate(first["test_by_position"])]} if "test_by_position" in first else {}),
                    "runs_with_dense_dot_general": sum("dense_weight_grad" in r for r in rs),
                    "runs_with_huge_pages": sum(bool(r.get("malloc_huge_pages")) for r in rs)})
   out = {"models": models, "gate": {}, "claim": {}}
@@ -221,6 +269,32 @@ def plot(models: list[dict], path: str, title: str):
     ax.set_title(f"L = {context}", fontsize=9)
     ax.grid(alpha=0.3)
   fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  common.save_figure(fig, path)
+
+
+def plot_by_position(models: list[dict], path: str, title: str):
+  """Test perplexity by position within the document (mean and 95% interval over seeds), per model."""
+  plt = common.plt()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  models = [m for m in models if m.get("test_by_position")]
+  buckets = models[0]["test_by_position"]
+  labels = [f"{b['from']}–{b['to'] - 1}" if b["to"] else f"{b['from']}+" for b in buckets]
+  width = 0.8 / len(models)
+  for k, m in enumerate(models):
+    xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(buckets))]
+    means = [b["ppl"]["mean"] for b in m["test_by_position"]]
+    err = [[b["ppl"]["mean"] - (b["ppl"]["lo"] if b["ppl"]["lo"] is not None else b["ppl"]["mean"])
+            for b in m["test_by_position"]],
+           [(b["ppl"]["hi"] if b["ppl"]["hi"] is not None else b["ppl"]["mean"]) - b["ppl"]["mean"]
+            for b in m["test_by_position"]]]
+    ax.bar(xs, means, width, yerr=err, capsize=3, label=f"{m['name']} (n={m['test_ppl']['n']})")
+  ax.set_xticks(range(len(buckets)), labels)
+  ax.set_xlabel("position of the predicted word within its document (words)")
+  ax.set_ylabel("test perplexity")
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3, axis="y")
   fig.tight_layout()
   common.save_figure(fig, path)
 
@@ -300,8 +374,10 @@ def _code_mark(m: dict) -> str:
 
 def main():
   p = common.parser(__doc__.splitlines()[0])
-  p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+  p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "scisumm"])
   p.add_argument("--data_dir", default="../shared/data/ptb", help="WordPTB directory (ptb.{split}.txt)")
+  p.add_argument("--source", default=scisumm_lm.SOURCE,
+                 help="scisumm preset: the ScisummNet full-text JSONL the corpus is built from")
   p.add_argument("--workdir", default="runs/crt_ptb", help="one sub-directory per run (resumable)")
   p.add_argument("--only", default="", help="comma-separated run ids or model names (default: the whole plan)")
   p.add_argument("--max_runs", type=int, default=0, help="stop after this many new runs (0: all)")
@@ -310,10 +386,11 @@ def main():
   p.add_argument("--flops_sweep", action="store_true",
                  help="only the FLOPs/token of the models at longer contexts (compile-only)")
   args = p.parse_args()
-  name = "quick" if args.quick else args.preset
+  name = ("quick_scisumm" if args.preset == "scisumm" else "quick") if args.quick else args.preset
   preset = PRESETS[name]
+  result = RESULT_NAMES.get(name, f"crt_ptb_{name}")
   if args.markdown:
-    print(markdown(os.path.join(args.out, f"crt_ptb_{name}.json")))
+    print(markdown(os.path.join(args.out, f"{result}.json")))
     return
   jax = common.setup_platform(args.platform)
   import logging
@@ -323,13 +400,23 @@ def main():
   from srformer_jax import host_malloc
   from srformer_jax.crt import train as lm_train
   from srformer_jax.layers import dropout_rate_rounded
+  from benchmarks import segment_sweep as sweep
 
   if args.flops_sweep:
     flops_sweep(preset, args.out, name, jax, contexts=(16, 64) if args.quick else (64, 512, 4096))
     return
   workdir = os.path.join(args.workdir, name)
-  rows_dir = os.path.join(args.out, f"crt_ptb_{name}")
-  data_dir = synthetic_corpus(os.path.join(workdir, "corpus")) if args.quick else args.data_dir
+  rows_dir = os.path.join(args.out, result)
+  paths = None
+  if preset.get("corpus") == "scisumm":
+    data_dir = ""
+    paths = scisumm_corpus(os.path.join(workdir, "corpus"), args.source, args.quick)
+  else:
+    data_dir = synthetic_corpus(os.path.join(workdir, "corpus")) if args.quick else args.data_dir
+  corpus_stats = None
+  if paths:
+    with open(os.path.join(workdir, "corpus", scisumm_lm.STATS)) as f:
+      corpus_stats = {k: v for k, v in json.load(f).items() if k != "documents"}
   runs = plan(preset)
   if args.only:
     keep = set(args.only.split(","))
@@ -356,10 +443,18 @@ def main():
                        "FLOPs: XLA cost analysis of one segment's forward at batch 1 divided by its length "
                        "(memory read/update included); without_output_layer subtracts 2*d_model*vocab. "
                        "Seeds change the initialisation and dropout; the data order is the corpus order."}
-    common.write(args.out, f"crt_ptb_{name}", payload)
-    plot(agg["models"], os.path.join(args.out, f"crt_ptb_{name}.png"),
-         f"WordPTB, {name} preset: d={preset['d_model']}, {preset['num_layers']} layers, dropout "
+    if paths:
+      payload["corpus"] = corpus_stats
+      payload["note"] += (" Corpus: ScisummNet papers, one stream (benchmarks/scisumm_lm.py); the memory is "
+                          "carried across document boundaries in training and evaluation alike.")
+    common.write(args.out, result, payload)
+    plot(agg["models"], os.path.join(args.out, f"{result}.png"),
+         f"{'ScisummNet' if paths else 'WordPTB'}, {name} preset: d={preset['d_model']}, "
+         f"{preset['num_layers']} layers, dropout "
          f"{preset['dropout_rate']}, best validation of <= {preset['num_steps']} steps (L={preset['context_len']})")
+    if any(m.get("test_by_position") for m in agg["models"]):
+      plot_by_position(agg["models"], os.path.join(args.out, f"{result}_by_position.png"),
+                       f"ScisummNet test perplexity by position in the document, L = {preset['context_len']}")
 
   new = 0
   for run in runs:
@@ -369,14 +464,15 @@ def main():
       break
     memory, fraction, overrides = MODELS[run["name"]]
     settings = settings_for(preset, run["context_len"])
-    cfg = run_config(settings, memory, fraction, overrides, data_dir, run["seed"])
+    cfg = run_config(settings, memory, fraction, overrides, data_dir, run["seed"], paths)
     rundir = os.path.join(workdir, run_id(run))
     print(f"== {run_id(run)}", flush=True)
     t0 = time.perf_counter()
     lm_train.train(cfg, rundir)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = lm_train.evaluate(cfg, rundir, splits=("valid", "test"), which="best")
+    res = lm_train.evaluate(cfg, rundir, splits=("valid", "test"), which="best",
+                            by_position=preset.get("by_position"))
     eval_s = time.perf_counter() - t0
     model_config = lm_train.model_config(cfg, res["model"]["vocab_size"])
     row = {"name": run["name"], "seed": run["seed"], "context_len": run["context_len"],
@@ -394,7 +490,12 @@ def main():
            # a faster step on a CPU; runs without this field trained with XLA's own gradient
            "dense_weight_grad": "layers.dense_dot_general",
            # glibc's malloc on huge pages (srformer_jax.host_malloc), a faster CPU step
-           "malloc_huge_pages": host_malloc.in_force()}
+           "malloc_huge_pages": host_malloc.in_force(),
+           # the code that trained it (the last commit that changed it; '-dirty': not committed)
+           "git_commit": sweep._git_commit(CODE), "git_clean": sweep._git_clean()}
+    for split in ("valid", "test"):
+      if f"{split}_by_position" in res:
+        row[f"{split}_by_position"] = res[f"{split}_by_position"]
     os.makedirs(rows_dir, exist_ok=True)
     tmp = done(run) + ".tmp"
     with open(tmp, "w") as f:

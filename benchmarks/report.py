@@ -138,6 +138,22 @@ def default_job(r: Results) -> str:
   return line
 
 
+def default_job_compare(r: Results) -> str:
+  """How configs/default.py was chosen: variants at the same training time, validation ROUGE."""
+  d = r.load("default_job_compare_cpu.json")
+  if d is None:
+    return "(not measured yet: `python benchmarks/default_job_compare.py`)"
+  rows = [[f"`{x['name']}`", x["what"], str(x["steps"]), f"{x['last_loss']:.2f}", f"{x['rouge1']:.1f}",
+           f"{x['rouge2']:.1f}", x["first_predictions"][0].replace("|", "\\|")] for x in d["records"]]
+  return (_table(["variant", "model / tokenizer", "steps", "last loss", "ROUGE-1", "ROUGE-2",
+                  "first validation prediction"], rows)
+          + "".join(f"\n\nCopying the first {b['name'].split('_')[1]} words of each docstring scores ROUGE-1 "
+                    f"{b['rouge1']:.1f} on the same examples." for b in d.get("baselines", [])[-1:])
+          + f"\n\nEach variant trained for about {d['budget_s']:.0f} s on a {_machine(d['machine'])} (its steps "
+          f"from its own measured step time), scored on the first {d['eval_examples']} validation docstrings; "
+          f"one seed each ({r.files('default_job_compare_cpu.json', 'default_job_compare_cpu.png')}).")
+
+
 def default_job_snippet(r: Results) -> str:
   """What the README's summarize(...) snippet printed on the measured default run."""
   d = r.load("default_job_cpu.json")
@@ -249,6 +265,55 @@ def cpu_allocator(r: Results) -> str:
   return (f"{table}\n\n{len(d['rounds'])} rounds of one process per setting, order alternating; medians over "
           f"rounds; {_machine(d.get('machine'))}, load average before {d['load_avg_before'][0]:.2f}. "
           f"{r.files('cpu_allocator_cpu.json', 'cpu_allocator_cpu.png')}")
+
+
+def xla_cpu_flags(r: Results) -> str:
+  """XLA:CPU flags against the default, interleaved processes, with the adoption rule's outcome."""
+  d = r.load("xla_cpu_flags_cpu.json")
+  if d is None:
+    return "(not measured yet: `python benchmarks/xla_cpu_flags.py`)"
+  settings = [s for s in d["settings"] if s != "default"]
+  rows = []
+  for x in d["rows"]:
+    rows.append([f"`{x['name']}`", _secs(x["step_s"]["default"])] + [
+        f"{x['speedup'][s]:.2f}× ({', '.join(f'{v:.2f}' for v in x['speedup_per_round'][s])})" for s in settings])
+  table = _table(["row", "default flags"] + [f"`{d['settings'][s]}`" for s in settings], rows)
+  adopted = ", ".join(f"`{d['settings'][s]}`" for s in d["adopt"]) or "none"
+  return (f"{table}\n\nSpeed-up = step time with the default flags / with the flag (mean of {len(d['rounds'])} "
+          f"rounds, each round's in brackets; one process per setting, order reversed every other round); "
+          f"adopted (>= {d['adopt_at'] - 1:.0%} on a row): {adopted}. {_machine(d.get('machine'))}, load average "
+          f"before {d['load_avg_before'][0]:.2f}. {r.files('xla_cpu_flags_cpu.json', 'xla_cpu_flags_cpu.png')}")
+
+
+def long_dialogsum_pilot(r: Results) -> str:
+  """The long-input grid's pilot: step time at k = 1024, evaluation time, source gain after 30 steps."""
+  d = r.load("long_dialogsum_pilot_cpu.json")
+  if d is None:
+    return "(no pilot yet)"
+  rows = [[f"`{c['name']}`", str(c["steps"]), " / ".join(f"{x:.2f}" for x in c["s_per_step_after_compile"]),
+           f"{(c['wall_s'] - c['train_s_estimate']) / 60:.1f}", f"{c['source_gain']:.2f}",
+           str(c["distinct_predictions"]), f"{c['rouge1']:.1f}",
+           " / ".join(f"{x:.1f}" for x in c["rouge1_by_position"])] for c in d["cells"]]
+  return (_table(["cell", "steps", "s a step (after compiling)", "min outside the steps (data, two evaluations)",
+                  "source gain", "distinct (of 500)", "ROUGE-1 test", "ROUGE-1 by position"], rows)
+          + f"\n\nBatch 8, two single-threaded cells at a time; {_machine(d.get('machine'))}. "
+          + r.files("long_dialogsum_pilot_cpu.json"))
+
+
+def ngram_block(r: Results) -> str:
+  """Dev ROUGE-1 of finished sweep cells decoded again with each no_repeat_ngram_size."""
+  d = r.load("ngram_block_cpu.json")
+  if d is None:
+    return "(not measured yet: `python benchmarks/ngram_block.py --runs ...`)"
+  sizes = sorted({x["no_repeat_ngram_size"] for x in d["records"]})
+  cells = list(dict.fromkeys(x["cell"] for x in d["records"]))
+  by = {(x["cell"], x["no_repeat_ngram_size"]): x for x in d["records"]}
+  rows = [[f"`{c}`"] + [f"{by[c, n]['rouge1']:.2f} ({by[c, n]['speaker_mentions_per_summary']:.1f})"
+                        if (c, n) in by else "–" for n in sizes] for c in cells]
+  return (_table(["cell"] + [f"block {n}" if n else "no block" for n in sizes], rows)
+          + f"\n\nDev ROUGE-1 (in brackets: `#Person` mentions per summary; the references have "
+          f"{d['reference_speaker_mentions_per_summary']:.1f}); each cell's last checkpoint, only the block "
+          f"size differs. {_machine(d.get('machine'))}. {r.files('ngram_block_cpu.json')}")
 
 
 def cross_attention_cost(r: Results) -> str:
@@ -920,13 +985,23 @@ def crt_ptb_short(r: Results) -> str:
 
 def crt_ptb(r: Results) -> str:
   """The CRT protocol (benchmarks/crt_ptb.py): per-model table, then gate and claim per context L."""
-  path = r.path("crt_ptb_cpu.json")
+  return _crt_protocol(r, "crt_ptb_cpu.json")
+
+
+def crt_scisumm(r: Results) -> str:
+  """The CRT protocol on the ScisummNet papers (crt_ptb.py --preset scisumm): the same table and
+  verdicts, and test perplexity by position within the document."""
+  return _crt_protocol(r, "crt_scisumm_cpu.json", "(not run yet: `python benchmarks/crt_ptb.py --preset scisumm`)")
+
+
+def _crt_protocol(r: Results, name: str, missing: str = "(no runs finished yet)") -> str:
+  path = r.path(name)
   if not os.path.exists(path):
-    return "(no runs finished yet)"
+    return missing
   from benchmarks import crt_ptb as bench  # no jax at import
-  payload = r.load("crt_ptb_cpu.json")
+  payload = r.load(name)
   if "aggregate" not in payload:  # an older file, written before the protocol had seeds and verdicts
-    return "(no runs of the current protocol in crt_ptb_cpu.json yet)"
+    return f"(no runs of the current protocol in {name} yet)"
   lines = [bench.markdown(path), ""]
   agg = payload["aggregate"]
   for context in sorted(set(agg.get("gate", {})) | set(agg.get("claim", {})), key=int):
@@ -957,7 +1032,21 @@ def crt_ptb(r: Results) -> str:
                    f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
                    f"{c['crt_L/4_flops_over_full']:.2f}×)")
     lines.append(f"- L = {context}: " + "; ".join(parts))
-  lines.append(f"\n[json]({r.href('crt_ptb_cpu.json')}) · [png]({r.href('crt_ptb_cpu.png')})")
+  positioned = [m for m in agg["models"] if m.get("test_by_position")]
+  if positioned:
+    buckets = positioned[0]["test_by_position"]
+    head = [f"words {b['from']}–{b['to'] - 1}" if b["to"] else f"words {b['from']}+" for b in buckets]
+    rows = [[m["name"], str(m["test_ppl"]["n"])] + [format_ci(b["ppl"], ".1f") for b in m["test_by_position"]]
+            for m in positioned]
+    lines += ["", "Test perplexity by the predicted word's position within its document (mean, 95% interval "
+              "over seeds; tokens per bucket: " + ", ".join(f"{b['tokens']:,}" for b in buckets) + "):", "",
+              _table(["model", "seeds"] + head, rows)]
+  files = [name, name.replace(".json", ".png")]
+  if positioned:
+    files.append(name.replace(".json", "_by_position.png"))
+  commits = sorted({str(x.get("git_commit")) for x in payload.get("runs", []) if x.get("git_commit")})
+  lines.append("\n" + (f"Code at {', '.join(_short_commit(c) for c in commits)}. " if commits else "")
+               + r.files(*files))
   return "\n".join(lines)
 
 
@@ -1047,10 +1136,14 @@ def glance_cpu_efficiency(r: Results) -> str:
 RENDERERS = {
     "default_job": default_job,
     "default_job_snippet": default_job_snippet,
+    "default_job_compare": default_job_compare,
     "input_pipeline": input_pipeline,
     "grain_pipeline": grain_pipeline,
     "cpu_efficiency": cpu_efficiency,
     "cpu_allocator": cpu_allocator,
+    "xla_cpu_flags": xla_cpu_flags,
+    "ngram_block": ngram_block,
+    "long_dialogsum_pilot": long_dialogsum_pilot,
     "cross_attention_cost": cross_attention_cost,
     "decode_scaling": decode_scaling,
     "decode_scaling_init": decode_scaling_init,
@@ -1078,6 +1171,7 @@ RENDERERS = {
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
+    "crt_scisumm": crt_scisumm,
     "glance_decode": glance_decode,
     "glance_vs_hf": glance_vs_hf,
     "glance_cost": glance_cost,

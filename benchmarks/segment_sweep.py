@@ -83,14 +83,22 @@ PRESETS = {
                    "decode.num_beams": 2}),
     # Issue 36, part A: four dialogues in, four summaries out (benchmarks/long_dialogsum.py), k 1024
     # and q 256: full; segmented, srformer and xl at s = 8 (m = 128, the paper's k / s) and s = 64,
-    # every seed; the data are built into <runs>/data. Steps and batch: set by the pilot (docs).
+    # 3 seeds at s = 8, one at s = 64 (15 cells); the data are built into <runs>/data. The pilot (30
+    # steps of full and srformer s = 8, two single-threaded cells at a time, as the grid runs): 2.1-2.2
+    # s a step at batch 8 (32 dialogues, twice the 1500-step grid's), ~3 min for the two evaluations.
+    # So 1000 steps (2.6 passes over the training dialogues), ~40 min a cell, ~5 h for the 15 cells;
+    # 1500 steps and 3 seeds at s = 64 too would take ~10 h.
     "long1024": dict(
-        name="long_dialogsum_cpu", long=True, sizes=(8, 64), workers=2, seeds=(0, 1, 2),
+        name="long_dialogsum_cpu", long=True, sizes=(8, 64), workers=2, seeds=(0, 1, 2), large_s_seeds=(0,),
         dev_file="long_dialogsum.dev.jsonl", dev_summary_key="summary",
-        overrides={"train.num_steps": 1500, "train.batch_size": 16, "train.save_every": 100,
+        overrides={"train.num_steps": 1000, "train.batch_size": 8, "train.save_every": 100,
                    "train.log_every": 25, "train.learning_rate": 1e-3, "train.warmup_steps": 50,
                    "decode.num_beams": 2, "data.max_source_len": 1024, "data.max_target_len": 256,
-                   "decode.batch_size": 25}),
+                   "decode.batch_size": 25,
+                   # four joined summaries name the speakers ~14 times (`#Person1#` is three pieces):
+                   # a 3-gram block would allow each name once; 4 did best on the 1500-step cells
+                   # decoded again (benchmarks/ngram_block.py, docs/segment_sweep.md)
+                   "decode.no_repeat_ngram_size": 4}),
     "gpu": dict(
         sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64, seeds=(0, 1, 2),
         overrides={"train.num_steps": 20000, "train.batch_size": 32, "train.save_every": 2000,
@@ -197,13 +205,13 @@ def cells_steps1500(preset: dict) -> list[dict]:
 
 def cells_long(preset: dict) -> list[dict]:
   """The long-input grid: full and segmented / srformer / xl at the smallest s (every seed) first,
-  then the largest s."""
+  then the largest s (the seeds `large_s_seeds`, default every seed)."""
   out = []
   lo, hi = min(preset["sizes"]), max(preset["sizes"])
   for rank, kinds_sizes in ((0, [("full", None)] + [(k, lo) for k in ("segmented", "srformer", "xl")]),
                             (1, [(k, hi) for k in ("segmented", "srformer", "xl")])):
     for kind, s in kinds_sizes:
-      for seed in preset["seeds"]:
+      for seed in preset.get("large_s_seeds", preset["seeds"]) if rank else preset["seeds"]:
         group = kind if s is None else f"{kind}_s{s}_padded"
         out.append(dict(kind=kind, s=s, schedule="padded", seed=seed, rank=rank, group=group,
                         name=group + (f"_seed{seed}" if seed else "")))
@@ -687,12 +695,13 @@ CODE = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/segment_sw
         "benchmarks/common.py", "benchmarks/stats.py"]  # what a cell's result depends on
 
 
-def _git_commit() -> str:
-  """The last commit that changed the code (not the results), with '-dirty' when the code on disk
-  differs from HEAD: cells trained by the same code name the same commit."""
+def _git_commit(code: list[str] = CODE) -> str:
+  """The last commit that changed the code (`code`: the paths a result depends on; not the results),
+  with '-dirty' when the code on disk differs from HEAD: cells trained by the same code name the
+  same commit."""
   try:
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *CODE], cwd=REPO).returncode != 0
-    return _code_commit("HEAD") + ("-dirty" if dirty else "")
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode != 0
+    return _code_commit("HEAD", code) + ("-dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -705,12 +714,12 @@ def _git_clean() -> bool | None:
     return None
 
 
-def _code_commit(commit: str) -> str:
+def _code_commit(commit: str, code: list[str] = CODE) -> str:
   """The last commit at or before `commit` that changed the code ('-dirty' kept); `commit` itself
   when git cannot tell."""
   base, dirty = (commit[:-len("-dirty")], "-dirty") if commit.endswith("-dirty") else (commit, "")
   try:
-    out = subprocess.run(["git", "log", "-1", "--format=%H", base, "--", *CODE], cwd=REPO,
+    out = subprocess.run(["git", "log", "-1", "--format=%H", base, "--", *code], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return commit

@@ -134,6 +134,39 @@ def test_eval_over_stream_equals_two_halves_with_memory_handed_on(name):
     chex.assert_trees_all_close(c2, carry, atol=1e-5, rtol=0)
 
 
+def test_per_token_losses_are_each_targets_own():
+  """evaluate_stream(per_token=True): each target's cross-entropy, their sum the summed loss; a
+  prediction changes only where its target changes (the ragged tail included)."""
+  with jax.enable_x64(True):
+    model, params = setup(tiny(), dtype=jnp.float64)
+    x, y = tokens(2, 3 * L + 2, seed=11), tokens(2, 3 * L + 2, seed=12)
+    total, n, carry = stream.evaluate_stream(model, params, x, y, chunk_segments=2)
+    each, n2, carry2 = stream.evaluate_stream(model, params, x, y, chunk_segments=2, per_token=True)
+    assert each.shape == (2, 3 * L + 2) and n2 == n
+    np.testing.assert_allclose(float(jnp.sum(each)), float(total), rtol=1e-6)
+    chex.assert_trees_all_close(carry2, carry, atol=1e-6, rtol=0)
+    y2 = y.at[1, L + 1].set((y[1, L + 1] + 1) % 40)
+    moved = np.asarray(stream.evaluate_stream(model, params, x, y2, per_token=True)[0] != each)
+    assert moved.sum() == 1 and moved[1, L + 1]
+
+
+def test_perplexity_by_position_buckets_the_whole_split():
+  """Positions restart after each end-of-document token; the buckets' tokens add up to the split's
+  and their token-weighted NLL is the split's NLL."""
+  from srformer_jax.crt import train as lm_train
+  ids = np.array([5, 6, 0, 7, 8, 9, 10, 0, 11, 0, 12, 13], np.int32)
+  np.testing.assert_array_equal(lm_train.positions_in_document(ids, 0), [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 0, 1])
+  model, params = setup(tiny())
+  ids = np.array(tokens(1, 6 * L * 2 + 1, seed=3)[0])
+  ids[[5, 17, 30]] = 0
+  whole = lm_train.perplexity(model, params, ids, 2)
+  parts = lm_train.perplexity_by_position(model, params, ids, 2, edges=(0, 3, 9), eos_id=0)
+  assert [(b["from"], b["to"]) for b in parts] == [(0, 3), (3, 9), (9, None)]
+  assert sum(b["tokens"] for b in parts) == whole["tokens"]
+  nll = sum(b["nll"] * b["tokens"] for b in parts) / whole["tokens"]
+  np.testing.assert_allclose(nll, whole["nll"], rtol=1e-5)
+
+
 def test_clear_errors():
   model, params = setup(tiny())
   short = tokens(1, L - 1)
@@ -252,6 +285,30 @@ def test_benchmark_quick(tmp_path):
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.path.exists(tmp_path / "crt_ptb_flops_quick.png")
+
+
+@pytest.mark.slow
+def test_benchmark_scisumm_quick(tmp_path):
+  """The ScisummNet preset end to end on a synthetic corpus built by scisumm_lm: the four models,
+  per-position test perplexity, the commit each run trained at, the by-position figure."""
+  import subprocess
+  import sys
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "benchmarks/crt_ptb.py", "--quick", "--preset", "scisumm", "--out",
+                        str(tmp_path), "--workdir", str(tmp_path / "runs")], cwd=REPO, capture_output=True,
+                       text=True, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "crt_scisumm_quick.json") as f:
+    payload = json.load(f)
+  assert [r["name"] for r in payload["runs"]] == ["full_L", "segmented_L/4", "crt_L/4", "xl_L/2"]
+  for r in payload["runs"]:
+    buckets = r["test_by_position"]
+    assert [(b["from"], b["to"]) for b in buckets] == [(0, 8), (8, None)]
+    assert sum(b["tokens"] for b in buckets) == r["test_tokens"]
+    assert r["git_commit"] and "git_clean" in r
+  assert payload["corpus"]["splits"]["test"]["documents"] == 2
+  assert os.path.exists(tmp_path / "crt_scisumm_quick_by_position.png")
 
 
 def test_early_stop_keeps_best_validation_state(tmp_path, monkeypatch):

@@ -64,12 +64,14 @@ def scan_segments(model: CRTLM, params, inputs, carry, targets=None, *, truncate
   return logits, carry
 
 
-def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_segments: int = 4096):
+def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_segments: int = 4096,
+                    per_token: bool = False):
   """Summed cross-entropy over a whole stream, carrying the memory from its start to its end.
 
   inputs/targets [b, T] with any T >= segment_len: whole segments are scanned in jitted chunks of
   `chunk_segments`, a ragged tail (< segment_len) is one shorter segment. Returns
   (loss_sum, token_count, final carry); the carry may be handed to the next piece of the stream.
+  `per_token`: the first element is each target's cross-entropy instead, [b, T] float32.
   """
   c = model.config
   b, t = inputs.shape
@@ -77,24 +79,30 @@ def evaluate_stream(model: CRTLM, params, inputs, targets, carry=None, *, chunk_
     raise ValueError(f"stream of {t} tokens is shorter than one segment (segment_len={c.segment_len})")
   if carry is None:
     carry = init_carry(c, b, jnp.dtype(c.dtype))
-  fn = _eval_fn(model)
+  fn = _eval_fn(model, per_token)
   total = jnp.zeros((), jnp.promote_types(c.jnp_dtype, jnp.float32))
+  pieces = []
   L, pos = c.segment_len, 0
   while pos < t:
     n = min(chunk_segments * L, (t - pos) // L * L) or (t - pos)  # whole segments, then the tail
     ce, carry = fn(params, inputs[:, pos:pos + n], targets[:, pos:pos + n], carry)
-    total = total + ce
+    if per_token:
+      pieces.append(ce)
+    else:
+      total = total + ce
     pos += n
+  if per_token:
+    return jnp.concatenate(pieces, axis=1), b * t, carry
   return total, b * t, carry
 
 
 _EVAL_FNS: dict = {}
 
 
-def _eval_fn(model: CRTLM):
-  """Jitted (params, inputs, targets, carry) -> (loss_sum, carry); a tail shorter than one segment
-  is applied as a single segment."""
-  key = model.config
+def _eval_fn(model: CRTLM, per_token: bool = False):
+  """Jitted (params, inputs, targets, carry) -> (loss_sum, carry), or ([b, n] losses, carry) with
+  `per_token`; a tail shorter than one segment is applied as a single segment."""
+  key = (model.config, per_token)
   if key not in _EVAL_FNS:
     def fn(params, inputs, targets, carry):
       if inputs.shape[1] < model.config.segment_len:
@@ -103,7 +111,7 @@ def _eval_fn(model: CRTLM):
             logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), targets)
       else:
         ce, carry = scan_segments(model, params, inputs, carry, targets)
-      return jnp.sum(ce), carry
+      return (ce.astype(jnp.float32) if per_token else jnp.sum(ce)), carry
     _EVAL_FNS[key] = jax.jit(fn)
   return _EVAL_FNS[key]
 

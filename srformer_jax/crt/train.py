@@ -168,6 +168,34 @@ def perplexity(model: CRTLM, params, ids: np.ndarray, batch: int) -> dict:
   return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": int(n)}
 
 
+def positions_in_document(ids: np.ndarray, eos_id: int) -> np.ndarray:
+  """Each token's index within its document, a document ending at (and including) `eos_id`."""
+  idx = np.arange(len(ids))
+  starts = np.r_[True, np.asarray(ids)[:-1] == eos_id]
+  return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
+def perplexity_by_position(model: CRTLM, params, ids: np.ndarray, batch: int, edges=(0, 512, 2048),
+                           eos_id: int = 0) -> list[dict]:
+  """Perplexity of the predicted words bucketed by their position within their document (the
+  buckets [edges[i], edges[i+1]), the last open-ended), read as `perplexity` reads the split: `batch`
+  parallel streams, each carrying its memory throughout (a stream that starts inside a document
+  has not seen its beginning, whatever the model)."""
+  inputs, targets = lm_data.eval_streams(ids, batch)
+  where = lm_data.batchify(positions_in_document(ids, eos_id), batch)[:, 1:]  # [batch, N - 1]
+  ce, _, _ = stream.evaluate_stream(model, jax.device_get(params), jnp.asarray(inputs), jnp.asarray(targets),
+                                    per_token=True)
+  ce = np.asarray(ce, np.float64)
+  out = []
+  for lo, hi in zip(edges, tuple(edges[1:]) + (None,)):
+    sel = (where >= lo) & (where < hi) if hi is not None else where >= lo
+    n = int(sel.sum())
+    nll = float(ce[sel].sum() / n) if n else float("nan")
+    out.append({"from": int(lo), "to": None if hi is None else int(hi), "tokens": n, "nll": nll,
+                "ppl": math.exp(min(nll, 50.0)) if n else float("nan")})
+  return out
+
+
 def setup(cfg, workdir: str):
   """(model, vocab, {split: ids}); the vocabulary is also written to workdir/vocab.txt."""
   os.makedirs(workdir, exist_ok=True)
@@ -265,9 +293,11 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict:
   return last
 
 
-def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best") -> dict:
+def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best", by_position=None) -> dict:
   """Perplexity on `splits` of the best-validation checkpoint (`which="best"`, when training kept
-  one; else the latest) or of the latest (`which="latest"`); written to workdir/eval_results.json."""
+  one; else the latest) or of the latest (`which="latest"`); written to workdir/eval_results.json.
+  `by_position` (bucket edges, e.g. (0, 512, 2048)): also `<split>_by_position`, the perplexity by
+  position within the document (`perplexity_by_position`)."""
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   validate_config(cfg)
@@ -285,5 +315,8 @@ def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best") -
   for split in splits:
     if split in ids:
       results[split] = perplexity(model, params, ids[split], cfg.data.eval_batch_size)
+      if by_position:
+        results[f"{split}_by_position"] = perplexity_by_position(
+            model, params, ids[split], cfg.data.eval_batch_size, by_position, vocab.index[lm_data.EOS])
   runfiles.write_json(os.path.join(workdir, runfiles.EVAL_RESULTS), results, indent=2)
   return results
