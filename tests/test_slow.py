@@ -102,7 +102,7 @@ def test_reader_quick_exports_a_checkpoint_the_sweep_can_start_from(tmp_path, sh
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["cpu_efficiency", "cpu_allocator", "cross_attention_cost", "decode_scaling", "input_pipeline",
-                                    "default_job", "long_inputs",
+                                    "default_job", "default_job_compare", "long_inputs", "xla_cpu_flags",
                                     "train_throughput", "vs_hf_torch"])
 def test_benchmark_quick(tmp_path, script):
   """Each benchmark's --quick mode runs against the current library and writes its JSON (the
