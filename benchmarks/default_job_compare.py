@@ -67,6 +67,38 @@ def _rows(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+DECODINGS = {  # name -> decode overrides; "beam2_block3" is configs/default.py's
+    "greedy": dict(num_beams=1, no_repeat_ngram_size=0),
+    "greedy_block3": dict(num_beams=1, no_repeat_ngram_size=3),
+    "beam2_block3": dict(num_beams=2, no_repeat_ngram_size=3),
+    "beam4_block3": dict(num_beams=4, no_repeat_ngram_size=3),
+    "beam4_block3_lp2": dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=2.0),
+}
+
+
+def decodings(workdir: str, examples: int) -> list[dict]:
+  """The trained default run in `workdir` decoding the first `examples` validation docstrings with
+  each of DECODINGS (everything else as configs/default.py)."""
+  from configs import default
+  from srformer_jax import eval_lib
+  out = []
+  for name, fields in DECODINGS.items():
+    cfg = default.get_config()
+    cfg.data.update(eval_split="validation", max_eval_examples=examples)
+    cfg.decode.update(fields)
+    with tempfile.TemporaryDirectory() as tmp:
+      t0 = time.perf_counter()
+      scores = eval_lib.evaluate(cfg, workdir, out_dir=tmp)
+      seconds = time.perf_counter() - t0
+      with open(os.path.join(tmp, "predictions.jsonl")) as f:
+        preds = [json.loads(line)["prediction"] for _, line in zip(range(3), f)]
+    out.append(dict(name=name, decode=fields, rouge1=scores["rouge1"], rouge2=scores["rouge2"],
+                    rougeL=scores["rougeL"], examples_scored=scores["num_examples"], eval_s=seconds,
+                    first_predictions=preds))
+    print(json.dumps(out[-1]), flush=True)
+  return out
+
+
 def lead_baselines(examples: int, words=(8, 12)) -> list[dict]:
   """ROUGE of copying the first n words of each validation docstring (its name, signature and first
   words): what a model must beat to have learnt more than where a summary's words usually are."""
@@ -90,6 +122,9 @@ def main():
   p.add_argument("--budget_s", type=float, default=300.0, help="training seconds per variant")
   p.add_argument("--eval_examples", type=int, default=400, help="validation docstrings scored")
   p.add_argument("--variants", default="", help="comma-separated names of VARIANTS (default: all; --quick: one)")
+  p.add_argument("--decodings", default="",
+                 help="a trained default run (train.py --config=configs/default.py): only compare DECODINGS "
+                      "on it, into the existing JSON")
   p.add_argument("--baselines_only", action="store_true",
                  help="only (re)compute the lead baselines into the existing JSON")
   p.add_argument("--append", action="store_true",
@@ -101,10 +136,13 @@ def main():
   probe_steps, budget = (4, 5.0) if args.quick else (60, args.budget_s)
   tag = f"default_job_compare_{'quick' if args.quick else args.platform}"
   path = os.path.join(args.out, tag + ".json")
-  if args.baselines_only:
+  if args.baselines_only or args.decodings:
     with open(path) as f:
       payload = json.load(f)
-    payload["baselines"] = lead_baselines(payload["eval_examples"])
+    if args.decodings:
+      payload["decodings"] = decodings(args.decodings, 2 if args.quick else payload["eval_examples"])
+    else:
+      payload["baselines"] = lead_baselines(payload["eval_examples"])
     common.write(args.out, tag, payload)
     return
   records = []
@@ -136,6 +174,8 @@ def main():
                           rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
                           examples_scored=rouge["num_examples"], first_predictions=preds))
       print(json.dumps(records[-1]), flush=True)
+      if args.quick:  # the decoding comparison's code, on this run
+        quick_decodings = decodings(workdir, 2)
   if args.append and os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
@@ -146,6 +186,8 @@ def main():
   payload = {"machine": common.machine(jax), "budget_s": budget, "split": "validation",
              "eval_examples": args.eval_examples, "seed": 0, "records": records,
              "baselines": lead_baselines(2 if args.quick else args.eval_examples)}
+  if args.quick:
+    payload["decodings"] = quick_decodings
   common.write(args.out, tag, payload)
   if not args.quick:
     import matplotlib

@@ -147,6 +147,14 @@ def default_job_compare(r: Results) -> str:
            f"{x['rouge2']:.1f}", x["first_predictions"][0].replace("|", "\\|")] for x in d["records"]]
   return (_table(["variant", "model / tokenizer", "steps", "last loss", "ROUGE-1", "ROUGE-2",
                   "first validation prediction"], rows)
+          + ("\n\nThe default model (configs/default.py, trained as the default job) decoding the same "
+             "validation docstrings:\n\n" + _table(
+                 ["decoding", "beams", "n-gram block", "length penalty", "ROUGE-1", "ROUGE-2", "seconds",
+                  "first prediction"],
+                 [[f"`{x['name']}`", str(x["decode"]["num_beams"]), str(x["decode"]["no_repeat_ngram_size"]),
+                   str(x["decode"].get("length_penalty", 1.0)), f"{x['rouge1']:.1f}", f"{x['rouge2']:.1f}",
+                   f"{x['eval_s']:.0f}", x["first_predictions"][0].replace("|", "\\|")]
+                  for x in d["decodings"]]) if d.get("decodings") else "")
           + "".join(f"\n\nCopying the first {b['name'].split('_')[1]} words of each docstring scores ROUGE-1 "
                     f"{b['rouge1']:.1f} on the same examples." for b in d.get("baselines", [])[-1:])
           + f"\n\nEach variant trained for about {d['budget_s']:.0f} s on a {_machine(d['machine'])} (its steps "
@@ -240,6 +248,9 @@ def cpu_efficiency(r: Results) -> str:
           "\"Its matmuls alone\": every matmul of the compiled step timed on its own at its shapes, summed "
           "(what its products cost on their own), and in brackets the share of the peak the step would reach if "
           "nothing else took time. "
+          + (f"Rows {', '.join(f'`{n}`' for n in d['rows_from_an_earlier_run'])} are from an earlier run of the "
+             "script (`--only` re-measured the others), their shares against that run's peak. "
+             if d.get("rows_from_an_earlier_run") else "")
           + r.files("cpu_efficiency_cpu.json", "cpu_efficiency_cpu.png"))
 
 
