@@ -641,9 +641,22 @@ def main():
         r.update(before_step_s=b["step_s"], speedup_vs_before=b["step_s"] / r["step_s"])
       elif b and "test_set_s" in r:
         r.update(before_test_set_s=b["test_set_s"], speedup_vs_before=b["test_set_s"] / r["test_set_s"])
+  kept = []
+  out_path = os.path.join(args.out, f"cpu_efficiency_{name}.json")
+  if args.only and os.path.exists(out_path):
+    # rows not measured this time keep their earlier measurement (and the peak of that run)
+    with open(out_path) as f:
+      earlier = json.load(f)
+    measured = {r["name"] for r in rows}
+    for r in earlier["rows"]:
+      if r["name"] not in measured:
+        r.setdefault("peak_flops_per_s_of_its_run", earlier["matmul_peak"]["flops_per_s"])
+        kept.append(r)
+    order = [r["name"] for r in earlier["rows"]]
+    rows = sorted(rows + kept, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
   payload = {"machine": common.machine(jax), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
              "matmul_peak": peak, "shapes": {"sweep": sweep, "crt": crt, "t5_small": t5}, "goals": GOALS,
-             "rows": rows,
+             "rows": rows, "rows_from_an_earlier_run": [r["name"] for r in kept],
              "note": "share_of_peak = reference_flops / step_s / matmul peak, the peak being the faster of "
                      "two measurements (before and after the rows), each the fastest of 20 calls (runs "
                      "before this field's change took the median); time_split by ablation "
@@ -651,7 +664,9 @@ def main():
                      "WordPTB rows count a scanned step's loop body once (XLA's cost analysis); their "
                      "reference_flops count every segment (recorded with the scan unrolled). "
                      "speedup_vs_before: against cpu_efficiency_cpu_before.json (the code before the "
-                     "speed-ups, same machine kind)."}
+                     "speed-ups, same machine kind). rows_from_an_earlier_run: rows --only did not measure "
+                     "this time, kept with their shares against their own run's peak "
+                     "(peak_flops_per_s_of_its_run)."}
   common.write(args.out, f"cpu_efficiency_{name}", payload)
   plot(rows, peak["flops_per_s"], os.path.join(args.out, f"cpu_efficiency_{name}.png"),
        f"train steps on {payload['machine']['cpu']} x{payload['machine']['cpu_count']}: XLA flops / step time")
