@@ -828,6 +828,143 @@ def grid_cells(r: Results) -> str:
                      + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
 
 
+LONG = "long_dialogsum_cpu"
+LONG_MISSING = ("(no cell of a clean commit yet: `python benchmarks/segment_sweep.py --preset long1024 --reader "
+                "benchmarks/reader/cpu_infill --runs DIR` from a clean tree)")
+
+
+def _long(r: Results):
+  """(payload, commit, its cells, other cells, groups by name, complete groups) of the long-input
+  grid, or None."""
+  d = r.load(f"{LONG}.json")
+  if d is None or not d.get("cells"):
+    return None
+  commit, cells, other = sweep_stats.one_commit(d["cells"])
+  if not cells:
+    return None
+  by = sweep_stats.by_group(sweep_stats.aggregate(cells))
+  return d, commit, cells, other, by, _complete(d, by)
+
+
+def _positions(g: dict, key: str) -> str:
+  pos = g.get(key)
+  return " / ".join(f"{p['mean']:.1f}" for p in pos) if pos else "–"
+
+
+def _long_gate_line(v: dict) -> str:
+  if not v["complete"]:
+    return "gate: incomplete (full attention has not all its seeds yet)"
+  return (f"gate: {'**passes**' if v['holds'] else '**fails**'} (full attention's source gain "
+          f"{v['source_gain']:.2f} nats/token, >= {sweep_stats.GATE_SOURCE_GAIN:g}: "
+          f"{_yes(v['source_gain'] >= sweep_stats.GATE_SOURCE_GAIN)}; distinct test predictions "
+          f"{v['distinct_predictions']:.0f}, >= {sweep_stats.GATE_DISTINCT}: "
+          f"{_yes(v['distinct_predictions'] >= sweep_stats.GATE_DISTINCT)})")
+
+
+def long_dialogsum(r: Results) -> str:
+  """The long-input grid (four dialogues in, k = 1024): per group test and dev ROUGE-1, ROUGE-1 by
+  position, source gain, distinct predictions; the gate and the claim's rule at s = 8 and 64."""
+  g = _long(r)
+  if g is None:
+    return LONG_MISSING
+  d, commit, cells, other, by, done = g
+  o = d["overrides"]
+  rows = []
+  for x in _sweep_groups({"groups": list(by.values())}):
+    rows.append([x["kind"], x["s"] or "–", len(x["seeds"]), format_ci(x["rouge1"]), format_ci(x["rouge1_dev"]),
+                 _positions(x, "rouge1_by_position"), _positions(x, "rouge1_dev_by_position"),
+                 format_ci(x["source_gain"], ".3f"), format_ci(x["distinct_predictions"], ".0f")])
+  table = _table(["kind", "s", "seeds", "ROUGE-1 test (95% CI)", "ROUGE-1 dev", "by position, test",
+                  "by position, dev", "source gain", "distinct (of 500)"], rows)
+  ex = cells[0]
+  head = (f"{len(cells)} of {len(d['cells_planned'])} planned cells, each fine-tuned {o['train.num_steps']} steps "
+          f"of batch {o['train.batch_size']} (lr {o['train.learning_rate']}, {o['train.warmup_steps']} warmup steps, "
+          f"linear decay) from the reader at k = {o['data.max_source_len']}, q = {o['data.max_target_len']}; "
+          f"beam {o['decode.num_beams']}, no repeated {o['decode.no_repeat_ngram_size']}-gram; ROUGE-1 on "
+          f"{ex['eval_examples']} test inputs (`summary1` joined)"
+          + (f" and {ex['dev_examples']} dev inputs" if ex.get("dev_examples") else "")
+          + "; by position: the i-th summary of an output against the i-th reference; 95% intervals: t over "
+          f"seeds, or a bootstrap over examples for one seed. {_machine(d.get('machine'))}; every cell "
+          f"trained at commit {_short_commit(commit)} with a clean tree.")
+  if other:
+    head += (" Left out (another commit or a changed tree): "
+             + ", ".join(f"{c['name']} ({_short_commit(c.get('git_commit'))})" for c in other) + ".")
+  gate = sweep_stats.long_gate(done)
+  lines = [_long_gate_line(gate)]
+  for split, metric in SPLITS:
+    for s in (8, 64):
+      v = sweep_stats.claim_at(done, s, metric, with_xl=False)
+      line = _claim_line(v, split)
+      lines.append(line if gate["holds"] or not gate["complete"] else
+                   line + " (not a comparison: the gate fails, so these differences are not evidence)")
+  todo = [n for n in d["cells_planned"] if n not in {c["name"] for c in d["cells"]}]
+  rule = ("Verdicts use only groups with all their planned seeds. Rules, fixed before the runs (issue 36): gate, "
+          f"full attention's source gain >= {sweep_stats.GATE_SOURCE_GAIN:g} nats/token and >= "
+          f"{sweep_stats.GATE_DISTINCT} distinct predictions of 500; claim, at each s, segmented below full and "
+          "srformer above segmented with separated 95% intervals, srformer >= 0.9 x full (xl reported beside).")
+  links = r.files(f"{LONG}.json")
+  for png in (f"{LONG}_positions.png", f"{LONG}_fig4.png"):
+    if os.path.exists(r.path(png)):
+      links += " · " + r.files(png)
+  return "\n\n".join([head, table, _bullets(lines), rule, links]
+                      + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
+
+
+def long_dialogsum_cost(r: Results) -> str:
+  """Train step and greedy decoding per token of each kind at k = 1024 (benchmarks/long_cost.py)."""
+  d = r.load("long_dialogsum_cost_cpu.json")
+  if d is None:
+    return "(not measured yet: `python benchmarks/long_cost.py`)"
+  rows = [[x["kind"], x["s"] or "–", f"{x['train_step_s']:.2f} s", f"{x['train_step_vs_full']:.2f}",
+           f"{x['decode_per_token_ms']:.2f} ms", f"{x['decode_per_token_vs_full']:.2f}"] for x in d["rows"]]
+  return (_table(["kind", "s", "train step", "/ full", "greedy decode per token", "/ full"], rows)
+          + f"\n\nThe reader's model (random weights), k = {d['k']}, q = {d['q']}, batch {d['batch']}, "
+          f"{d['new_tokens']} tokens decoded, {d['threads']} XLA thread{'s' if d['threads'] > 1 else ''}; medians of "
+          f"{d['rounds']} interleaved rounds; {_machine(d.get('machine'))}. "
+          + r.files("long_dialogsum_cost_cpu.json", "long_dialogsum_cost_cpu.png"))
+
+
+def glance_long_dialogsum(r: Results) -> str:
+  """The README's line for the long-input grid: srformer and segmented at s = 8 against full, test."""
+  g = _long(r)
+  if g is None:
+    return "Four dialogues in (k = 1024): " + LONG_MISSING
+  d, commit, cells, other, by, done = g
+  parts = []
+  for kind, s in (("full", None), ("segmented", 8), ("srformer", 8), ("xl", 8)):
+    x = by.get(sweep_stats.name(kind, s))
+    if x:
+      parts.append(f"{kind}{'' if s is None else f' s = {s}'} {format_ci(x['rouge1'])} ({len(x['seeds'])} seeds)")
+  gate = sweep_stats.long_gate(done)
+  v = sweep_stats.claim_at(done, 8, "rouge1", with_xl=False)
+  return (f"Four dialogues in, four summaries out (k = 1024, m = 128 segments at s = 8; test ROUGE-1): "
+          + "; ".join(parts) + f". Gate {'passes' if gate['holds'] else 'fails' if gate['complete'] else 'incomplete'}"
+          + f"; claim at s = 8: {_state(v)}. Commit {_short_commit(commit)}; "
+          + r.files(f"{LONG}.json") + " · [details](docs/segment_sweep.md#long-inputs-four-dialogues-in-four-summaries-out)")
+
+
+def glance_crt_scisumm(r: Results) -> str:
+  """The README's line for CRT on the ScisummNet papers: test perplexity per model, gate and claim."""
+  d = r.load("crt_scisumm_cpu.json")
+  if d is None or "aggregate" not in d:
+    return "CRT on long documents (ScisummNet papers, L = 512): not run yet (`python benchmarks/crt_ptb.py --preset scisumm`)."
+  agg = d["aggregate"]
+  parts = [f"{m['name']} {format_ci(m['test_ppl'], '.1f')} ({m['test_ppl']['n']} seeds)" for m in agg["models"]]
+  verdicts = []
+  for context, g in sorted(agg.get("gate", {}).items(), key=lambda kv: int(kv[0])):
+    c = agg.get("claim", {}).get(context, {})
+    if g["seeds"] < 3 or c.get("seeds", 0) < 3:
+      verdicts.append(f"L = {context}: gate and claim wait for 3 seeds")
+      continue
+    verdicts.append(f"L = {context}: gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
+                    f"{g['segmented_L/4_over_full']:.3f}), claim {'holds' if c.get('holds') else 'does not hold'} "
+                    f"(crt_L/4 / full_L = {c.get('crt_L/4_over_full', float('nan')):.3f} at "
+                    f"{c.get('crt_L/4_flops_over_full', float('nan')):.2f}× its FLOPs)")
+  return ("CRT on long documents (ScisummNet papers as one word stream; test perplexity): " + "; ".join(parts)
+          + (". " + "; ".join(verdicts) if verdicts else "") + ". "
+          + r.files("crt_scisumm_cpu.json") + " · [details](docs/crt.md)")
+
+
 def alternatives(r: Results) -> str:
   """Quality against cost for every kind (benchmarks/alternatives.py), with the verdicts."""
   d = r.load("cross_attention_alternatives_cpu.json")
@@ -1172,6 +1309,10 @@ RENDERERS = {
     "grid_budget": grid_budget,
     "grid_cells": grid_cells,
     "alternatives": alternatives,
+    "long_dialogsum": long_dialogsum,
+    "long_dialogsum_cost": long_dialogsum_cost,
+    "glance_long_dialogsum": glance_long_dialogsum,
+    "glance_crt_scisumm": glance_crt_scisumm,
     "reader": reader,
     "scisumm_corpus": scisumm_corpus,
     "long_dialogsum_data": long_dialogsum_data,

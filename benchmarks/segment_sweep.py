@@ -425,8 +425,12 @@ def collect(cell: dict, workdir: str, timing: dict, cfg=None, positions: bool = 
                rouge1_dev_per_example=per_example_rouge1(dev_preds))
     if positions:
       dev["rouge1_dev_by_position"] = rouge1_by_position(dev_preds)
-  if positions:
+  if positions:  # the long-input grid: per-position ROUGE-1, its input length, its steps' pace
     dev["rouge1_by_position"] = rouge1_by_position(preds)
+    rates = [r["steps_per_s"] for r in rows[1:] if r.get("steps_per_s")]  # the first interval compiles
+    dev["train_s_per_step"] = 1.0 / statistics.median(rates) if rates else None
+    if cfg is not None:
+      dev["max_source_len"] = cfg.data.max_source_len
   return dict(cell, **dev, rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], rougeL=rouge["rougeL"],
               rougeLsum=rouge["rougeLsum"], eval_examples=rouge["num_examples"], steps=steps,
               final_train_loss=statistics.mean(tail), wall_s=timing["wall_s"],
@@ -479,6 +483,38 @@ def verdict(groups: list[dict]) -> dict:
     if seg and v:
       out[kind] = against(v)
   return out
+
+
+def plot_positions(groups: list[dict], out_dir: str, name: str):
+  """The long-input grid: ROUGE-1 of the i-th output summary against the i-th reference, per kind, one
+  panel per segment size (full attention in each), test split, 95% interval bars."""
+  plt = common.plt()
+  sizes = sorted({g["s"] for g in groups if g["s"]})
+  if not sizes:
+    return
+  fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4), sharey=True, squeeze=False)
+  styles = {"full": "k", "segmented": "tab:red", "xl": "tab:orange", "srformer": "tab:blue"}
+  for ax, s in zip(axes[0], sizes):
+    for kind, color in styles.items():
+      g = next((g for g in groups if g["kind"] == kind and g["s"] == (None if kind == "full" else s)
+                and g.get("rouge1_by_position")), None)
+      if g is None:
+        continue
+      pos = g["rouge1_by_position"]
+      xs = [i + 1 + 0.04 * (list(styles).index(kind) - 1.5) for i in range(len(pos))]
+      yerr = [[p["mean"] - (p["lo"] if p.get("lo") is not None else p["mean"]) for p in pos],
+              [(p["hi"] if p.get("hi") is not None else p["mean"]) - p["mean"] for p in pos]]
+      ax.errorbar(xs, [p["mean"] for p in pos], yerr=yerr, fmt="o-", color=color, capsize=3,
+                  label=f"{kind} (n={len(g['seeds'])})")
+    ax.set_xticks(range(1, 5))
+    ax.set_xlabel("position of the dialogue in the input (1 = first)")
+    ax.set_title(f"s = {s}: k = 1024, m = {1024 // s} segments")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel("ROUGE-1 of that dialogue's summary (test)")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, f"{name}_positions.png"), dpi=110)
+  plt.close(fig)
 
 
 def plot(groups: list[dict], out_dir: str, name: str):
@@ -681,6 +717,8 @@ def main():
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
       common.write(args.out, name, payload)
       plot(groups, args.out, name)
+      if args.positions:
+        plot_positions(groups, args.out, name)
 
 
 def _relative(value):

@@ -11,6 +11,9 @@ rules of the 1500-step grid, fixed before its numbers (issue 35):
                 at the smallest s is at least 3 points below segmented at the largest;
   table4(s)     srformer above each ablation (intervals separated), and the ablations' order
                 beside the paper's.
+The long-input grid (issue 36, four dialogues in) judges `claim_at(s, with_xl=False)` (xl is
+reported, not part of its rule) behind `long_gate`: full attention reads its source (source gain
+>= 0.5 nats/token) and tells its inputs apart (>= 450 distinct predictions of 500).
 Each takes the metric it is judged on (`rouge1`: test; `rouge1_dev`: dev).
 """
 
@@ -23,6 +26,8 @@ from benchmarks import stats
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions",
            "rouge1_dev")
 PER_EXAMPLE = {"rouge1": "rouge1_per_example", "rouge1_dev": "rouge1_dev_per_example"}
+BY_POSITION = ("rouge1_by_position", "rouge1_dev_by_position")  # the long-input grid's per-position ROUGE-1
+GATE_SOURCE_GAIN, GATE_DISTINCT = 0.5, 450
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
 SHAPE_SPREAD, SHAPE_COLLAPSE = 2.0, 3.0  # ROUGE-1 points
 
@@ -49,6 +54,10 @@ def aggregate(results: list[dict]) -> list[dict]:
         g[metric] = dict(g[metric], lo=boot["lo"], hi=boot["hi"], interval=f"bootstrap over {split} examples")
       elif len(rs) > 1:
         g[metric]["interval"] = "t over seeds"
+    for metric in BY_POSITION:  # one interval per position, over seeds
+      vals = [r[metric] for r in rs if r.get(metric)]
+      if vals:
+        g[metric] = [stats.mean_ci([v[i] for v in vals]) for i in range(len(vals[0]))]
     out.append(g)
   return out
 
@@ -79,9 +88,10 @@ def _above(a: dict, b: dict, metric: str) -> bool:
   return bool(a[metric]["mean"] > b[metric]["mean"] and stats.separated(a[metric], b[metric]))
 
 
-def claim_at(by: dict, s: int, metric: str = "rouge1") -> dict:
+def claim_at(by: dict, s: int, metric: str = "rouge1", with_xl: bool = True) -> dict:
   """The paper's claim at segment size s (Table 3 / Fig. 4) on `metric`; keys missing where a group
-  has not run, `holds` only when every test is in and passes."""
+  has not run, `holds` only when every test is in and passes. `with_xl=False`: the rule without
+  "xl between" (the long-input grid's, issue 36)."""
   full, seg, srf, xl = by.get("full"), by.get(name("segmented", s)), by.get(name("srformer", s)), by.get(name("xl", s))
   have = lambda g: g is not None and g.get(metric) is not None  # noqa: E731
   out = {"s": s, "metric": metric}
@@ -95,10 +105,22 @@ def claim_at(by: dict, s: int, metric: str = "rouge1") -> dict:
   if have(seg) and have(srf) and have(xl):
     lo, hi = sorted((seg[metric]["mean"], srf[metric]["mean"]))
     out["xl_between"] = bool(lo <= xl[metric]["mean"] <= hi)
-  keys = ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full", "xl_between")
+  keys = ("segmented_below_full", "srformer_above_segmented", "srformer_within_10pct_of_full") + (
+      ("xl_between",) if with_xl else ())
   out["complete"] = all(k in out for k in keys)
   out["holds"] = out["complete"] and all(out[k] for k in keys)
   return out
+
+
+def long_gate(by: dict) -> dict:
+  """Issue 36's gate before the long-input comparison: full attention's mean source gain >= 0.5
+  nats/token and mean distinct test predictions >= 450 (of 500)."""
+  full = by.get("full")
+  if not full or not full.get("source_gain") or not full.get("distinct_predictions"):
+    return {"complete": False, "holds": False}
+  gain, distinct = full["source_gain"]["mean"], full["distinct_predictions"]["mean"]
+  return {"complete": True, "source_gain": gain, "distinct_predictions": distinct,
+          "holds": bool(gain >= GATE_SOURCE_GAIN and distinct >= GATE_DISTINCT)}
 
 
 def shape(by: dict, sizes, metric: str = "rouge1") -> dict:

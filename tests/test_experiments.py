@@ -93,6 +93,45 @@ def test_report_renders_the_grid_from_one_commit(tmp_path):
   assert "incomplete" in report.render("grid_table4", str(tmp_path))
 
 
+def _long_payload(cells, planned_extra=()):
+  for c in cells:
+    c.update(eval_examples=500, dev_examples=500, rouge1_per_example=[c["rouge1"]] * 4,
+             rouge1_dev_per_example=[c["rouge1_dev"]] * 4, test_loss=3.0,
+             rouge1_by_position=[c["rouge1"] + 4 - i for i in range(4)],
+             rouge1_dev_by_position=[c["rouge1_dev"] - i for i in range(4)])
+    c.setdefault("source_gain", 0.6)
+    c.setdefault("distinct_predictions", 490)
+  return {"overrides": {"train.num_steps": 1000, "train.batch_size": 8, "train.learning_rate": 1e-3,
+                        "train.warmup_steps": 50, "data.max_source_len": 1024, "data.max_target_len": 256,
+                        "decode.num_beams": 2, "decode.no_repeat_ngram_size": 4},
+          "cells": cells, "cells_planned": [c["name"] for c in cells] + list(planned_extra), "machine": "test machine"}
+
+
+def test_long_grid_gate_rule_and_positions(tmp_path):
+  from benchmarks import report
+  cells = [_cell("full", None, i, 30) for i in range(3)] + [_cell("segmented", 8, i, 25) for i in range(3)]
+  cells += [_cell("srformer", 8, i, 28.5) for i in range(3)] + [_cell("xl", 8, i, 31) for i in range(3)]
+  # per position: one interval per position over the seeds
+  by = _by([dict(c) for c in _long_payload([dict(c) for c in cells])["cells"]])
+  pos = by["full"]["rouge1_by_position"]
+  assert [p["mean"] for p in pos] == pytest.approx([34.2, 33.2, 32.2, 31.2]) and pos[0]["n"] == 3
+  # the long rule leaves xl out: xl above srformer does not fail it (the 1500-step grid's rule would)
+  assert sweep_stats.claim_at(by, 8, with_xl=False)["holds"] and not sweep_stats.claim_at(by, 8)["holds"]
+  payload = _long_payload([dict(c) for c in cells], planned_extra=["segmented_s64_padded"])
+  (tmp_path / f"{report.LONG}.json").write_text(json.dumps(payload))
+  out = report.render("long_dialogsum", str(tmp_path))
+  assert "12 of 13 planned cells" in out and "gate: **passes**" in out
+  assert "- s = 8, test: **holds**" in out and "- s = 64, test: incomplete" in out
+  assert "| full | – | 3 | 30.20 [" in out and "34.2 / 33.2 / 32.2 / 31.2" in out
+  assert "Not run yet (1): segmented_s64_padded." in out
+  assert "claim at s = 8: **holds**" in report.render("glance_long_dialogsum", str(tmp_path))
+  # a full attention that does not read its source: the gate fails and the comparison says so
+  blind = [dict(c, source_gain=0.1) if c["kind"] == "full" else dict(c) for c in cells]
+  (tmp_path / f"{report.LONG}.json").write_text(json.dumps(_long_payload(blind)))
+  out = report.render("long_dialogsum", str(tmp_path))
+  assert "gate: **fails**" in out and "not a comparison" in out
+
+
 def test_long_dialogsum_puts_every_evaluation_dialogue_once_at_each_position():
   groups = long_dialogsum.eval_groups(500, seed=1)
   assert groups.shape == (500, 4)
