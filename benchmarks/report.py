@@ -192,6 +192,23 @@ _GRAIN_LABELS = {"ours": "ours (`BatchIterator`)", "grain/sharded": "grain, shar
                  "grain/global": "grain, global index batches, rows per process"}
 
 
+def input_pipeline_merge_ab(r: Results) -> str:
+  """train.py's loop before and after the one-loop merge, run in turn in one sitting (sweep model)."""
+  folder = "input_pipeline_merge_ab"
+  runs = sorted(glob.glob(os.path.join(r.dir, folder, "*.json")))
+  if not runs:
+    return "(not measured)"
+  rows = []
+  for path in sorted(runs, key=lambda p: json.load(open(p))["sitting_order"] * 2 + ("main" in os.path.basename(p))):
+    d = json.load(open(path))
+    x = d["sizes"]["sweep"]
+    rows.append([d["code"], f"{x['loop_over_alone']:.3f}", " ".join(f"{v:.2f}" for v in x["loop_samples"]),
+                 " ".join(f"{v:.2f}" for v in x["alone_samples"]),
+                 r.files(f"{folder}/{os.path.basename(path)}")])
+  return (_table(["code", "loop / step alone", "loop samples (steps/s)", "step-alone samples (steps/s)", "file"],
+                  rows) + f"\n\nIn the order run; {_machine(json.load(open(runs[0])).get('machine'))}.")
+
+
 def grain_pipeline(r: Results) -> str:
   """grain against BatchIterator: exact resume, 2 processes against 1, host time per batch."""
   d = r.load("grain_pipeline_cpu.json")
@@ -1286,6 +1303,7 @@ RENDERERS = {
     "default_job_snippet": default_job_snippet,
     "default_job_compare": default_job_compare,
     "input_pipeline": input_pipeline,
+    "input_pipeline_merge_ab": input_pipeline_merge_ab,
     "grain_pipeline": grain_pipeline,
     "cpu_efficiency": cpu_efficiency,
     "cpu_allocator": cpu_allocator,
