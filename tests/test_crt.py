@@ -165,6 +165,10 @@ def test_perplexity_by_position_buckets_the_whole_split():
   assert sum(b["tokens"] for b in parts) == whole["tokens"]
   nll = sum(b["nll"] * b["tokens"] for b in parts) / whole["tokens"]
   np.testing.assert_allclose(nll, whole["nll"], rtol=1e-5)
+  # the one-pass form (evaluate's with buckets) gives perplexity's record too
+  one_pass, same_parts = lm_train.perplexity_and_positions(model, params, ids, 2, edges=(0, 3, 9), eos_id=0)
+  assert same_parts == parts and one_pass["tokens"] == whole["tokens"]
+  np.testing.assert_allclose(one_pass["nll"], whole["nll"], rtol=1e-5)
 
 
 def test_clear_errors():

@@ -181,19 +181,29 @@ def perplexity_by_position(model: CRTLM, params, ids: np.ndarray, batch: int, ed
   buckets [edges[i], edges[i+1]), the last open-ended), read as `perplexity` reads the split: `batch`
   parallel streams, each carrying its memory throughout (a stream that starts inside a document
   has not seen its beginning, whatever the model)."""
+  return perplexity_and_positions(model, params, ids, batch, edges, eos_id)[1]
+
+
+def perplexity_and_positions(model: CRTLM, params, ids: np.ndarray, batch: int, edges=(0, 512, 2048),
+                             eos_id: int = 0) -> tuple[dict, list[dict]]:
+  """(`perplexity`'s record, `perplexity_by_position`'s buckets) from one pass over the split."""
   inputs, targets = lm_data.eval_streams(ids, batch)
   where = lm_data.batchify(positions_in_document(ids, eos_id), batch)[:, 1:]  # [batch, N - 1]
   ce, _, _ = stream.evaluate_stream(model, jax.device_get(params), jnp.asarray(inputs), jnp.asarray(targets),
                                     per_token=True)
   ce = np.asarray(ce, np.float64)
+
+  def record(sel):
+    n = int(sel.sum())
+    nll = float(ce[sel].sum() / n) if n else float("nan")
+    return {"tokens": n, "nll": nll, "ppl": math.exp(min(nll, 50.0)) if n else float("nan")}
+
   out = []
   for lo, hi in zip(edges, tuple(edges[1:]) + (None,)):
     sel = (where >= lo) & (where < hi) if hi is not None else where >= lo
-    n = int(sel.sum())
-    nll = float(ce[sel].sum() / n) if n else float("nan")
-    out.append({"from": int(lo), "to": None if hi is None else int(hi), "tokens": n, "nll": nll,
-                "ppl": math.exp(min(nll, 50.0)) if n else float("nan")})
-  return out
+    out.append({"from": int(lo), "to": None if hi is None else int(hi), **record(sel)})
+  whole = record(np.ones_like(where, bool))
+  return {"nll": whole["nll"], "ppl": whole["ppl"], "tokens": whole["tokens"]}, out
 
 
 def setup(cfg, workdir: str):
@@ -314,9 +324,10 @@ def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best", b
              "model": dataclasses.asdict(model.config)}
   for split in splits:
     if split in ids:
-      results[split] = perplexity(model, params, ids[split], cfg.data.eval_batch_size)
-      if by_position:
-        results[f"{split}_by_position"] = perplexity_by_position(
+      if by_position:  # one pass gives both
+        results[split], results[f"{split}_by_position"] = perplexity_and_positions(
             model, params, ids[split], cfg.data.eval_batch_size, by_position, vocab.index[lm_data.EOS])
+      else:
+        results[split] = perplexity(model, params, ids[split], cfg.data.eval_batch_size)
   runfiles.write_json(os.path.join(workdir, runfiles.EVAL_RESULTS), results, indent=2)
   return results
