@@ -30,6 +30,32 @@ def run_child(cmd: list[str], what: str, env: dict | None = None):
   return json.loads(lines[-1].removeprefix(_RESULT))
 
 
+def huge_pages_env(env: dict, on: bool = True) -> dict:
+  """A child process's environment with glibc's malloc on huge pages set (`on`) or unset, the
+  benchmark's own choice: host_malloc's re-execution is told to leave it as given."""
+  from srformer_jax import host_malloc
+  env = dict(env, **{host_malloc.OPT_OUT: "0"})
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host_malloc.TUNABLE)]
+  env["GLIBC_TUNABLES"] = ":".join(tunables + ([f"{host_malloc.TUNABLE}=1"] if on else []))
+  return env
+
+
+def interleaved_rounds(rounds: int, settings: list, run) -> list[dict]:
+  """`rounds` rounds of `run(setting)` (a child process's report: {"rows": {name: {"step_s": ..}}})
+  for every setting, the order reversed every other round so a drift of the machine touches every
+  setting alike; each child's step times are printed as it finishes. Returns one {setting: report}
+  per round."""
+  out = []
+  for i in range(rounds):
+    result = {}
+    for setting in (settings if i % 2 == 0 else list(reversed(settings))):
+      result[setting] = run(setting)
+      print(f"round {i + 1}/{rounds}, {setting}: " + ", ".join(
+          f"{n} {m['step_s'] * 1e3:.0f} ms" for n, m in result[setting]["rows"].items()), flush=True)
+    out.append(result)
+  return out
+
+
 def parser(description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"],

@@ -67,10 +67,7 @@ def child(args) -> None:
 
 
 def run_child(args, huge: bool) -> dict:
-  from srformer_jax import host_malloc
-  env = dict(os.environ, **{host_malloc.OPT_OUT: "0"})  # the setting is this benchmark's to choose
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host_malloc.TUNABLE)]
-  env["GLIBC_TUNABLES"] = ":".join(tunables + ([f"{host_malloc.TUNABLE}=1"] if huge else []))
+  env = common.huge_pages_env(os.environ, huge)  # the setting is this benchmark's to choose
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", args.rows, "--platform", args.platform,
          "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
   return common.run_child(cmd, "cpu_allocator: the child process", env)
@@ -134,15 +131,7 @@ def main():
   if unknown:
     sys.exit(f"cpu_allocator: unknown row(s) {', '.join(sorted(unknown))}; rows: {', '.join(ROWS)}")
   load_before = os.getloadavg()
-  rounds = []
-  for i in range(args.rounds):
-    order = (False, True) if i % 2 == 0 else (True, False)
-    result = {}
-    for huge in order:
-      result[SETTINGS[huge]] = run_child(args, huge)
-      print(f"round {i + 1}/{args.rounds}, {SETTINGS[huge]}: " + ", ".join(
-          f"{n} {m['step_s'] * 1e3:.0f} ms" for n, m in result[SETTINGS[huge]]["rows"].items()), flush=True)
-    rounds.append(result)
+  rounds = common.interleaved_rounds(args.rounds, list(SETTINGS), lambda setting: run_child(args, setting == SETTINGS[True]))
   rows = summarize(rounds)
   jax = common.setup_platform(args.platform)
   name = "quick" if args.quick else args.platform

@@ -54,11 +54,8 @@ def child(args) -> None:
 
 
 def run_child(args, setting: str) -> dict:
-  from srformer_jax import host_malloc
-  env = dict(os.environ, XLA_FLAGS=SETTINGS[setting], **{host_malloc.OPT_OUT: "0"})
   # malloc on huge pages, as the jobs run (host_malloc.py)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(host_malloc.TUNABLE)]
-  env["GLIBC_TUNABLES"] = ":".join(tunables + [f"{host_malloc.TUNABLE}=1"])
+  env = common.huge_pages_env(dict(os.environ, XLA_FLAGS=SETTINGS[setting]))
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--rows", args.rows, "--platform", args.platform,
          "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
   return common.run_child(cmd, f"xla_cpu_flags: the child process ({setting})", env)
@@ -122,15 +119,7 @@ def main():
   if unknown:
     sys.exit(f"xla_cpu_flags: unknown row(s) {', '.join(sorted(unknown))}; rows: {', '.join(ROWS)}")
   load_before = os.getloadavg()
-  rounds = []
-  for i in range(args.rounds):
-    order = list(SETTINGS) if i % 2 == 0 else list(reversed(SETTINGS))
-    result = {}
-    for setting in order:
-      result[setting] = run_child(args, setting)
-      print(f"round {i + 1}/{args.rounds}, {setting}: " + ", ".join(
-          f"{n} {m['step_s'] * 1e3:.0f} ms" for n, m in result[setting]["rows"].items()), flush=True)
-    rounds.append(result)
+  rounds = common.interleaved_rounds(args.rounds, list(SETTINGS), lambda setting: run_child(args, setting))
   rows = summarize(rounds)
   jax = common.setup_platform(args.platform)
   name = "quick" if args.quick else args.platform
