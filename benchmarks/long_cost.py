@@ -4,9 +4,9 @@ The long-input grid's model (the reader `benchmarks/reader/cpu_infill`: d 128, 2
 4,000-piece vocabulary), its shapes (k 1024, q 256, batch 8) and its dropout (0.1), with the grid's
 kinds: full; segmented, srformer and xl at s = 8 and 64. Per kind:
   train step   one jitted train step (`train_lib.make_train_step`, AdamW as the grid), seconds;
-  decode       greedy decoding per generated token (`decoding.generate_from_encoded`, EOS banned so
-               every run decodes `--new_tokens`), the per-input work (cross-attention K/V, SRformer's
-               K^T V and ||K||) subtracted as decode_scaling.py does, milliseconds.
+  decode       greedy decoding per generated token (`decoding.greedy_from_cache`, EOS banned so
+               every run decodes `--new_tokens`), from a cache made beforehand: the per-input work
+               (cross-attention K/V, SRformer's K^T V and ||K||) is timed apart, milliseconds.
 Random weights and inputs (the time does not depend on the values). Rounds are interleaved (each
 round times every kind once, in a rotated order) so a slow minute of the machine touches every kind;
 the medians over rounds are reported with each kind's ratio to full. `--threads 1` (default): one
@@ -32,14 +32,14 @@ SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads
 
 
 def setups(kinds, k: int, q: int, batch: int, new_tokens: int, steps: int):
-  """Per kind: (train(), decode(), init()) closures that run jitted work and block on its result."""
+  """Per kind: train(), init() -> cache and steps(cache): jitted work, each blocking on its result."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   from srformer_jax import DecodeConfig, ModelConfig, build_model, init_params
-  from srformer_jax.decoding import generate_from_encoded
+  from srformer_jax.decoding import greedy_from_cache
   from srformer_jax.train_lib import TrainState, make_train_step
 
   rng = np.random.default_rng(0)
@@ -65,11 +65,13 @@ def setups(kinds, k: int, q: int, batch: int, new_tokens: int, steps: int):
     dc = DecodeConfig(max_len=new_tokens, min_len=new_tokens)  # EOS banned: always new_tokens steps
     enc = jax.random.normal(jax.random.key(1), (batch, k, cfg.d_model))
     mask = jnp.ones((batch, k), jnp.int32)
-    dec = jax.jit(lambda p, e, m, model=model: generate_from_encoded(model, p, e, m, dc)[0])
+    decode_steps = jax.jit(lambda p, cache, model=model: greedy_from_cache(model, {"params": p}, cache, batch, dc)[::2],
+                           donate_argnums=(1,))  # the cache is made anew for each call
     ini = jax.jit(lambda p, e, m, model=model: model.apply({"params": p}, e, m, new_tokens,
                                                            method=model.init_cache))
-    out[(kind, s)] = dict(train=train, decode=lambda dec=dec, p=params: jax.block_until_ready(dec(p, enc, mask)),
-                          init=lambda ini=ini, p=params: jax.block_until_ready(ini(p, enc, mask)))
+    out[(kind, s)] = dict(train=train,
+                          init=lambda ini=ini, p=params: jax.block_until_ready(ini(p, enc, mask)),
+                          steps=lambda cache, fn=decode_steps, p=params: jax.block_until_ready(fn(p, cache)))
   return out
 
 
@@ -94,25 +96,30 @@ def main():
   compile_s = {}
   for key, f in fns.items():  # compile everything first: the rounds time only runs
     t0 = time.perf_counter()
-    f["train"](), f["decode"](), f["init"]()
+    f["train"](), f["steps"](f["init"]())
     compile_s[key] = time.perf_counter() - t0
-  samples = {key: {"train_step_s": [], "decode_total_s": [], "decode_init_s": []} for key in fns}
+  samples = {key: {"train_step_s": [], "decode_steps_s": [], "decode_init_s": []} for key in fns}
   from tqdm.auto import tqdm
   for r in tqdm(range(rounds), desc="rounds"):
     order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotated: no kind always first
     for key in order:
-      f = fns[key]
-      for name, fn, per in (("train_step_s", f["train"], args.steps), ("decode_total_s", f["decode"], 1),
-                            ("decode_init_s", f["init"], 1)):
-        t0 = time.perf_counter()
-        fn()
-        samples[key][name].append((time.perf_counter() - t0) / per)
+      f, x = fns[key], samples[key]
+      t0 = time.perf_counter()
+      f["train"]()
+      t1 = time.perf_counter()
+      cache = f["init"]()
+      t2 = time.perf_counter()
+      f["steps"](cache)
+      t3 = time.perf_counter()
+      x["train_step_s"].append((t1 - t0) / args.steps)
+      x["decode_init_s"].append(t2 - t1)
+      x["decode_steps_s"].append(t3 - t2)
   rows = []
   for kind, s in kinds:
     x = samples[(kind, s)]
     med = {name: statistics.median(v) for name, v in x.items()}
     rows.append(dict(kind=kind, s=s, train_step_s=med["train_step_s"],
-                     decode_per_token_ms=1e3 * (med["decode_total_s"] - med["decode_init_s"]) / new_tokens,
+                     decode_per_token_ms=1e3 * med["decode_steps_s"] / new_tokens,
                      decode_init_ms=1e3 * med["decode_init_s"], compile_s=compile_s[(kind, s)], samples=x))
   full = rows[0]
   for row in rows:

@@ -932,9 +932,15 @@ def long_dialogsum_cost(r: Results) -> str:
   d = r.load("long_dialogsum_cost_cpu.json")
   if d is None:
     return "(not measured yet: `python benchmarks/long_cost.py`)"
-  rows = [[x["kind"], x["s"] or "–", f"{x['train_step_s']:.2f} s", f"{x['train_step_vs_full']:.2f}",
-           f"{x['decode_per_token_ms']:.2f} ms", f"{x['decode_per_token_vs_full']:.2f}"] for x in d["rows"]]
-  return (_table(["kind", "s", "train step", "/ full", "greedy decode per token", "/ full"], rows)
+  def spread(v, scale=1.0):
+    return f"{min(v) * scale:.2f}–{max(v) * scale:.2f}"
+
+  rows = [[x["kind"], x["s"] or "–", f"{x['train_step_s']:.2f} s ({spread(x['samples']['train_step_s'])})",
+           f"{x['train_step_vs_full']:.2f}",
+           f"{x['decode_per_token_ms']:.2f} ms ({spread(x['samples']['decode_steps_s'], 1e3 / d['new_tokens'])})",
+           f"{x['decode_per_token_vs_full']:.2f}"] for x in d["rows"]]
+  return (_table(["kind", "s", "train step (rounds' range)", "/ full", "greedy decode per token (range)", "/ full"],
+                 rows)
           + f"\n\nThe reader's model (random weights), k = {d['k']}, q = {d['q']}, batch {d['batch']}, "
           f"{d['new_tokens']} tokens decoded, {d['threads']} XLA thread{'s' if d['threads'] > 1 else ''}; medians of "
           f"{d['rounds']} interleaved rounds; {_machine(d.get('machine'))}. "

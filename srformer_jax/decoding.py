@@ -115,9 +115,18 @@ def generate_from_encoded(model: nn.Module, params, encoder_out, attention_mask=
 
 
 def _greedy(model, variables, enc, mask, dc: DecodeConfig):
-  c = model.config
-  b = enc.shape[0]
   cache = model.apply(variables, enc, mask, dc.max_len, method=model.init_cache)
+  tokens, score, _ = greedy_from_cache(model, variables, cache, enc.shape[0], dc)
+  return tokens, score
+
+
+def greedy_from_cache(model: nn.Module, variables, cache, batch: int, dc: DecodeConfig = DecodeConfig()):
+  """Greedy decoding's steps alone, from a cache made by `model.init_cache` for `dc.max_len`
+  positions (the per-input work done): (tokens [batch, max_len], scores [batch], the cache after
+  the last step). The benchmarks time decoding's per-token cost with it, apart from the per-input
+  work (returning the cache lets a jitted caller donate it: the steps then update it in place)."""
+  c = model.config
+  b = batch
   tokens = jnp.full((b, dc.max_len), c.pad_token_id, jnp.int32)
   prev = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
   done = jnp.zeros((b,), bool)
@@ -138,8 +147,8 @@ def _greedy(model, variables, enc, mask, dc: DecodeConfig):
     return t + 1, nxt, tokens, done | (nxt == c.eos_token_id), score, cache
 
   init = (jnp.zeros((), jnp.int32), prev, tokens, done, score, cache)
-  _, _, tokens, _, score, _ = jax.lax.while_loop(cond, body, init)
-  return tokens, score
+  _, _, tokens, _, score, cache = jax.lax.while_loop(cond, body, init)
+  return tokens, score, cache
 
 
 def _gather_beams(x, idx):

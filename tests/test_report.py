@@ -216,3 +216,33 @@ def test_glance_cpu_efficiency_lists_the_goal_rows(tmp_path):
   assert "| `sweep/full` step | 300 ms | 49.7% of the matmul peak | 50% |" in out
   assert "| beam 2, 500 test dialogues | 7.00 s | 2.25× faster than before | 2× |" in out
   assert "xl_s8" not in out and "beam4" not in out and "matmul peak 200 GFLOP/s" in out
+
+
+def test_time_fn_makes_each_calls_input_before_its_clock_and_releases_the_last_output():
+  """benchmarks.common.time_fn(setup=...): the setup's time is not the call's (decode_scaling times
+  decoding steps from a cache made beforehand this way), and a call's output is dropped before the
+  next setup, so two large outputs are never held at once."""
+  import time
+  import weakref
+
+  from benchmarks import common
+
+  class Out:  # stands in for a large array (weakly referenceable)
+    pass
+
+  seen, alive = [], []
+
+  def setup():
+    alive.append(sum(r() is not None for r in seen))  # outputs of earlier calls still held
+    time.sleep(0.05)
+    return len(seen)
+
+  def fn(i):
+    out = Out()
+    seen.append(weakref.ref(out))
+    return out
+
+  t = common.time_fn(fn, 3, setup=setup)
+  assert len(seen) == 4 and t["repeats"] == 3  # a first (compiling) call, then three timed ones
+  assert t["median_s"] < 0.04 and t["first_call_s"] >= 0.05  # the first call's time includes its setup
+  assert alive == [0, 0, 0, 0]
