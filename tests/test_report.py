@@ -16,10 +16,9 @@ def _copy_repo_docs(dst):
   shutil.copy(os.path.join(report.REPO, "README.md"), dst / "README.md")
   shutil.copytree(os.path.join(report.REPO, "docs"), dst / "docs")
   results = dst / "benchmarks" / "results"
-  results.mkdir(parents=True)
-  for name in os.listdir(report.RESULTS):
-    if name.endswith(".json"):
-      shutil.copy(os.path.join(report.RESULTS, name), results / name)
+  # the JSON only, folders of per-run files included (some renderers read those)
+  shutil.copytree(report.RESULTS, results, ignore=lambda d, names: [
+      n for n in names if not n.endswith(".json") and not os.path.isdir(os.path.join(d, n))])
   return results
 
 
