@@ -195,18 +195,19 @@ _GRAIN_LABELS = {"ours": "ours (`BatchIterator`)", "grain/sharded": "grain, shar
 def input_pipeline_merge_ab(r: Results) -> str:
   """train.py's loop before and after the one-loop merge, run in turn in one sitting (sweep model)."""
   folder = "input_pipeline_merge_ab"
-  runs = sorted(glob.glob(os.path.join(r.dir, folder, "*.json")))
+  runs = {os.path.basename(p): r.load(f"{folder}/{os.path.basename(p)}")
+          for p in glob.glob(os.path.join(r.dir, folder, "*.json"))}
   if not runs:
     return "(not measured)"
   rows = []
-  for path in sorted(runs, key=lambda p: json.load(open(p))["sitting_order"] * 2 + ("main" in os.path.basename(p))):
-    d = json.load(open(path))
+  # in the order run: each sitting ran the code before the merge, then after it ("main")
+  for name, d in sorted(runs.items(), key=lambda kv: (kv[1]["sitting_order"], kv[0].startswith("main"))):
     x = d["sizes"]["sweep"]
     rows.append([d["code"], f"{x['loop_over_alone']:.3f}", " ".join(f"{v:.2f}" for v in x["loop_samples"]),
                  " ".join(f"{v:.2f}" for v in x["alone_samples"]),
-                 r.files(f"{folder}/{os.path.basename(path)}")])
+                 r.files(f"{folder}/{name}")])
   return (_table(["code", "loop / step alone", "loop samples (steps/s)", "step-alone samples (steps/s)", "file"],
-                  rows) + f"\n\nIn the order run; {_machine(json.load(open(runs[0])).get('machine'))}.")
+                  rows) + f"\n\nIn the order run; {_machine(next(iter(runs.values())).get('machine'))}.")
 
 
 def grain_pipeline(r: Results) -> str:
@@ -533,8 +534,20 @@ def _short_commit(commit) -> str:
 
 
 def _code_commits(cells: list[dict]) -> str:
-  """The commits the cells were trained at, once each."""
-  return ", ".join(sorted({_short_commit(c.get("git_commit")) for c in cells}))
+  """The commits the cells were trained at, once each; cells trained from an uncommitted tree are
+  named as such (history only: a headline table takes one clean commit's cells, `sweep_stats.one_commit`)."""
+  clean = sorted({_short_commit(c.get("git_commit")) for c in cells if not _dirty(c)})
+  dirty = [c for c in cells if _dirty(c)]
+  out = ", ".join(clean)
+  if dirty:
+    base = ", ".join(sorted({_short_commit(c["git_commit"]).removesuffix("-dirty") for c in dirty}))
+    out += ((" (" if out else "") + f"{len(dirty)} of {len(cells)} cells from an uncommitted tree on {base}: "
+            + ", ".join(c.get("name", "?") for c in dirty) + "; not a headline figure" + (")" if out else ""))
+  return out
+
+
+def _dirty(cell: dict) -> bool:
+  return str(cell.get("git_commit")).endswith("-dirty") or cell.get("git_clean") is False
 
 
 def _sweep_groups(d: dict) -> list[dict]:
@@ -659,9 +672,10 @@ GRID = "segment_sweep_cpu_steps1500"
 SPLITS = (("test", "rouge1"), ("dev", "rouge1_dev"))
 
 
-def _grid(r: Results):
-  """(payload, commit, its cells, other cells, groups by name) of the 1500-step grid, or None."""
-  d = r.load(f"{GRID}.json")
+def _grid(r: Results, name: str = GRID):
+  """(payload, commit, its cells, other cells, groups by name) of the 1500-step grid (or the grid
+  `name`), or None."""
+  d = r.load(f"{name}.json")
   if d is None or not d.get("cells"):
     return None
   commit, cells, other = sweep_stats.one_commit(d["cells"])
@@ -851,16 +865,9 @@ LONG_MISSING = ("(no cell of a clean commit yet: `python benchmarks/segment_swee
 
 
 def _long(r: Results):
-  """(payload, commit, its cells, other cells, groups by name, complete groups) of the long-input
-  grid, or None."""
-  d = r.load(f"{LONG}.json")
-  if d is None or not d.get("cells"):
-    return None
-  commit, cells, other = sweep_stats.one_commit(d["cells"])
-  if not cells:
-    return None
-  by = sweep_stats.by_group(sweep_stats.aggregate(cells))
-  return d, commit, cells, other, by, _complete(d, by)
+  """`_grid`'s tuple for the long-input grid, and its groups that have every planned seed; or None."""
+  g = _grid(r, LONG)
+  return None if g is None else (*g, _complete(g[0], g[4]))
 
 
 def _positions(g: dict, key: str) -> str:
@@ -964,6 +971,30 @@ def glance_long_dialogsum(r: Results) -> str:
           + "; ".join(parts) + f". Gate {'passes' if gate['holds'] else 'fails' if gate['complete'] else 'incomplete'}"
           + f"; claim at s = 8: {_state(v)}. Commit {_short_commit(commit)}; "
           + r.files(f"{LONG}.json") + " · [details](docs/segment_sweep.md#long-inputs-four-dialogues-in-four-summaries-out)")
+
+
+def glance_crt_ptb(r: Results) -> str:
+  """The README's CRT table: per context L, test perplexity of the protocol's main models, CRT's
+  FLOPs against full attention's, and the gate and claim verdicts (docs/crt.md has every row)."""
+  d = r.load("crt_ptb_cpu.json")
+  if d is None or "aggregate" not in d:
+    return "(not run yet: `python benchmarks/crt_ptb.py`)"
+  agg = d["aggregate"]
+  names = ("full_L", "segmented_L/4", "crt_L/4", "xl_L/2")
+  by = {(str(m["context_len"]), m["name"]): m for m in agg["models"]}
+  rows = []
+  for context in sorted(agg.get("gate", {}), key=int):
+    g, c = agg["gate"][context], agg.get("claim", {}).get(context, {})
+    cells = [f"{format_ci(by[(context, n)]['test_ppl'], '.1f')}" if (context, n) in by else "–" for n in names]
+    rows.append([context] + cells + [f"{c['crt_L/4_flops_over_full']:.2f}×" if c else "–",
+                 f"{'holds' if g['holds'] else 'does not hold'} ({g['segmented_L/4_over_full']:.3f})",
+                 (f"{'holds' if c['holds'] else 'does not hold'} ({c['crt_L/4_over_full']:.3f})" if c else "–")])
+  return (_table(["L", *[f"{n} test ppl" for n in names], "CRT FLOPs vs full", "gate (segmented / full)",
+                  "claim (crt / full)"], rows)
+          + f"\n\nSeeds per model: {', '.join(sorted({str(m['test_ppl']['n']) for m in agg['models'] if m['name'] in names}))}; "
+          "95% intervals over seeds; gate: segmented_L/4 >= 1.05 x full_L with separated "
+          "intervals; claim: crt_L/4 <= 1.02 x full_L and below segmented_L/4 with separated intervals. "
+          + r.files("crt_ptb_cpu.json", "crt_ptb_cpu.png"))
 
 
 def glance_crt_scisumm(r: Results) -> str:
@@ -1337,6 +1368,7 @@ RENDERERS = {
     "long_dialogsum_cost": long_dialogsum_cost,
     "glance_long_dialogsum": glance_long_dialogsum,
     "glance_crt_scisumm": glance_crt_scisumm,
+    "glance_crt_ptb": glance_crt_ptb,
     "reader": reader,
     "scisumm_corpus": scisumm_corpus,
     "long_dialogsum_data": long_dialogsum_data,

@@ -128,7 +128,10 @@ def test_segment_sweep_groups_paper_column_and_verdict(tmp_path):
   out = report.render("segment_sweep", str(tmp_path))
   assert out.startswith("15 of 16 cells")
   assert "| segmented | 8 | padded | 3 | 20.30 [" in out and "| 17.27 |" in out  # the paper's Table 3
-  assert "**the claim holds**" in out and "code at 0123456-dirty, fedcba9." in out
+  assert "**the claim holds**" in out
+  # the cells trained from an uncommitted tree are named as such, apart from the clean commit's
+  assert ("code at fedcba9 (3 of 15 cells from an uncommitted tree on 0123456: xl_8_0, xl_8_1, xl_8_2; "
+          "not a headline figure).") in out
   # a variant is tested by the same rule, beside the claim (here its interval overlaps segmented's)
   assert "Variant srformer_gated (not the paper's): above segmented no; within 10% of full no." in out
   cells = [dict(c, rouge1=29.0 + c["seed"]) if c["kind"] == "segmented" else c  # as good as srformer
