@@ -30,6 +30,15 @@ def run_child(cmd: list[str], what: str, env: dict | None = None):
   return json.loads(lines[-1].removeprefix(_RESULT))
 
 
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def single_thread_flags(env) -> str:
+  """`env`'s XLA_FLAGS with XLA:CPU on one thread (the segment sweep's cells, two at a time on two
+  cores, and what times their steps)."""
+  return (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+
+
 def huge_pages_env(env: dict, on: bool = True) -> dict:
   """A child process's environment with glibc's malloc on huge pages set (`on`) or unset, the
   benchmark's own choice: host_malloc's re-execution is told to leave it as given."""
@@ -85,6 +94,21 @@ def machine(jax) -> dict:
 def block(x):
   import jax
   return jax.block_until_ready(x)
+
+
+def greedy_decode_fns(model, batch: int, new_tokens: int):
+  """Greedy decoding in two jitted parts, timed apart: `init(params, encoder_out, mask) -> cache`
+  (the per-input work) and `steps(params, cache) -> (tokens, cache)` (`decoding.greedy_from_cache`,
+  EOS banned so every call decodes `new_tokens`). The cache is donated to `steps`, which updates it
+  in place: make a fresh one for each call."""
+  import jax
+  from srformer_jax import DecodeConfig
+  from srformer_jax.decoding import greedy_from_cache
+  dc = DecodeConfig(max_len=new_tokens, min_len=new_tokens)
+  init = jax.jit(lambda p, e, m: model.apply({"params": p}, e, m, new_tokens, method=model.init_cache))
+  steps = jax.jit(lambda p, cache: greedy_from_cache(model, {"params": p}, cache, batch, dc)[::2],
+                  donate_argnums=(1,))
+  return init, steps
 
 
 def time_fn(fn, repeats: int, setup=None) -> dict:

@@ -32,14 +32,12 @@ def main():
   args = p.parse_args()
   jax = common.setup_platform(args.platform)
   import jax.numpy as jnp
-  from srformer_jax import DecodeConfig, build_model, init_params
-  from srformer_jax.decoding import greedy_from_cache
+  from srformer_jax import build_model, init_params
 
   lengths = [int(x) for x in args.lengths.split(",")]
   if args.quick:
     lengths = lengths[:2]
   n = args.new_tokens
-  dc = DecodeConfig(max_len=n, min_len=n)  # EOS banned: always n steps
   rows = []
   kinds = args.kinds.split(",")
   sizes = [int(x) for x in args.segment_sizes.split(",")]
@@ -51,12 +49,10 @@ def main():
     params = init_params(cfg, jax.random.key(0))
     if args.dtype != "float32":
       params = jax.tree.map(lambda x: x.astype(args.dtype), params)
+    init, steps = common.greedy_decode_fns(model, args.batch, n)
     for k in lengths:
       enc = jax.random.normal(jax.random.key(1), (args.batch, k, cfg.d_model), jnp.dtype(args.dtype))
       mask = jnp.ones((args.batch, k), jnp.int32)
-      init = jax.jit(lambda p, e, m: model.apply({"params": p}, e, m, n, method=model.init_cache))
-      steps = jax.jit(lambda p, cache: greedy_from_cache(model, {"params": p}, cache, args.batch, dc)[::2],
-                      donate_argnums=(1,))
       t_init = common.time_fn(lambda: init(params, enc, mask), args.repeats)
       # a fresh cache for each call (it is donated), made before the clock starts
       t_steps = common.time_fn(lambda cache: steps(params, cache), args.repeats, setup=lambda: init(params, enc, mask))

@@ -28,7 +28,6 @@ from benchmarks import common  # noqa: E402
 READER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reader", "cpu_infill", "config.json")
 KINDS = [("full", None), ("segmented", 8), ("srformer", 8), ("xl", 8), ("segmented", 64), ("srformer", 64),
          ("xl", 64)]
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def setups(kinds, k: int, q: int, batch: int, new_tokens: int, steps: int):
@@ -38,8 +37,7 @@ def setups(kinds, k: int, q: int, batch: int, new_tokens: int, steps: int):
   import numpy as np
   import optax
 
-  from srformer_jax import DecodeConfig, ModelConfig, build_model, init_params
-  from srformer_jax.decoding import greedy_from_cache
+  from srformer_jax import ModelConfig, build_model, init_params
   from srformer_jax.train_lib import TrainState, make_train_step
 
   rng = np.random.default_rng(0)
@@ -62,13 +60,9 @@ def setups(kinds, k: int, q: int, batch: int, new_tokens: int, steps: int):
         holder["state"], m = step_fn(holder["state"], batch_arrays, jax.random.key(1), jnp.int32(-1))
       jax.block_until_ready((holder["state"], m))
 
-    dc = DecodeConfig(max_len=new_tokens, min_len=new_tokens)  # EOS banned: always new_tokens steps
     enc = jax.random.normal(jax.random.key(1), (batch, k, cfg.d_model))
     mask = jnp.ones((batch, k), jnp.int32)
-    decode_steps = jax.jit(lambda p, cache, model=model: greedy_from_cache(model, {"params": p}, cache, batch, dc)[::2],
-                           donate_argnums=(1,))  # the cache is made anew for each call
-    ini = jax.jit(lambda p, e, m, model=model: model.apply({"params": p}, e, m, new_tokens,
-                                                           method=model.init_cache))
+    ini, decode_steps = common.greedy_decode_fns(model, batch, new_tokens)  # a fresh cache for each call
     out[(kind, s)] = dict(train=train,
                           init=lambda ini=ini, p=params: jax.block_until_ready(ini(p, enc, mask)),
                           steps=lambda cache, fn=decode_steps, p=params: jax.block_until_ready(fn(p, cache)))
@@ -86,7 +80,7 @@ def main():
   p.add_argument("--steps", type=int, default=3, help="train steps per timed call")
   args = p.parse_args()
   if args.threads == 1 and args.platform == "cpu":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+    os.environ["XLA_FLAGS"] = common.single_thread_flags(os.environ)
   jax = common.setup_platform(args.platform)
   k, q, batch, new_tokens, rounds = args.k, args.q, args.batch, args.new_tokens, args.rounds
   if args.quick:

@@ -43,7 +43,6 @@ from benchmarks.sweep_stats import aggregate  # noqa: E402,F401  (the groups of 
 from srformer_jax.config import ALTERNATIVE_KINDS, RAF_KINDS  # noqa: E402
 
 _STATS_LOCK = threading.Lock()
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
 # Not the paper's: the cheap cross-attentions a practitioner would try instead (issue 39)
 ALTERNATIVES = ALTERNATIVE_KINDS
@@ -282,7 +281,7 @@ def run_cell(cell: dict, args, runs: str, overrides: dict) -> dict:
     cmd += [f"--config.{k}={v}" for k, v in flags.items()]
     env = dict(os.environ)
     if args.workers > 1:
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+      env["XLA_FLAGS"] = common.single_thread_flags(env)
     if args.platform:
       env["JAX_PLATFORMS"] = args.platform
     print(f"== {cell['name']}: {' '.join(cmd[3:])}", flush=True)
@@ -681,7 +680,7 @@ def main():
           if not only or c["name"] in only]
   cell_dir = os.path.join(args.out, name)  # one result file per finished cell
   if args.workers > 1:  # this process's own jax work (cell statistics) stays on one core too
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+    os.environ["XLA_FLAGS"] = common.single_thread_flags(os.environ)
   done: dict[str, dict] = {}
   commit = _git_commit()  # this invocation's; each cell records the one that trained it
   for c in grid:  # cells finished by an earlier run, kept as result files

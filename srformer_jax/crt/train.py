@@ -175,18 +175,13 @@ def positions_in_document(ids: np.ndarray, eos_id: int) -> np.ndarray:
   return idx - np.maximum.accumulate(np.where(starts, idx, 0))
 
 
-def perplexity_by_position(model: CRTLM, params, ids: np.ndarray, batch: int, edges=(0, 512, 2048),
-                           eos_id: int = 0) -> list[dict]:
-  """Perplexity of the predicted words bucketed by their position within their document (the
-  buckets [edges[i], edges[i+1]), the last open-ended), read as `perplexity` reads the split: `batch`
-  parallel streams, each carrying its memory throughout (a stream that starts inside a document
-  has not seen its beginning, whatever the model)."""
-  return perplexity_and_positions(model, params, ids, batch, edges, eos_id)[1]
-
-
 def perplexity_and_positions(model: CRTLM, params, ids: np.ndarray, batch: int, edges=(0, 512, 2048),
                              eos_id: int = 0) -> tuple[dict, list[dict]]:
-  """(`perplexity`'s record, `perplexity_by_position`'s buckets) from one pass over the split."""
+  """`perplexity`'s record of the split and, from the same pass, the perplexity of the predicted
+  words bucketed by their position within their document (the buckets [edges[i], edges[i+1]), the
+  last open-ended). The split is read as `perplexity` reads it: `batch` parallel streams, each
+  carrying its memory throughout (a stream that starts inside a document has not seen its
+  beginning, whatever the model)."""
   inputs, targets = lm_data.eval_streams(ids, batch)
   where = lm_data.batchify(positions_in_document(ids, eos_id), batch)[:, 1:]  # [batch, N - 1]
   ce, _, _ = stream.evaluate_stream(model, jax.device_get(params), jnp.asarray(inputs), jnp.asarray(targets),
@@ -307,7 +302,7 @@ def evaluate(cfg, workdir: str, splits=("valid", "test"), which: str = "best", b
   """Perplexity on `splits` of the best-validation checkpoint (`which="best"`, when training kept
   one; else the latest) or of the latest (`which="latest"`); written to workdir/eval_results.json.
   `by_position` (bucket edges, e.g. (0, 512, 2048)): also `<split>_by_position`, the perplexity by
-  position within the document (`perplexity_by_position`)."""
+  position within the document (`perplexity_and_positions`)."""
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   validate_config(cfg)
