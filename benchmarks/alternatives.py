@@ -161,6 +161,9 @@ def main():
   payload = {"machine": grid.get("machine") or (cost or {}).get("machine"), "grid": args.grid,
              "protocol": "fine-tuned from the reader, the grid's budget and optimiser (see the grid's JSON)",
              "overrides": grid.get("overrides"), "decode_machine": (decode or {}).get("machine"),
+             "decode_git_commit": (decode or {}).get("git_commit"),
+             # the cells' code (one commit when the table compares like with like), not this script's
+             "git_commit": ",".join(sorted({str(r.get("git_commit")) for r in recs})) or None,
              "records": [{k: v for k, v in r.items() if not k.endswith("per_example")} for r in recs],
              "groups": gs, "verdict_s8": verdict(gs, 8), "verdict_s64": verdict(gs, 64)}
   common.write(args.out, name, payload)

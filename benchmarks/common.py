@@ -136,7 +136,28 @@ def time_fn(fn, repeats: int, setup=None) -> dict:
           "repeats": repeats}
 
 
+# What a benchmark's numbers depend on: the library, configs, entry points and benchmark scripts
+# (not their results), so results committed later do not move a measurement's commit.
+CODE = ("srformer_jax", "configs", "train.py", "eval.py", "train_lm.py", "benchmarks/*.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def code_commit(code=CODE) -> str:
+  """The last commit that changed `code`, with '-dirty' when the code on disk differs from it;
+  'unknown' outside a git checkout."""
+  try:
+    head = subprocess.run(["git", "log", "-1", "--format=%h", "HEAD", "--", *code], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return (head or "unknown") + ("-dirty" if dirty else "")
+
+
 def write(out_dir: str, name: str, payload: dict) -> str:
+  """`<out_dir>/<name>.json`; a dict without a `git_commit` key is stamped with `code_commit()`."""
+  if isinstance(payload, dict) and "git_commit" not in payload:
+    payload = {**payload, "git_commit": code_commit()}
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{name}.json")
   with open(path, "w") as f:

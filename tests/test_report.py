@@ -248,3 +248,21 @@ def test_time_fn_makes_each_calls_input_before_its_clock_and_releases_the_last_o
   assert len(seen) == 4 and t["repeats"] == 3  # a first (compiling) call, then three timed ones
   assert t["median_s"] < 0.04 and t["first_call_s"] >= 0.05  # the first call's time includes its setup
   assert alive == [0, 0, 0, 0]
+
+
+def test_every_benchmark_json_names_the_code_commit_it_measured(tmp_path):
+  """benchmarks.common.write stamps a payload with the last commit that changed the code (the
+  results it writes do not move it), '-dirty' when the code on disk differs; a payload's own commit
+  (a grid cell's: the code that trained it) is kept."""
+  import re
+
+  from benchmarks import common
+
+  path = common.write(str(tmp_path), "a", {"x": 1})
+  stamped = json.load(open(path))["git_commit"]
+  head = subprocess.run(["git", "log", "-1", "--format=%h", "--", *common.CODE], cwd=common.REPO,
+                        capture_output=True, text=True).stdout.strip()
+  assert re.fullmatch(re.escape(head) + "(-dirty)?", stamped), (stamped, head)
+  path = common.write(str(tmp_path), "b", {"git_commit": "abc1234", "x": 1})
+  assert json.load(open(path)) == {"git_commit": "abc1234", "x": 1}
+  assert common.code_commit(("no/such/path",)) == "unknown"
