@@ -249,7 +249,7 @@ def test_padding_does_not_change_segment_softmax():
     chex.assert_trees_all_close(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["srformer", "full", "xl"])
+@pytest.mark.parametrize("kind", ["srformer", "full", "xl", "pooled"])
 def test_beam_search_state_reordering(kind):
   """Beam scores must equal the teacher-forced score of the returned sequence (every beam reads
   its own input's cross-attention state, held once per input)."""

@@ -662,13 +662,17 @@ class CrossAttention(nn.Module, ProjectionsMixin):
     s = keys.shape[2]
     scores = jnp.sum(q1[..., None, :] * rows(keys).astype(acc), axis=-1)  # [b, (r,) h, s]
     if memory is not None:
+      # m means (2048 at k = 16384, s = 8): contractions, not a broadcast product of [b, h, m, d]
+      # reduced after (~3x slower per token on XLA:CPU, memory-bound at that size)
       pk, pv, mem_mask = memory
-      scores = jnp.concatenate([scores, jnp.sum(q1[..., None, :] * rows(pk).astype(acc), axis=-1)], -1)
+      r_ax = "r" if q1.ndim == 4 else ""
+      scores = jnp.concatenate(
+          [scores, jnp.einsum(f"b{r_ax}hd,bhnd->b{r_ax}hn", q1, pk.astype(acc))], -1)
       mask = jnp.concatenate([mask, mem_mask], axis=-1)
     probs = self._masked_softmax(scores, rows(mask[:, None, :]))
     ctx = jnp.sum(probs[..., :s, None] * rows(vals).astype(acc), axis=-2)  # [b, (r,) h, d]
     if memory is not None:
-      ctx = ctx + jnp.sum(probs[..., s:, None] * rows(pv).astype(acc), axis=-2)
+      ctx = ctx + jnp.einsum(f"b{r_ax}hn,bhnd->b{r_ax}hd", probs[..., s:], pv.astype(acc))
     return ctx
 
 
