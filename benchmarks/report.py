@@ -1046,7 +1046,15 @@ def alternatives(r: Results) -> str:
       if v.get(kind):
         line += f"; {kind} " + ", ".join(f"{side} SRformer on {split}" for split, side in v[kind].items())
     lines.append(line + ".")
-  return "\n\n".join([table, _bullets(lines), f"Rule: {d['verdict_s8']['rule']}.",
+  planned, done = d.get("alternative_cells_planned"), d.get("alternative_cells_done") or []
+  where = (f"The alternatives' cells in: {len(done)} of {len(planned)}. " if planned else "")
+  if d.get("cells_left_out"):
+    where += f"Left out, not of that commit: {', '.join(d['cells_left_out'])}. "
+  where += (f"Quality: the grid's cells, trained at {', '.join(_short_commit(c) for c in str(d.get('git_commit') or '').split(','))}; "
+            f"decode time per token timed alone at {_short_commit(d.get('decode_git_commit'))}, "
+            f"{_machine(d.get('decode_machine'))} (batch 8, greedy, random weights; "
+            "`benchmarks/decode_scaling.py --tag alternatives`); flops: `benchmarks/cross_attention_cost.py`.")
+  return "\n\n".join([table, _bullets(lines), f"Rule: {d['verdict_s8']['rule']}.", where,
                       r.files("cross_attention_alternatives_cpu.json", "cross_attention_alternatives_cpu.png")])
 
 

@@ -266,3 +266,46 @@ def test_every_benchmark_json_names_the_code_commit_it_measured(tmp_path):
   path = common.write(str(tmp_path), "b", {"git_commit": "abc1234", "x": 1})
   assert json.load(open(path)) == {"git_commit": "abc1234", "x": 1}
   assert common.code_commit(("no/such/path",)) == "unknown"
+
+
+def test_alternatives_table_compares_one_commit_and_says_which_side_of_srformer(tmp_path):
+  """benchmarks/alternatives.py on a fake grid: cells of the majority clean commit only (a dirty
+  cell is named, not averaged in), each alternative above / below SRformer by the interval rule,
+  the cost columns joined by kind and s, and the README block rendered from it."""
+  cells = tmp_path / "segment_sweep_cpu_steps1500"
+  cells.mkdir()
+  score = {("full", None): 30, ("srformer", 8): 28, ("pooled", 8): 33, ("linear", None): 20}
+  for (kind, s), mean in score.items():
+    for seed in range(3):
+      name = kind if s is None else f"{kind}_s{s}_padded"
+      name += f"_seed{seed}" if seed else ""
+      cell = dict(name=name, kind=kind, s=s, schedule="padded", seed=seed, steps=1500,
+                  rouge1=mean + 0.1 * seed, rouge1_dev=mean + 0.2 + 0.1 * seed, source_gain=0.6,
+                  distinct_predictions=480, git_commit="a" * 40, git_clean=True)
+      (cells / f"{name}.json").write_text(json.dumps(cell))
+  dirty = dict(json.loads((cells / "pooled_s8_padded.json").read_text()), name="pooled_s64_padded", s=64,
+               git_clean=False, rouge1=99.0)
+  (cells / "pooled_s64_padded.json").write_text(json.dumps(dirty))
+  (tmp_path / "segment_sweep_cpu_steps1500.json").write_text(json.dumps(
+      {"cells_planned": [p.stem for p in cells.glob("*.json")] + ["gru_memory_s8_padded"]}))
+  cost = {"rows": [{"kind": k, "s": s, "ratio_to_full": r} for k, s, r in
+                   (("full", None, 1.0), ("srformer", 8, 0.64), ("pooled", 8, 0.02), ("linear", None, 0.1))]}
+  (tmp_path / "cross_attention_cost_cpu.json").write_text(json.dumps(cost))
+  decode = {"git_commit": "bbbbbbb", "machine": "test machine",
+            "rows": [{"kind": k, "s": s, "k": 16384, "per_token_ms": t} for k, s, t in
+                     (("full", None, 200.0), ("srformer", 8, 22.0), ("pooled", 8, 36.0), ("linear", None, 17.0))]}
+  (tmp_path / "decode_scaling_cpu_alternatives.json").write_text(json.dumps(decode))
+  subprocess.run([sys.executable, os.path.join(report.REPO, "benchmarks", "alternatives.py"), "--out",
+                  str(tmp_path)], check=True, capture_output=True)
+  d = json.loads((tmp_path / "cross_attention_alternatives_cpu.json").read_text())
+  assert d["cells_left_out"] == ["pooled_s64_padded"] and d["git_commit"] == "a" * 40
+  assert d["verdict_s8"]["gate"] and d["verdict_s8"]["pooled"] == {"test": "above", "dev": "above"}
+  assert d["verdict_s8"]["linear"] == {"test": "below", "dev": "below"}
+  assert (len(d["alternative_cells_planned"]), len(d["alternative_cells_done"])) == (8, 6)
+  pooled = next(g for g in d["groups"] if (g["kind"], g["s"]) == ("pooled", 8))
+  assert (pooled["flops_vs_full"], pooled["decode_ms_per_token_k16384"]) == (0.02, 36.0)
+  assert pooled["rouge1"]["mean"] == pytest.approx(33.1)
+  out = report.render("alternatives", str(tmp_path))
+  assert "pooled above SRformer on test, above SRformer on dev" in out
+  assert "linear below SRformer on test" in out and "6 of 8" in out
+  assert "Left out, not of that commit: pooled_s64_padded" in out and "timed alone at bbbbbbb" in out
