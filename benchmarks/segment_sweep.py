@@ -250,6 +250,9 @@ def parse_args():
   p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the cells (default: jax's choice)")
   p.add_argument("--collect", action="store_true",
                  help="rewrite the JSON and PNGs from the finished cells only, training nothing")
+  p.add_argument("--publish", action="store_true",
+                 help="rewrite the JSON and PNGs from the cells' result files only: trains and evaluates "
+                      "nothing (safe beside a running grid, whose unfinished cells it leaves alone)")
   p.add_argument("--table", action="store_true",
                  help="print the README's markdown table from the JSON of this preset and exit")
   return p.parse_args()
@@ -666,7 +669,8 @@ def main():
     spm = os.path.join(reader, "spm.model")
   else:
     vocab = dialogsum_sweep.get_config().data.spm_vocab_size
-    spm = train_tokenizer(args, runs, train_path, vocab)
+    spm = (os.path.join(runs, "spm", "spm.model") if args.publish  # trained by the grid, not here
+           else train_tokenizer(args, runs, train_path, vocab))
   overrides = {"data.train_split": train_path, "data.eval_split": test_path,
                "data.document_key": args.document_key, "data.summary_key": args.summary_key,
                "data.eval_summary_key": args.eval_summary_key, "data.tokenizer": f"spm:{spm}"}
@@ -696,8 +700,8 @@ def main():
     return r
 
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    todo = [c for c in grid if c["name"] not in done and (  # --collect: finished workdirs only
-        not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]
+    todo = [c for c in grid if c["name"] not in done and not args.publish and (  # --collect: finished
+        not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]  # workdirs only
     futures = {pool.submit(run_and_keep, cell): cell for cell in todo}
     # as each cell finishes (with nothing to train: once, from the result files)
     for future in concurrent.futures.as_completed(futures) if futures else [None]:

@@ -309,3 +309,27 @@ def test_alternatives_table_compares_one_commit_and_says_which_side_of_srformer(
   assert "pooled above SRformer on test, above SRformer on dev" in out
   assert "linear below SRformer on test" in out and "6 of 8" in out
   assert "Left out, not of that commit: pooled_s64_padded" in out and "timed alone at bbbbbbb" in out
+
+
+def test_segment_sweep_publish_rewrites_the_grid_json_from_result_files_and_trains_nothing(tmp_path):
+  """segment_sweep.py --publish (what keeps the README current beside a running grid): the grid's
+  JSON from the finished cells' result files, in grid order with the plan, nothing trained or
+  evaluated, no run folder made."""
+  src = os.path.join(report.RESULTS, "segment_sweep_cpu_steps1500")
+  names = ["srformer_s8_padded", "full", "segmented_s8_padded"]
+  (tmp_path / "out" / "segment_sweep_cpu_steps1500").mkdir(parents=True)
+  for n in names:
+    shutil.copy(os.path.join(src, n + ".json"), tmp_path / "out" / "segment_sweep_cpu_steps1500")
+  data = tmp_path / "data"
+  data.mkdir()
+  for split in ("train", "test", "dev"):  # only their existence is checked
+    (data / f"dialogsum.{split}.jsonl").write_text("")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "benchmarks/segment_sweep.py", "--preset", "cpu1500", "--publish",
+                  "--reader", "benchmarks/reader/cpu_infill", f"--data_dir={data}", f"--runs={tmp_path / 'runs'}",
+                  f"--out={tmp_path / 'out'}"], cwd=report.REPO, env=env, check=True, timeout=300,
+                 capture_output=True)
+  d = json.load(open(tmp_path / "out" / "segment_sweep_cpu_steps1500.json"))
+  assert [c["name"] for c in d["cells"]] == ["full", "segmented_s8_padded", "srformer_s8_padded"]
+  assert len(d["cells_planned"]) == 64 and (tmp_path / "out" / "segment_sweep_cpu_steps1500_fig4.png").exists()
+  assert os.listdir(tmp_path / "runs") == []
