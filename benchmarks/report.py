@@ -1150,23 +1150,6 @@ def swap_at_init(r: Results) -> str:
           f"[json]({r.href('swap_at_init_cpu.json')})")
 
 
-def glance_swap(r: Results) -> str:
-  """One line for the README: what the paper's recurrent term does to the reader at step 0."""
-  d = r.load("swap_at_init_cpu.json")
-  if d is None:
-    return "(not run yet: `python benchmarks/swap_at_init.py`)"
-  row = {(x["kind"], x["s"]): x for x in d["rows"]}
-  full, seg, srf = row[("full", None)], row[("segmented", 8)], row[("srformer", 8)]
-  share = min(v["recurrent_share"] for v in srf["raf"].values())
-  return (f"Swapped into the reader, before any fine-tuning, the paper's recurrent term is at least "
-          f"{share:.0%} of the cross-attention output at s = 8 and the test loss goes from "
-          f"{full['test_loss']:.2f} (full attention) to {srf['test_loss']:.1f} nats/token (segmented "
-          f"attention: {seg['test_loss']:.2f}), so its cells start from a broken model "
-          f"([json]({r.href('swap_at_init_cpu.json')})). `srformer_gated` (not the paper's) scales "
-          f"that term by a learnable tanh gate per head that starts closed, so it starts as segmented "
-          f"attention; the grid runs it beside the paper's kinds.")
-
-
 def crt_ptb_flops(r: Results) -> str:
   """Forward FLOPs per token of every CRT-benchmark model at several context lengths L."""
   d = r.load("crt_ptb_flops_cpu.json")
@@ -1383,7 +1366,6 @@ RENDERERS = {
     "reader_span_pilot": reader_span_pilot,
     "reader_dropout_pilot": reader_dropout_pilot,
     "swap_at_init": swap_at_init,
-    "glance_swap": glance_swap,
     "crt_ptb_flops": crt_ptb_flops,
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
