@@ -138,17 +138,19 @@ def time_fn(fn, repeats: int, setup=None) -> dict:
 
 # What a benchmark's numbers depend on: the library, configs, entry points and benchmark scripts
 # (not their results), so results committed later do not move a measurement's commit.
-CODE = ("srformer_jax", "configs", "train.py", "eval.py", "train_lm.py", "benchmarks/*.py")
+CODE = ("srformer_jax", "configs", "train.py", "eval.py", "train_lm.py", ":(glob)benchmarks/*.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def code_commit(code=CODE) -> str:
-  """The last commit that changed `code`, with '-dirty' when the code on disk differs from it;
-  'unknown' outside a git checkout."""
+  """The last commit that changed `code` (full hash, as the grid's cells record theirs), with
+  '-dirty' when the code on disk differs from it (edited or untracked files); 'unknown' outside a
+  git checkout."""
   try:
-    head = subprocess.run(["git", "log", "-1", "--format=%h", "HEAD", "--", *code], cwd=REPO,
+    head = subprocess.run(["git", "log", "-1", "--format=%H", "HEAD", "--", *code], cwd=REPO,
                           capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *code], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return (head or "unknown") + ("-dirty" if dirty else "")
@@ -160,8 +162,9 @@ def write(out_dir: str, name: str, payload: dict) -> str:
     payload = {**payload, "git_commit": code_commit()}
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{name}.json")
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:  # whole or not at all: other processes read these files
     json.dump(payload, f, indent=2)
+  os.replace(path + ".tmp", path)
   print(f"wrote {path}")
   return path
 

@@ -808,7 +808,7 @@ def grid_table4(r: Results) -> str:
                  f"{' > '.join(v['order']) or '–'}, the paper's {' > '.join(v['paper_order'])}"
                  + (f" (the same: {_yes(v['same_order_as_paper'])})" if v["complete"] else ""))
   links = r.files(f"{GRID}.json")
-  if os.path.exists(r.path(f"{GRID}_ablations.png")):
+  if any(g["kind"] in sweep_stats.ABLATIONS for g in d.get("groups", [])):  # the grid plots them then
     links += " · " + r.files(f"{GRID}_ablations.png")
   return "\n\n".join([table, _bullets(lines),
                       "Rule, fixed before the runs: srformer above each ablation with separated 95% intervals.",
@@ -926,10 +926,8 @@ def long_dialogsum(r: Results) -> str:
           f"full attention's source gain >= {sweep_stats.GATE_SOURCE_GAIN:g} nats/token and >= "
           f"{sweep_stats.GATE_DISTINCT} distinct predictions of 500; claim, at each s, segmented below full and "
           "srformer above segmented with separated 95% intervals, srformer >= 0.9 x full (xl reported beside).")
-  links = r.files(f"{LONG}.json")
-  for png in (f"{LONG}_positions.png", f"{LONG}_fig4.png"):
-    if os.path.exists(r.path(png)):
-      links += " · " + r.files(png)
+  pngs = ([f"{LONG}_positions.png"] if any(g["s"] for g in d.get("groups", [])) else []) + [f"{LONG}_fig4.png"]
+  links = r.files(f"{LONG}.json", *pngs)  # what the grid plots with its JSON
   return "\n\n".join([head, table, _bullets(lines), rule, links]
                       + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
 

@@ -645,7 +645,7 @@ def main():
   if preset.get("long"):  # the long-input task, built once into the runs folder from DialogSum
     from benchmarks import long_dialogsum
     data = os.path.join(args.runs or os.path.join(REPO, "runs", name), "data")
-    if not os.path.exists(os.path.join(data, long_dialogsum.STATS)):
+    if not args.publish and not os.path.exists(os.path.join(data, long_dialogsum.STATS)):
       long_dialogsum.build(args.data_dir, data, os.path.join(os.path.abspath(args.reader), "spm.model"))
     args.data_dir, args.train_file, args.test_file = data, long_dialogsum.OUT["train"], long_dialogsum.OUT["test"]
     args.eval_summary_key = "summary"
@@ -657,9 +657,10 @@ def main():
   test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
   dev_path = os.path.abspath(os.path.join(args.data_dir, args.dev_file)) if args.dev_file else None
   for path in filter(None, (train_path, test_path, dev_path)):
-    if not os.path.exists(path):
+    if not args.publish and not os.path.exists(path):  # --publish reads only the result files
       sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
-  os.makedirs(runs, exist_ok=True)
+  if not args.publish:
+    os.makedirs(runs, exist_ok=True)
   from configs import dialogsum_sweep
   if args.reader:
     reader = os.path.abspath(args.reader)
@@ -718,6 +719,15 @@ def main():
                  "dev_split": _relative(dev_path) if dev_path else None,
                  "groups": groups, "verdict": verdict(groups),
                  "cells_planned": [c["name"] for c in grid], "workers": args.workers}
+      if args.publish:  # the training run's own record of its code, machine and settings stands
+        prior = os.path.join(args.out, f"{name}.json")
+        if os.path.exists(prior):
+          with open(prior) as f:
+            payload.update({k: v for k, v in json.load(f).items() if k in ("git_commit", "machine", "overrides")})
+        trained = {r.get("git_commit") for r in results}
+        if len(trained) == 1 and None not in trained:  # every cell's code: the JSON's commit
+          payload["git_commit"] = trained.pop()
+        payload["published_by"] = commit
       common.write(args.out, name, payload)
       plot(groups, args.out, name)
       if args.positions:
