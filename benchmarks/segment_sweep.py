@@ -568,29 +568,30 @@ def plot(groups: list[dict], out_dir: str, name: str):
   plt.close(fig)
 
   abl = [g for g in groups if g["kind"] in ABLATIONS]
-  if abl:
-    s = abl[0]["s"]
-    base = [g for g in groups if g["kind"] == "srformer" and g["s"] == s and g["schedule"] == "padded"]
-    bars = base + sorted(abl, key=lambda g: ABLATIONS.index(g["kind"]))
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ys = [g["rouge1"]["mean"] for g in bars]
-    yerr = [[g["rouge1"]["mean"] - (g["rouge1"]["lo"] if g["rouge1"].get("lo") is not None else g["rouge1"]["mean"])
-             for g in bars],
-            [(g["rouge1"]["hi"] if g["rouge1"].get("hi") is not None else g["rouge1"]["mean"]) - g["rouge1"]["mean"]
-             for g in bars]]
-    ax.bar(range(len(bars)), ys, yerr=yerr, capsize=3, color="tab:blue")
-    # references: what the ablations sit between (full attention; segmented attention at this s)
-    seg = [g for g in groups if g["kind"] == "segmented" and g["s"] == s and g["schedule"] == "padded"]
-    for ref, color, label in ((full, "k", "full attention"), (seg[0] if seg else None, "tab:red",
-                                                                f"segmented s = {s}")):
-      if ref and ref.get("rouge1"):
-        ax.axhline(ref["rouge1"]["mean"], color=color, ls=":", label=label)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8, loc="lower right")
-    ax.set_xticks(range(len(bars)), [g["kind"] for g in bars], rotation=20)
-    ax.set_ylabel("ROUGE-1 (test)")
-    ax.set_title(f"Ablations at s = {s} (cf. paper Table 4)")
-    ax.grid(alpha=0.3, axis="y")
+  if abl:  # one panel per ablated size, the paper's s = 64 first
+    abl_sizes = sorted({g["s"] for g in abl}, reverse=True)
+    fig, axes = plt.subplots(1, len(abl_sizes), figsize=(6.5 * len(abl_sizes), 3.8), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], abl_sizes):
+      base = [g for g in groups if g["kind"] == "srformer" and g["s"] == s and g["schedule"] == "padded"]
+      bars = base + sorted((g for g in abl if g["s"] == s), key=lambda g: ABLATIONS.index(g["kind"]))
+      ys = [g["rouge1"]["mean"] for g in bars]
+      yerr = [[g["rouge1"]["mean"] - (g["rouge1"]["lo"] if g["rouge1"].get("lo") is not None else g["rouge1"]["mean"])
+               for g in bars],
+              [(g["rouge1"]["hi"] if g["rouge1"].get("hi") is not None else g["rouge1"]["mean"]) - g["rouge1"]["mean"]
+               for g in bars]]
+      ax.bar(range(len(bars)), ys, yerr=yerr, capsize=3, color="tab:blue")
+      # references: what the ablations sit between (full attention; segmented attention at this s)
+      seg = [g for g in groups if g["kind"] == "segmented" and g["s"] == s and g["schedule"] == "padded"]
+      for ref, color, label in ((full, "k", "full attention"), (seg[0] if seg else None, "tab:red",
+                                                                  f"segmented s = {s}")):
+        if ref and ref.get("rouge1"):
+          ax.axhline(ref["rouge1"]["mean"], color=color, ls=":", label=label)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+      ax.set_xticks(range(len(bars)), [f"{g['kind']}\n(n={len(g['seeds'])})" for g in bars], rotation=20)
+      ax.set_ylabel("ROUGE-1 (test)")
+      ax.set_title(f"Ablations at s = {s}" + (" (cf. paper Table 4)" if s == 64 else ""))
+      ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{name}_ablations.png"), dpi=110)
     plt.close(fig)
