@@ -1042,7 +1042,9 @@ def alternatives(r: Results) -> str:
             + ("holds" if gate else "not run yet" if gate is None else "does not hold: the comparison says little"))
     for kind in ("pooled", "linear", "local_window", "gru_memory"):
       if v.get(kind):
-        line += f"; {kind} " + ", ".join(f"{side} SRformer on {split}" for split, side in v[kind].items())
+        line += f"; {kind} " + ", ".join(
+            f"{'not separated from' if side == 'not separated' else side} SRformer on {split}"
+            for split, side in v[kind].items())
     lines.append(line + ".")
   planned, done = d.get("alternative_cells_planned"), d.get("alternative_cells_done") or []
   where = (f"The alternatives' cells in: {len(done)} of {len(planned)}. " if planned else "")
