@@ -35,17 +35,17 @@ DECODE_K = 16384
 GATE = {"source_gain": 0.5, "distinct_predictions": 450}  # full attention reads its dialogue
 
 
-def records(cell_dir: str, cost: dict | None, decode: dict | None) -> tuple[list[dict], list[str]]:
+def records(cell_dir: str, cost: dict | None, decode: dict | None) -> tuple[list[dict], str | None, list[str]]:
   """(one record per grid cell of a kind compared here: 1500 steps, padded schedule, s in {8, 64},
-  the cells of the one clean commit most of them ran at; the names of the cells left out as of
-  another commit or an uncommitted tree)."""
+  the cells of the one clean commit most of them ran at; that commit; the names of the cells left
+  out as of another commit or an uncommitted tree)."""
   cells = []
   for path in sorted(glob.glob(os.path.join(cell_dir, "*.json"))):
     c = json.load(open(path))
     if c["kind"] not in KINDS or c.get("num_steps") or c["schedule"] != "padded" or c["s"] not in (None, 8, 64):
       continue
     cells.append(dict(c, name=c.get("name") or os.path.basename(path)[:-len(".json")]))
-  _, keep, other = one_commit(cells)
+  commit, keep, other = one_commit(cells)
   out = []
   for c in keep:
     out.append(dict(name=c["name"], kind=c["kind"], s=c["s"], seed=c["seed"], rouge1=c["rouge1"], rouge1_dev=c.get("rouge1_dev"),
@@ -54,7 +54,7 @@ def records(cell_dir: str, cost: dict | None, decode: dict | None) -> tuple[list
                     rouge1_dev_per_example=c.get("rouge1_dev_per_example"),
                     **cost_of(c["kind"], c["s"], cost, decode), git_commit=c.get("git_commit"),
                     git_clean=c.get("git_clean"), steps=c["steps"]))
-  return out, sorted(c["name"] for c in other)
+  return out, commit, sorted(c["name"] for c in other)
 
 
 def cost_of(kind: str, s, cost: dict | None, decode: dict | None) -> dict:
@@ -161,15 +161,14 @@ def main():
   cost = load(f"cross_attention_cost_{args.platform}.json")
   decode = load(f"decode_scaling_{args.platform}_alternatives.json")
   grid = load(f"{args.grid}.json") or {}
-  recs, other = records(os.path.join(args.out, args.grid), cost, decode)
+  recs, commit, other = records(os.path.join(args.out, args.grid), cost, decode)
   gs = groups(recs)
   name = f"cross_attention_alternatives_{args.platform}"
   payload = {"machine": grid.get("machine") or (cost or {}).get("machine"), "grid": args.grid,
              "protocol": "fine-tuned from the reader, the grid's budget and optimiser (see the grid's JSON)",
              "overrides": grid.get("overrides"), "decode_machine": (decode or {}).get("machine"),
              "decode_git_commit": (decode or {}).get("git_commit"),
-             # the cells' code (one commit when the table compares like with like), not this script's
-             "git_commit": ",".join(sorted({str(r.get("git_commit")) for r in recs})) or None,
+             "git_commit": commit,  # the cells' code, not this script's
              "alternative_cells_planned": sorted(n for n in grid.get("cells_planned", [])
                                                  if n.startswith(ALTERNATIVES)),
              "alternative_cells_done": sorted(r["name"] for r in recs if r["kind"] in ALTERNATIVES),

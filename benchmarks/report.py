@@ -1050,7 +1050,7 @@ def alternatives(r: Results) -> str:
   where = (f"The alternatives' cells in: {len(done)} of {len(planned)}. " if planned else "")
   if d.get("cells_left_out"):
     where += f"Left out, not of that commit: {', '.join(d['cells_left_out'])}. "
-  where += (f"Quality: the grid's cells, trained at {', '.join(_short_commit(c) for c in str(d.get('git_commit') or '').split(','))}; "
+  where += (f"Quality: the grid's cells, trained at {_short_commit(d.get('git_commit'))}; "
             f"decode time per token timed alone at {_short_commit(d.get('decode_git_commit'))}, "
             f"{_machine(d.get('decode_machine'))} (batch 8, greedy, random weights; "
             "`benchmarks/decode_scaling.py --tag alternatives`); flops: `benchmarks/cross_attention_cost.py`.")

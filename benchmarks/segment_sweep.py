@@ -750,12 +750,8 @@ CODE = ["srformer_jax", "configs", "train.py", "eval.py", "benchmarks/segment_sw
 def _git_commit(code: list[str] = CODE) -> str:
   """The last commit that changed the code (`code`: the paths a result depends on; not the results),
   with '-dirty' when the code on disk differs from HEAD: cells trained by the same code name the
-  same commit."""
-  try:
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=REPO).returncode != 0
-    return _code_commit("HEAD", code) + ("-dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+  same commit (`common.code_commit` over these paths)."""
+  return common.code_commit(code)
 
 
 def _git_clean() -> bool | None:
