@@ -859,6 +859,29 @@ def grid_cells(r: Results) -> str:
                      + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
 
 
+def grid_reproduce(r: Results) -> str:
+  """The grid's cells against the code as it is: one cell per kind trained and decoded again."""
+  d = r.load("grid_reproduce_cpu.json")
+  if d is None:
+    return "(not checked yet: `python benchmarks/reproduce_cells.py --runs DIR`)"
+  recs = d["records"]
+  same = [x for x in recs if x["train_identical"] and x["predictions_identical"]]
+  rows = [[f"`{x['kind']}`" + (f" ({x['schedule']})" if x["schedule"] != "padded" else ""), x["s"] or "–",
+           "same" if x["train_identical"] else "**differs**",
+           "same" if x["predictions_identical"] else f"**{x['predictions_differing']} differ**",
+           f"{x['rouge1_then']:.2f} / {x['rouge1_now']:.2f}"] for x in recs]
+  commits = ", ".join(sorted({_short_commit(x["cell_commit"]) for x in recs}))
+  head = (f"One finished cell per kind (seed 0), trained again from the start for {d['steps']} steps and "
+          f"decoding the {recs[0]['examples'] if recs else 0} test dialogues again from its final checkpoint, "
+          f"with the code at {_short_commit(d.get('git_commit'))}, against what the cell wrote when it ran at "
+          f"{commits}: **{len(same)} of {len(recs)}** give the same loss, gradient norm, parameter norm, "
+          "accuracy and learning rate at that step and the same predictions, bit for bit.")
+  return "\n\n".join([head, _table(["kind", "s", f"step {d['steps']}", "test predictions",
+                                    "ROUGE-1 then / now"], rows),
+                      f"{_machine(d.get('machine'))}, single-threaded as the cells. "
+                      + r.files("grid_reproduce_cpu.json")])
+
+
 LONG = "long_dialogsum_cpu"
 LONG_MISSING = ("(no cell of a clean commit yet: `python benchmarks/segment_sweep.py --preset long1024 --reader "
                 "benchmarks/reader/cpu_infill --runs DIR` from a clean tree)")
@@ -1354,6 +1377,7 @@ RENDERERS = {
     "grid_table4": grid_table4,
     "grid_budget": grid_budget,
     "grid_cells": grid_cells,
+    "grid_reproduce": grid_reproduce,
     "alternatives": alternatives,
     "long_dialogsum": long_dialogsum,
     "long_dialogsum_cost": long_dialogsum_cost,
