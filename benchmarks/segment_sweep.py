@@ -629,57 +629,93 @@ def markdown_table(payload: dict) -> str:
   return "\n".join(lines)
 
 
+def _grid_name(args, preset_name: str, preset: dict) -> str:
+  """segment_sweep_<preset> fine-tuned from the reader (the paper's protocol), ..._scratch from
+  scratch; then the --tag."""
+  return (preset.get("name", f"segment_sweep_{preset_name}") + ("" if args.reader else "_scratch")
+          + (f"_{args.tag}" if args.tag else ""))
+
+
+def _settings(args, preset: dict, runs: str, build: bool) -> tuple[dict, str | None, str | None]:
+  """(the cells' shared --config overrides, the reader's folder or None, the dev split's path or
+  None). `build`: check the corpus and make what the cells read (the long task's data, the runs
+  folder, a tokenizer when there is no reader); without it (--publish) nothing is read or made."""
+  if preset.get("long"):  # the long-input task, built once into the runs folder from DialogSum
+    from benchmarks import long_dialogsum
+    data = os.path.join(runs, "data")
+    if build and not os.path.exists(os.path.join(data, long_dialogsum.STATS)):
+      long_dialogsum.build(args.data_dir, data, os.path.join(os.path.abspath(args.reader), "spm.model"))
+    args.data_dir, args.train_file, args.test_file = data, long_dialogsum.OUT["train"], long_dialogsum.OUT["test"]
+    args.eval_summary_key = "summary"
+  train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
+  test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
+  dev_path = os.path.abspath(os.path.join(args.data_dir, args.dev_file)) if args.dev_file else None
+  if build:
+    for path in filter(None, (train_path, test_path, dev_path)):
+      if not os.path.exists(path):
+        sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
+    os.makedirs(runs, exist_ok=True)
+  reader = os.path.abspath(args.reader) if args.reader else None
+  if reader:
+    if not os.path.exists(os.path.join(reader, "config.json")):
+      sys.exit(f"no reader at {reader}: make one with benchmarks/reader.py (it exports config.json, "
+               "model.safetensors and spm.model)")
+    spm = os.path.join(reader, "spm.model")
+  elif build:
+    from configs import dialogsum_sweep
+    spm = train_tokenizer(args, runs, train_path, dialogsum_sweep.get_config().data.spm_vocab_size)
+  else:
+    spm = os.path.join(runs, "spm", "spm.model")  # trained by the grid's own run
+  overrides = {"data.train_split": train_path, "data.eval_split": test_path,
+               "data.document_key": args.document_key, "data.summary_key": args.summary_key,
+               "data.eval_summary_key": args.eval_summary_key, "data.tokenizer": f"spm:{spm}"}
+  if reader:
+    overrides["model.init_from"] = reader
+  overrides.update(preset["overrides"])
+  overrides.update(parse_set(args.set))
+  return overrides, reader, dev_path
+
+
+def _payload(args, preset_name: str, overrides: dict, reader, dev_path, commit: str, results: list[dict],
+             grid: list[dict]) -> dict:
+  """The grid's JSON: its settings, every finished cell (grid order), the groups and the verdict."""
+  groups = aggregate(results)
+  return {"preset": preset_name, "tag": args.tag or None,
+          "overrides": {k: _relative(v) for k, v in overrides.items()},
+          "protocol": "fine-tuned from the reader" if reader else "from scratch",
+          "reader": _relative(reader) if reader else None,
+          "git_commit": commit, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
+          "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
+          "dev_split": _relative(dev_path) if dev_path else None,
+          "groups": groups, "verdict": verdict(groups),
+          "cells_planned": [c["name"] for c in grid], "workers": args.workers}
+
+
+def _write(args, name: str, payload: dict):
+  common.write(args.out, name, payload)
+  plot(payload["groups"], args.out, name)
+  if args.positions:
+    plot_positions(payload["groups"], args.out, name)
+
+
 def main():
   args = parse_args()
   preset_name = "quick" if args.quick else args.preset
   preset = PRESETS[preset_name]
   if args.workers is None:
     args.workers = preset.get("workers", 1)
-  # fine-tuned from the reader (the paper's protocol): segment_sweep_<preset>; from scratch: ..._scratch
-  name = (preset.get("name", f"segment_sweep_{preset_name}") + ("" if args.reader else "_scratch")
-          + (f"_{args.tag}" if args.tag else ""))
+  name = _grid_name(args, preset_name, preset)
   if args.dev_file is None:
     args.dev_file = preset.get("dev_file")
   if args.dev_summary_key is None:
     args.dev_summary_key = preset.get("dev_summary_key", args.summary_key)
   args.positions = bool(preset.get("long"))
-  if preset.get("long"):  # the long-input task, built once into the runs folder from DialogSum
-    from benchmarks import long_dialogsum
-    data = os.path.join(args.runs or os.path.join(REPO, "runs", name), "data")
-    if not args.publish and not os.path.exists(os.path.join(data, long_dialogsum.STATS)):
-      long_dialogsum.build(args.data_dir, data, os.path.join(os.path.abspath(args.reader), "spm.model"))
-    args.data_dir, args.train_file, args.test_file = data, long_dialogsum.OUT["train"], long_dialogsum.OUT["test"]
-    args.eval_summary_key = "summary"
   if args.table:
     print(markdown_table(json.load(open(os.path.join(args.out, f"{name}.json")))))
     return
   runs = args.runs or os.path.join(REPO, "runs", name)
-  train_path = os.path.abspath(os.path.join(args.data_dir, args.train_file))
-  test_path = os.path.abspath(os.path.join(args.data_dir, args.test_file))
-  dev_path = os.path.abspath(os.path.join(args.data_dir, args.dev_file)) if args.dev_file else None
-  for path in filter(None, (train_path, test_path, dev_path)):
-    if not args.publish and not os.path.exists(path):  # --publish reads only the result files
-      sys.exit(f"missing {path}: pass --data_dir (and --train_file / --test_file) of a JSONL corpus")
-  if not args.publish:
-    os.makedirs(runs, exist_ok=True)
-  from configs import dialogsum_sweep
-  if args.reader:
-    reader = os.path.abspath(args.reader)
-    if not os.path.exists(os.path.join(reader, "config.json")):
-      sys.exit(f"no reader at {reader}: make one with benchmarks/reader.py (it exports config.json, "
-               "model.safetensors and spm.model)")
-    spm = os.path.join(reader, "spm.model")
-  else:
-    vocab = dialogsum_sweep.get_config().data.spm_vocab_size
-    spm = (os.path.join(runs, "spm", "spm.model") if args.publish  # trained by the grid, not here
-           else train_tokenizer(args, runs, train_path, vocab))
-  overrides = {"data.train_split": train_path, "data.eval_split": test_path,
-               "data.document_key": args.document_key, "data.summary_key": args.summary_key,
-               "data.eval_summary_key": args.eval_summary_key, "data.tokenizer": f"spm:{spm}"}
-  if args.reader:
-    overrides["model.init_from"] = reader
-  overrides.update(preset["overrides"])
-  overrides.update(parse_set(args.set))
+  # --publish reads only the result files: no corpus, tokenizer or runs folder
+  overrides, reader, dev_path = _settings(args, preset, runs, build=not args.publish)
   only = set(filter(None, args.only.split(",")))
   grid = [c for c in (cells_steps1500(preset) if preset_name == "cpu1500" else cells_long(preset)
                       if preset.get("long") else cells(preset))
@@ -694,6 +730,22 @@ def main():
     if os.path.exists(path):
       done[c["name"]] = json.load(open(path))
 
+  def payload():
+    results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
+    return _payload(args, preset_name, overrides, reader, dev_path, commit, results, grid)
+
+  if args.publish:  # the training run's own record of its code, machine and settings stands
+    out = payload()
+    prior = os.path.join(args.out, f"{name}.json")
+    if os.path.exists(prior):
+      with open(prior) as f:
+        out.update({k: v for k, v in json.load(f).items() if k in ("git_commit", "machine", "overrides")})
+    trained = {r.get("git_commit") for r in out["cells"]}
+    if len(trained) == 1 and None not in trained:  # every cell's code: the JSON's commit
+      out["git_commit"] = trained.pop()
+    _write(args, name, dict(out, published_by=commit))
+    return
+
   def run_and_keep(cell):
     r = run_cell(cell, args, runs, overrides)
     r = dict(r, workdir=_relative(r["workdir"]))
@@ -701,38 +753,15 @@ def main():
     common.write(cell_dir, cell["name"], r)
     return r
 
+  todo = [c for c in grid if c["name"] not in done and (  # --collect: finished workdirs only
+      not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]
+  if not todo:
+    _write(args, name, payload())
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    todo = [c for c in grid if c["name"] not in done and not args.publish and (  # --collect: finished
-        not args.collect or os.path.exists(os.path.join(runs, c["name"], "rouge.json")))]  # workdirs only
     futures = {pool.submit(run_and_keep, cell): cell for cell in todo}
-    # as each cell finishes (with nothing to train: once, from the result files)
-    for future in concurrent.futures.as_completed(futures) if futures else [None]:
-      if future is not None:
-        done[futures[future]["name"]] = future.result()
-      results = [done[c["name"]] for c in grid if c["name"] in done]  # grid order
-      groups = aggregate(results)
-      payload = {"preset": preset_name, "tag": args.tag or None,
-                 "overrides": {k: _relative(v) for k, v in overrides.items()},
-                 "protocol": "fine-tuned from the reader" if args.reader else "from scratch",
-                 "reader": _relative(reader) if args.reader else None,
-                 "git_commit": commit, "machine": _machine(), "paper_t5_small_cnndm": PAPER,
-                 "cells": [dict(r, workdir=_relative(r["workdir"])) for r in results],
-                 "dev_split": _relative(dev_path) if dev_path else None,
-                 "groups": groups, "verdict": verdict(groups),
-                 "cells_planned": [c["name"] for c in grid], "workers": args.workers}
-      if args.publish:  # the training run's own record of its code, machine and settings stands
-        prior = os.path.join(args.out, f"{name}.json")
-        if os.path.exists(prior):
-          with open(prior) as f:
-            payload.update({k: v for k, v in json.load(f).items() if k in ("git_commit", "machine", "overrides")})
-        trained = {r.get("git_commit") for r in results}
-        if len(trained) == 1 and None not in trained:  # every cell's code: the JSON's commit
-          payload["git_commit"] = trained.pop()
-        payload["published_by"] = commit
-      common.write(args.out, name, payload)
-      plot(groups, args.out, name)
-      if args.positions:
-        plot_positions(groups, args.out, name)
+    for future in concurrent.futures.as_completed(futures):  # the JSON and figures as each cell finishes
+      done[futures[future]["name"]] = future.result()
+      _write(args, name, payload())
 
 
 def _relative(value):
