@@ -1210,6 +1210,27 @@ def crt_scisumm(r: Results) -> str:
   return _crt_protocol(r, "crt_scisumm_cpu.json", "(not run yet: `python benchmarks/crt_ptb.py --preset scisumm`)")
 
 
+def crt_scisumm_pilot(r: Results) -> str:
+  """The ScisummNet protocol's pilot: its first runs at the first step budget, each run's numbers."""
+  d = r.load("crt_scisumm_pilot_cpu.json")
+  if d is None:
+    return "(no pilot yet)"
+  rows = []
+  for x in d["runs"]:
+    still = " (its last: still improving)" if x["best_step"] == x["steps"] else ""
+    rows.append([f"`{x['name']}`", x["seed"], f"{x['steps']} ({x['epochs']:.2f})", f"{x['best_step']}{still}",
+                 f"{x['valid_ppl']:.1f}", f"{x['test_ppl']:.1f}",
+                 " / ".join(f"{b['ppl']:.1f}" for b in x.get("test_by_position", [])),
+                 f"{x['train_s_this_invocation'] / 60:.1f}"])
+  buckets = " / ".join(f"{b['from']}–{b['to'] or 'end'}" for b in d["runs"][0].get("test_by_position", []))
+  commits = ", ".join(sorted({_short_commit(x.get("git_commit")) for x in d["runs"]}))
+  return (_table(["model", "seed", "steps (epochs)", "best validation at step", "valid ppl", "test ppl",
+                  f"test ppl by word position ({buckets})", "train minutes"], rows)
+          + f"\n\nL = {d['settings']['context_len']}, batch {d['settings']['batch_size']} streams, lr "
+          f"{d['settings']['learning_rate']}, validated every {d['settings']['eval_every']} steps; code at {commits}; "
+          f"{_machine(d.get('machine'))}. " + r.files("crt_scisumm_pilot_cpu.json", "crt_scisumm_pilot_cpu.png"))
+
+
 def _crt_protocol(r: Results, name: str, missing: str = "(no runs finished yet)") -> str:
   path = r.path(name)
   if not os.path.exists(path):
@@ -1394,6 +1415,7 @@ RENDERERS = {
     "crt_ptb_short": crt_ptb_short,
     "crt_ptb": crt_ptb,
     "crt_scisumm": crt_scisumm,
+    "crt_scisumm_pilot": crt_scisumm_pilot,
     "glance_decode": glance_decode,
     "glance_vs_hf": glance_vs_hf,
     "glance_cost": glance_cost,

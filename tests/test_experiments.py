@@ -170,3 +170,11 @@ def test_scisumm_corpus_splits_by_document_with_a_train_vocabulary(tmp_path):
   assert len(vocab - {"<unk>"}) <= 40 and "<unk>" in vocab
   assert scisumm_lm.tokenize("In 2019, we got 3.5% (p < 0.01). Don't!") == [
       "in", "N", "we", "got", "N", "p", "N", "don't"]
+
+
+def test_scisumm_plan_is_seed_major_with_xl_on_one_seed():
+  from benchmarks import crt_ptb
+  runs = [crt_ptb.run_id(r) for r in crt_ptb.plan(crt_ptb.PRESETS["scisumm"])]
+  assert runs[:4] == ["L512_full_L_seed0", "L512_segmented_L_4_seed0", "L512_crt_L_4_seed0", "L512_xl_L_2_seed0"]
+  assert len(runs) == 10 and [r for r in runs if "xl" in r] == ["L512_xl_L_2_seed0"]
+  assert "model_seeds" not in crt_ptb.settings_for(crt_ptb.PRESETS["scisumm"], 512)  # not a model setting
