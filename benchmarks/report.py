@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -859,6 +860,29 @@ def grid_cells(r: Results) -> str:
                      + ([f"Not run yet ({len(todo)}): {', '.join(todo)}."] if todo else []))
 
 
+def segment_share(r: Results) -> str:
+  """One segment's share of the input per task and s (benchmarks/segment_share.py), beside the paper's."""
+  d = r.load("segment_share.json")
+  if d is None:
+    return "(not measured yet: `python benchmarks/segment_share.py`)"
+  rows = [[t["task"], f"{t['source_tokens_median']:.0f} ({t['source_cut_at_k']:.0%} cut)", x["s"], x["m"],
+           f"{x['segment_share']:.1%}", f"{x['reference_reads_share']:.0%}"] for t in d["tasks"] for x in t["sizes"]]
+  paper, *ours = d["tasks"]
+  near = []
+  for t in ours:
+    for x in t["sizes"]:
+      p = min(paper["sizes"], key=lambda y: abs(math.log(y["segment_share"] / x["segment_share"])))
+      top = max(paper["sizes"], key=lambda y: y["segment_share"])
+      near.append(f"{t['task'].split(' (')[0]} s = {x['s']}: " + (
+          f"the paper's s = {p['s']}" if x["segment_share"] < 1.5 * top["segment_share"] else
+          f"{x['segment_share'] / top['segment_share']:.0f}x the paper's largest (s = {top['s']})"))
+  return (_table(["task", "input tokens, median (share cut at k)", "s", "m", "one segment's share of the input",
+                  "share the reference's positions read with softmax"], rows)
+          + "\n\nNearest in one segment's share of the input: " + "; ".join(near) + ". "
+          + f"Means over each task's test inputs ({', '.join(str(t['examples']) for t in d['tasks'])}). "
+          + r.files("segment_share.json"))
+
+
 def grid_reproduce(r: Results) -> str:
   """The grid's cells against the code as it is: one cell per kind trained and decoded again."""
   d = r.load("grid_reproduce_cpu.json")
@@ -1399,6 +1423,7 @@ RENDERERS = {
     "grid_budget": grid_budget,
     "grid_cells": grid_cells,
     "grid_reproduce": grid_reproduce,
+    "segment_share": segment_share,
     "alternatives": alternatives,
     "long_dialogsum": long_dialogsum,
     "long_dialogsum_cost": long_dialogsum_cost,

@@ -178,3 +178,22 @@ def test_scisumm_plan_is_seed_major_with_xl_on_one_seed():
   assert runs[:4] == ["L512_full_L_seed0", "L512_segmented_L_4_seed0", "L512_crt_L_4_seed0", "L512_xl_L_2_seed0"]
   assert len(runs) == 10 and [r for r in runs if "xl" in r] == ["L512_xl_L_2_seed0"]
   assert "model_seeds" not in crt_ptb.settings_for(crt_ptb.PRESETS["scisumm"], 512)  # not a model setting
+
+
+def test_segment_share_counts_what_one_segment_and_the_reference_read(tmp_path):
+  from benchmarks import report, segment_share
+  # a 100-token input, a 10-token reference, k 256, q 64: at s = 64 (m = 4) positions 0..9 all read
+  # segment 0 (64 tokens); at s = 8 (m = 32) they visit segments 0..4 (40 tokens)
+  x = segment_share.shares(np.array([100]), np.array([10]), 256, 64, 64)
+  assert (x["m"], x["segment_share"], x["reference_reads_share"]) == (4, 0.64, 0.64)
+  x = segment_share.shares(np.array([100, 300]), np.array([10, 100]), 256, 64, 8)
+  assert x["segment_share"] == pytest.approx((0.08 + 8 / 256) / 2)
+  assert x["reference_reads_share"] == pytest.approx((0.4 + 1.0) / 2)  # the second: cut at k and q
+  task = lambda name, sizes: dict(task=name, examples=2, k=256, q=64, source_tokens_median=100.0,  # noqa: E731
+                                  source_cut_at_k=0.5, reference_tokens_median=10.0,
+                                  sizes=[dict(s=s, m=256 // s, segment_share=v, reference_reads_share=0.7)
+                                         for s, v in sizes])
+  (tmp_path / "segment_share.json").write_text(json.dumps(dict(tasks=[
+      task("paper (x)", [(8, 0.01), (64, 0.09)]), task("ours (y)", [(8, 0.05), (16, 0.1), (64, 0.4)])])))
+  out = report.render("segment_share", str(tmp_path))
+  assert "ours s = 8: the paper's s = 64; ours s = 16: the paper's s = 64; ours s = 64: 4x the paper's largest" in out
