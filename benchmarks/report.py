@@ -89,6 +89,11 @@ def _secs(s: float) -> str:
   return f"{_sig(s * 1e3)} ms" if s < 1 else f"{_sig(s)} s"
 
 
+def _n(count: int, noun: str) -> str:
+  """'1 seed', '3 seeds'."""
+  return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -1009,7 +1014,7 @@ def glance_long_dialogsum(r: Results) -> str:
   for kind, s in (("full", None), ("segmented", 8), ("srformer", 8), ("xl", 8)):
     x = by.get(sweep_stats.name(kind, s))
     if x:
-      parts.append(f"{kind}{'' if s is None else f' s = {s}'} {format_ci(x['rouge1'])} ({len(x['seeds'])} seeds)")
+      parts.append(f"{kind}{'' if s is None else f' s = {s}'} {format_ci(x['rouge1'])} ({_n(len(x['seeds']), 'seed')})")
   gate = sweep_stats.long_gate(done)
   v = sweep_stats.claim_at(done, 8, "rouge1", with_xl=False)
   return (f"Four dialogues in, four summaries out (k = 1024, m = 128 segments at s = 8; test ROUGE-1): "
@@ -1048,7 +1053,7 @@ def glance_crt_scisumm(r: Results) -> str:
   if d is None or "aggregate" not in d:
     return "CRT on long documents (ScisummNet papers, L = 512): not run yet (`python benchmarks/crt_ptb.py --preset scisumm`)."
   agg = d["aggregate"]
-  parts = [f"{m['name']} {format_ci(m['test_ppl'], '.1f')} ({m['test_ppl']['n']} seeds)" for m in agg["models"]]
+  parts = [f"{m['name']} {format_ci(m['test_ppl'], '.1f')} ({_n(m['test_ppl']['n'], 'seed')})" for m in agg["models"]]
   verdicts = []
   for context, g in sorted(agg.get("gate", {}).items(), key=lambda kv: int(kv[0])):
     c = agg.get("claim", {}).get(context, {})
