@@ -1342,29 +1342,6 @@ def glance_vs_hf(r: Results) -> str:
   return _table(["machine", "generate vs HF", "train step vs HF", "files"], rows)
 
 
-def glance_cost(r: Results) -> str:
-  """Cross-attention flops relative to full attention."""
-  rows = []
-  for p in ("cpu", "gpu"):
-    d = r.load(f"cross_attention_cost_{p}.json")
-    cells = [f"{_one(_rows(d, kind=k, s=s))['ratio_to_full']:.3f}" for k, s in
-             (("segmented", 64), ("srformer", 64), ("srformer", 8))]
-    rows.append([_machine(d["machine"]), f"q={d['q']}, k={d['k']}, d={d['d']}"] + cells
-                + [r.files(f"cross_attention_cost_{p}.json", f"cross_attention_cost_{p}.png")])
-  return _table(["machine", "shape", "segmented s=64", "srformer s=64", "srformer s=8", "files"], rows)
-
-
-def glance_long_inputs(r: Results) -> str:
-  """T5-small SRformer train step at batch 8: memory by XLA's analysis and the backward's residuals."""
-  mem, res = r.load("long_inputs_cpu.json"), r.load("long_inputs_cpu_residuals.json")
-  k = max(y["k"] for y in mem["memory"])
-  get = lambda rows, v, key: _gib([y for y in rows if y["variant"] == v and y["k"] == k][0][key]) + " GiB"
-  return _table(["k", "dense total", "blockwise total", "residuals, blockwise + remat", "files"],
-                [[k, get(mem["memory"], "dense", "total_bytes"), get(mem["memory"], "blockwise", "total_bytes"),
-                  get(res["residuals"], "blockwise+remat", "residual_bytes"),
-                  r.files("long_inputs_cpu.json", "long_inputs_cpu_residuals.json", "long_inputs_cpu.png")]])
-
-
 def glance_pipeline(r: Results) -> str:
   """The training loop against the step alone."""
   d = r.load("input_pipeline_cpu.json")
@@ -1448,8 +1425,6 @@ RENDERERS = {
     "crt_scisumm_pilot": crt_scisumm_pilot,
     "glance_decode": glance_decode,
     "glance_vs_hf": glance_vs_hf,
-    "glance_cost": glance_cost,
-    "glance_long_inputs": glance_long_inputs,
     "glance_pipeline": glance_pipeline,
     "glance_cpu_efficiency": glance_cpu_efficiency,
 }
