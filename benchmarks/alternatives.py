@@ -20,12 +20,13 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks import common, stats  # noqa: E402
+from benchmarks import common, stats, sweep_stats  # noqa: E402
 from benchmarks.sweep_stats import aggregate, one_commit  # noqa: E402
 
 KINDS = ("full", "segmented", "xl", "srformer", "pooled", "linear", "local_window", "gru_memory")
@@ -86,14 +87,22 @@ def groups(recs: list[dict]) -> list[dict]:
   return sorted(gs, key=lambda g: (KINDS.index(g["kind"]), g["s"] or 0))
 
 
-def verdict(gs: list[dict], s: int = 8) -> dict:
+def planned_seeds(cells_planned: list[str], kind: str, s) -> int:
+  """How many seeds the grid plans for the group (kind, s) at its own budget (0: none planned)."""
+  group = sweep_stats.name(kind, None if kind in SEGMENTLESS else s)
+  return sum(n == group or re.fullmatch(re.escape(group) + r"_seed\d+", n) is not None for n in cells_planned)
+
+
+def verdict(gs: list[dict], s: int = 8, cells_planned: list[str] | None = None) -> dict:
   """At segment size s: the gate (full attention reads its input), then each alternative against
-  SRformer on test and dev ROUGE-1: above / below with separated 95% intervals, or not separated."""
+  SRformer on test and dev ROUGE-1: above / below with separated 95% intervals, or not separated.
+  A group with fewer seeds than `cells_planned` holds for it gets no verdict yet: {"waits": "n of N"}."""
   by = {(g["kind"], g["s"]): g for g in gs}
   full, srf = by.get(("full", None)), by.get(("srformer", s))
   out = {"s": s, "rule": "above / below SRformer: means differ and 95% intervals are separated; "
                          f"gate: full attention's source gain >= {GATE['source_gain']} nats/token and "
-                         f">= {GATE['distinct_predictions']} distinct test predictions"}
+                         f">= {GATE['distinct_predictions']} distinct test predictions; a kind is judged once all "
+                         "the seeds the grid plans for it are in"}
   if full:
     out["gate"] = bool(full["source_gain"]["mean"] >= GATE["source_gain"]
                        and full["distinct_predictions"]["mean"] >= GATE["distinct_predictions"])
@@ -102,6 +111,10 @@ def verdict(gs: list[dict], s: int = 8) -> dict:
   for kind in ALTERNATIVES:
     g = by.get((kind, None if kind in SEGMENTLESS else s))
     if not g:
+      continue
+    planned = planned_seeds(cells_planned or [], kind, s)
+    if len(g["seeds"]) < planned:
+      out[kind] = {"waits": f"{len(g['seeds'])} of {planned} seeds"}
       continue
     out[kind] = {}
     for split, metric in (("test", "rouge1"), ("dev", "rouge1_dev")):
@@ -174,7 +187,8 @@ def main():
              "alternative_cells_done": sorted(r["name"] for r in recs if r["kind"] in ALTERNATIVES),
              "cells_left_out": other,  # of another commit or an uncommitted tree: never mixed in
              "records": [{k: v for k, v in r.items() if not k.endswith("per_example")} for r in recs],
-             "groups": gs, "verdict_s8": verdict(gs, 8), "verdict_s64": verdict(gs, 64)}
+             "groups": gs, "verdict_s8": verdict(gs, 8, grid.get("cells_planned")),
+             "verdict_s64": verdict(gs, 64, grid.get("cells_planned"))}
   common.write(args.out, name, payload)
   plot(gs, args.out, name)
 

@@ -1093,7 +1093,9 @@ def alternatives(r: Results) -> str:
     line = (f"s = {v['s']}: gate (full attention reads its input) "
             + ("holds" if gate else "not run yet" if gate is None else "does not hold: the comparison says little"))
     for kind in ("pooled", "linear", "local_window", "gru_memory"):
-      if v.get(kind):
+      if v.get(kind, {}).get("waits"):
+        line += f"; {kind} waits for its seeds ({v[kind]['waits']})"
+      elif v.get(kind):
         line += f"; {kind} " + ", ".join(
             f"{'not separated from' if side == 'not separated' else side} SRformer on {split}"
             for split, side in v[kind].items())

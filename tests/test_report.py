@@ -276,9 +276,10 @@ def test_alternatives_table_compares_one_commit_and_says_which_side_of_srformer(
   the cost columns joined by kind and s, and the README block rendered from it."""
   cells = tmp_path / "segment_sweep_cpu_steps1500"
   cells.mkdir()
-  score = {("full", None): 30, ("srformer", 8): 28, ("pooled", 8): 33, ("linear", None): 20}
+  score = {("full", None): 30, ("srformer", 8): 28, ("pooled", 8): 33, ("linear", None): 20,
+           ("local_window", 8): 10}
   for (kind, s), mean in score.items():
-    for seed in range(3):
+    for seed in range(2 if kind == "local_window" else 3):  # local_window: 2 of its 3 seeds so far
       name = kind if s is None else f"{kind}_s{s}_padded"
       name += f"_seed{seed}" if seed else ""
       cell = dict(name=name, kind=kind, s=s, schedule="padded", seed=seed, steps=1500,
@@ -289,7 +290,8 @@ def test_alternatives_table_compares_one_commit_and_says_which_side_of_srformer(
                git_clean=False, rouge1=99.0)
   (cells / "pooled_s64_padded.json").write_text(json.dumps(dirty))
   (tmp_path / "segment_sweep_cpu_steps1500.json").write_text(json.dumps(
-      {"cells_planned": [p.stem for p in cells.glob("*.json")] + ["gru_memory_s8_padded"]}))
+      {"cells_planned": [p.stem for p in cells.glob("*.json")] + ["gru_memory_s8_padded",
+                                                                   "local_window_s8_padded_seed2"]}))
   cost = {"rows": [{"kind": k, "s": s, "ratio_to_full": r} for k, s, r in
                    (("full", None, 1.0), ("srformer", 8, 0.64), ("pooled", 8, 0.02), ("linear", None, 0.1))]}
   (tmp_path / "cross_attention_cost_cpu.json").write_text(json.dumps(cost))
@@ -303,13 +305,15 @@ def test_alternatives_table_compares_one_commit_and_says_which_side_of_srformer(
   assert d["cells_left_out"] == ["pooled_s64_padded"] and d["git_commit"] == "a" * 40
   assert d["verdict_s8"]["gate"] and d["verdict_s8"]["pooled"] == {"test": "above", "dev": "above"}
   assert d["verdict_s8"]["linear"] == {"test": "below", "dev": "below"}
-  assert (len(d["alternative_cells_planned"]), len(d["alternative_cells_done"])) == (8, 6)
+  assert d["verdict_s8"]["local_window"] == {"waits": "2 of 3 seeds"}  # far below, but not all seeds in
+  assert (len(d["alternative_cells_planned"]), len(d["alternative_cells_done"])) == (11, 8)
   pooled = next(g for g in d["groups"] if (g["kind"], g["s"]) == ("pooled", 8))
   assert (pooled["flops_vs_full"], pooled["decode_ms_per_token_k16384"]) == (0.02, 36.0)
   assert pooled["rouge1"]["mean"] == pytest.approx(33.1)
   out = report.render("alternatives", str(tmp_path))
   assert "pooled above SRformer on test, above SRformer on dev" in out
-  assert "linear below SRformer on test" in out and "6 of 8" in out
+  assert "linear below SRformer on test" in out and "8 of 11" in out
+  assert "local_window waits for its seeds (2 of 3 seeds)" in out
   assert "Left out, not of that commit: pooled_s64_padded" in out and "timed alone at bbbbbbb" in out
 
 
