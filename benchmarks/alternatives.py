@@ -20,7 +20,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,17 +86,12 @@ def groups(recs: list[dict]) -> list[dict]:
   return sorted(gs, key=lambda g: (KINDS.index(g["kind"]), g["s"] or 0))
 
 
-def planned_seeds(cells_planned: list[str], kind: str, s) -> int:
-  """How many seeds the grid plans for the group (kind, s) at its own budget (0: none planned)."""
-  group = sweep_stats.name(kind, None if kind in SEGMENTLESS else s)
-  return sum(n == group or re.fullmatch(re.escape(group) + r"_seed\d+", n) is not None for n in cells_planned)
-
-
 def verdict(gs: list[dict], s: int = 8, cells_planned: list[str] | None = None) -> dict:
   """At segment size s: the gate (full attention reads its input), then each alternative against
   SRformer on test and dev ROUGE-1: above / below with separated 95% intervals, or not separated.
   A group with fewer seeds than `cells_planned` holds for it gets no verdict yet: {"waits": "n of N"}."""
   by = {(g["kind"], g["s"]): g for g in gs}
+  planned_by_group = sweep_stats.planned_seeds(cells_planned or [])
   full, srf = by.get(("full", None)), by.get(("srformer", s))
   out = {"s": s, "rule": "above / below SRformer: means differ and 95% intervals are separated; "
                          f"gate: full attention's source gain >= {GATE['source_gain']} nats/token and "
@@ -112,7 +106,7 @@ def verdict(gs: list[dict], s: int = 8, cells_planned: list[str] | None = None) 
     g = by.get((kind, None if kind in SEGMENTLESS else s))
     if not g:
       continue
-    planned = planned_seeds(cells_planned or [], kind, s)
+    planned = planned_by_group.get(sweep_stats.name(kind, None if kind in SEGMENTLESS else s), 0)
     if len(g["seeds"]) < planned:
       out[kind] = {"waits": f"{len(g['seeds'])} of {planned} seeds"}
       continue

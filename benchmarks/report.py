@@ -693,10 +693,7 @@ def _grid(r: Results, name: str = GRID):
 def _complete(d: dict, by: dict) -> dict:
   """The groups that have every seed the grid plans for them: a verdict waits for the rest (a group
   with 2 of its 3 seeds has a t interval too wide to judge by, and a mean that will move)."""
-  planned: dict[str, int] = {}
-  for name in d["cells_planned"]:
-    group = name.rsplit("_seed", 1)[0] if "_seed" in name else name
-    planned[group] = planned.get(group, 0) + 1
+  planned = sweep_stats.planned_seeds(d["cells_planned"])
   return {k: g for k, g in by.items() if len(g["seeds"]) >= planned.get(k, 1)}
 
 
@@ -873,11 +870,11 @@ def segment_share(r: Results) -> str:
   rows = [[t["task"], f"{t['source_tokens_median']:.0f} ({t['source_cut_at_k']:.0%} cut)", x["s"], x["m"],
            f"{x['segment_share']:.1%}", f"{x['reference_reads_share']:.0%}"] for t in d["tasks"] for x in t["sizes"]]
   paper, *ours = d["tasks"]
+  top = max(paper["sizes"], key=lambda y: y["segment_share"])
   near = []
   for t in ours:
     for x in t["sizes"]:
       p = min(paper["sizes"], key=lambda y: abs(math.log(y["segment_share"] / x["segment_share"])))
-      top = max(paper["sizes"], key=lambda y: y["segment_share"])
       near.append(f"{t['task'].split(' (')[0]} s = {x['s']}: " + (
           f"the paper's s = {p['s']}" if x["segment_share"] < 1.5 * top["segment_share"] else
           f"{x['segment_share'] / top['segment_share']:.0f}x the paper's largest (s = {top['s']})"))

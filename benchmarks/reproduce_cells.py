@@ -109,8 +109,9 @@ def main():
   # the grid's cells ran two at a time, each on one thread: the same XLA:CPU configuration here
   os.environ["XLA_FLAGS"] = common.single_thread_flags(os.environ)
   jax = common.setup_platform(args.platform)
-  chosen = select(args.cells_dir, args.runs)
-  if args.cells:
+  if not args.cells:
+    chosen = select(args.cells_dir, args.runs)
+  else:
     names = args.cells.split(",")
     by_name = {os.path.basename(p)[:-len(".json")]: p for p in glob.glob(os.path.join(args.cells_dir, "*.json"))}
     missing = [n for n in names if n not in by_name or not os.path.isdir(os.path.join(args.runs, n))]

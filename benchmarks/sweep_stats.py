@@ -84,6 +84,16 @@ def name(kind: str, s=None, schedule: str = "padded", steps: int | None = None) 
   return base + (f"_steps{steps}" if steps else "")
 
 
+def planned_seeds(cells_planned: list[str]) -> dict[str, int]:
+  """How many seeds a grid plans per group name (a cell is named as its group, with `_seed<k>` added
+  for seeds after the first)."""
+  planned: dict[str, int] = {}
+  for cell in cells_planned:
+    group = cell.rsplit("_seed", 1)[0] if "_seed" in cell else cell
+    planned[group] = planned.get(group, 0) + 1
+  return planned
+
+
 def _above(a: dict, b: dict, metric: str) -> bool:
   return bool(a[metric]["mean"] > b[metric]["mean"] and stats.separated(a[metric], b[metric]))
 
