@@ -7,7 +7,7 @@ import os
 # tiny train step: 22 s -> 11 s on a 2-core CPU); the programs (HLO) are the same, only slower to run.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Parity-grade float32 matmuls everywhere (GPUs default to TF32, ~1e-3 off; see README).
+# Parity-grade float32 matmuls everywhere (GPUs default to TF32, ~1e-3 off; see docs/tests.md).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
