@@ -755,23 +755,35 @@ def _bullets(lines: list[str]) -> str:
 
 
 def grid_fig4(r: Results) -> str:
-  """Fig. 4 across s at 1500 steps beside the paper's Table 3, with the claim and shape verdicts."""
+  """Fig. 4 across s at 1500 steps beside the paper's Table 3, with the claim and shape verdicts: one
+  row per s (the figure's x axis), one column per kind and split."""
   g = _grid(r)
   if g is None:
     return GRID_MISSING
   d, commit, cells, other, by = g
   paper = d["paper_t5_small_cnndm"]
+  kinds = ("segmented", "xl", "srformer")
   full = by.get("full")
-  rows = [["full", "–", len(full["seeds"]), format_ci(full["rouge1"]), format_ci(full["rouge1_dev"]),
-           f"{paper['full']:.2f}"]] if full else []
+  head = _grid_head(d, commit, cells, other)
+  if full:
+    head += (f" Full attention (no segments): test {format_ci(full['rouge1'])}, dev {format_ci(full['rouge1_dev'])}, "
+             f"{_n(len(full['seeds']), 'seed')}; the paper's {paper['full']:.2f}.")
+
+  def paper_at(kind, s):
+    table3 = {int(k): v for k, v in paper.get(kind, {}).items()}
+    return f"{table3[s]:.2f}" if s in table3 else "–"
+
+  rows = []
   for s in (8, 16, 32, 64):
-    for kind in ("segmented", "xl", "srformer"):
-      x = by.get(sweep_stats.name(kind, s))
-      if x:
-        rows.append([kind, s, len(x["seeds"]), format_ci(x["rouge1"]), format_ci(x["rouge1_dev"]),
-                     _paper_r1(paper, x)])
-  table = _table(["kind", "s", "seeds", "ROUGE-1 test (95% CI)", "ROUGE-1 dev", "paper R-1 (T5-small, CNN/DM)"],
-                 rows)
+    xs = [by.get(sweep_stats.name(kind, s)) for kind in kinds]
+    if not any(xs):
+      continue
+    seeds = sorted({len(x["seeds"]) for x in xs if x})
+    rows.append([s, seeds[0] if len(seeds) == 1 else " / ".join(str(len(x["seeds"])) if x else "–" for x in xs)]
+                + [format_ci(x[metric]) if x else "–" for _, metric in SPLITS for x in xs]
+                + [f"{paper_at('segmented', s)} / {paper_at('srformer', s)}"])
+  table = _table(["s", "seeds"] + [f"{kind} {split}" for split, _ in SPLITS for kind in kinds]
+                 + ["paper R-1 segmented / srformer (T5-small, CNN/DM)"], rows)
   lines = []
   done = _complete(d, by)
   for split, metric in SPLITS:
@@ -782,8 +794,7 @@ def grid_fig4(r: Results) -> str:
           "separated 95% intervals, srformer >= 0.9 x full, xl between segmented and srformer; the shape: "
           f"srformer's means across s within {sweep_stats.SHAPE_SPREAD:g} points of each other while "
           f"segmented at s = 8 is at least {sweep_stats.SHAPE_COLLAPSE:g} points below s = 64.")
-  return "\n\n".join([_grid_head(d, commit, cells, other), table, _bullets(lines), rule,
-                      r.files(f"{GRID}.json", f"{GRID}_fig4.png")])
+  return "\n\n".join([head, table, _bullets(lines), rule, r.files(f"{GRID}.json", f"{GRID}_fig4.png")])
 
 
 def grid_table4(r: Results) -> str:

@@ -88,7 +88,10 @@ def test_report_renders_the_grid_from_one_commit(tmp_path):
   out = report.render("grid_fig4", str(tmp_path))
   assert "12 of 14 planned cells" in out and "commit c0ffee" in out and "segmented_s64_padded (0ld)" in out
   assert "- s = 8, test: **holds**" in out and "- s = 64, test: incomplete" in out
-  assert "| srformer | 8 | 3 | 28.70 [" in out and "| 39.14 |" in out
+  # one row per s, a column per kind and split: segmented, xl and srformer at s = 8 (3 seeds each)
+  assert "| 8 | 3 | 25.20 [" in out and "| 26.20 [" in out and "| 28.70 [" in out and "| 17.27 / 39.14 |" in out
+  assert "\n| 64 |" not in out  # segmented s = 64 ran at another commit: no row
+  assert "Full attention (no segments): test 30.20 [" in out and "3 seeds; the paper's 41.60." in out
   assert "**does not hold**" not in out
   assert "incomplete" in report.render("grid_table4", str(tmp_path))
 
