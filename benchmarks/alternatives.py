@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 
@@ -120,26 +121,50 @@ def verdict(gs: list[dict], s: int = 8, cells_planned: list[str] | None = None) 
   return out
 
 
+def _dodge(points: list[tuple[float, float]], xlog: bool, min_dx: float = 0.16, min_dy: float = 0.045) -> list[float]:
+  """Vertical label offsets (points) so that labels of nearby markers do not overlap: each label,
+  taken bottom to top, moves up past every label already placed within `min_dx` / `min_dy` of it
+  (fractions of the axes, x on a log scale where the axis is)."""
+  if not points:
+    return []
+  xs = [math.log10(x) if xlog else x for x, _ in points]
+  ys = [y for _, y in points]
+  span = lambda v: (max(v) - min(v)) or 1.0  # noqa: E731
+  fx = [(x - min(xs)) / span(xs) for x in xs]
+  fy = [(y - min(ys)) / span(ys) for y in ys]
+  placed, offsets = [], [0.0] * len(points)
+  for i in sorted(range(len(points)), key=lambda i: fy[i]):
+    y = fy[i]
+    while any(abs(fx[i] - fx[j]) < min_dx and abs(y - py) < min_dy for j, py in placed):
+      y += min_dy
+    placed.append((i, y))
+    offsets[i] = (y - fy[i]) * 280  # ~ the axes' height in points
+  return offsets
+
+
 def plot(gs: list[dict], out_dir: str, name: str):
   """ROUGE-1 (test, 95% interval) against flops vs full and against decode time per token."""
   plt = common.plt()
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
   colors = dict(zip(KINDS, ("k", "tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:brown", "tab:olive",
                             "tab:green")))
   for ax, key, label in ((axes[0], "flops", "cross-attention flops / full (q 128, k 1024, d 64)"),
                          (axes[1], "decode_ms_per_token_k16384", f"greedy decode ms per token, k = {DECODE_K}")):
-    pts = []
+    shown = []
     for g in gs:
       x = (g["flops_vs_full_analytic"] if g["kind"] == "gru_memory" else g["flops_vs_full"]) if key == "flops" \
           else g[key]
-      if x is None or not g["rouge1"]:
-        continue
+      if x is not None and g["rouge1"]:
+        shown.append((x, g))
+    pts = [(x, g["rouge1"]["mean"]) for x, g in shown]
+    for (x, g), dy in zip(shown, _dodge(pts, xlog=True)):
       c = g["rouge1"]
       err = None if c.get("lo") is None else [[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]]
       ax.errorbar([x], [c["mean"]], yerr=err, fmt="o" if g["s"] != 64 else "s", color=colors[g["kind"]], capsize=3)
       ax.annotate(g["kind"] + ("" if g["s"] is None else f" s={g['s']}"), (x, c["mean"]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
-      pts.append((x, c["mean"]))
+                  xytext=(4, 3 + dy), textcoords="offset points", color=colors[g["kind"]])
     front, best = [], float("-inf")  # the Pareto front: nothing cheaper is better
     for x, y in sorted(pts):
       if y > best:
@@ -149,10 +174,14 @@ def plot(gs: list[dict], out_dir: str, name: str):
       ax.plot(*zip(*front), ":", color="gray", lw=1, label="Pareto front")
       ax.legend(fontsize=8, loc="lower right")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label + " (log)")
     ax.set_ylabel("ROUGE-1 (DialogSum test)")
     ax.grid(alpha=0.3)
-  fig.suptitle("Quality against cost: circles s = 8 (3 seeds), squares s = 64 (1 seed)")
+  fig.suptitle("Quality against cost: circles s = 8 (or no segments), squares s = 64; "
+               "bars 95% intervals (seeds in the table)")
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=110)
   plt.close(fig)
