@@ -104,10 +104,11 @@ def verdict(gs: list[dict], s: int = 8, cells_planned: list[str] | None = None) 
   if not srf:
     return out
   for kind in ALTERNATIVES:
-    g = by.get((kind, None if kind in SEGMENTLESS else s))
+    ks = None if kind in SEGMENTLESS else s
+    g = by.get((kind, ks))
     if not g:
       continue
-    planned = planned_by_group.get(sweep_stats.name(kind, None if kind in SEGMENTLESS else s), 0)
+    planned = planned_by_group.get(sweep_stats.name(kind, ks), 0)
     if len(g["seeds"]) < planned:
       out[kind] = {"waits": f"{len(g['seeds'])} of {planned} seeds"}
       continue

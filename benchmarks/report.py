@@ -498,10 +498,15 @@ def segment_sweep_history(r: Results) -> str:
           f"predictions were {full['distinct_predictions']} distinct strings.")
 
 
+def _table3(paper: dict, kind: str) -> dict[int, float]:
+  """The paper's Table 3 ROUGE-1 of `kind` by segment size ({} for a kind it does not list by s)."""
+  return {int(k): v for k, v in paper[kind].items()} if isinstance(paper.get(kind), dict) else {}
+
+
 def _paper_r1(paper: dict, g: dict) -> str:
   if g["kind"] == "full":
     return f"{paper['full']:.2f}"
-  table3 = {int(k): v for k, v in paper.get(g["kind"], {}).items()} if isinstance(paper.get(g["kind"]), dict) else {}
+  table3 = _table3(paper, g["kind"])
   if g["schedule"] == "padded" and g["s"] in table3:
     return f"{table3[g['s']]:.2f}"
   if g["kind"] in paper.get("ablations_s64", {}) and g["kind"] != "srformer":
@@ -770,7 +775,7 @@ def grid_fig4(r: Results) -> str:
              f"{_n(len(full['seeds']), 'seed')}; the paper's {paper['full']:.2f}.")
 
   def paper_at(kind, s):
-    table3 = {int(k): v for k, v in paper.get(kind, {}).items()}
+    table3 = _table3(paper, kind)
     return f"{table3[s]:.2f}" if s in table3 else "–"
 
   rows = []
