@@ -138,12 +138,28 @@ def _flat(tree, prefix="") -> dict[str, object]:
   return out
 
 
+def barrier_prefix(directory: str) -> str:
+  """The prefix of this manager's cross-process barrier keys. Orbax's keys are otherwise the same
+  for every manager ("ThreadSaveMultiHostValueHolder:set_value_start", ...): one manager's
+  finalize thread and another's save then wait at one key at once, and the coordination service
+  fails the second with "Barrier ... is already ongoing". The directory's own name (not its full
+  path, which hosts may mount differently) keeps the keys of one run's managers apart."""
+  return f"ckpt_{os.path.basename(os.path.normpath(directory))}"
+
+
 class Checkpointer:
+  """Saves and restores one directory of steps. Every process constructs it with the same
+  directory; two Checkpointers saving in one run (the language model's run checkpoints and its
+  best-validation one) must have different directory names (see `barrier_prefix`)."""
+
   def __init__(self, directory: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=barrier_prefix(self.directory))),
         item_names=("state", "data"),
     )
     self._pending: int | None = None  # a step saved asynchronously, its manifest not yet written

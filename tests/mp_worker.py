@@ -5,7 +5,8 @@ python -m tests.mp_worker '<json: workdir, port, num_processes, process_id, loca
                           peer_timeout_s, lm_corpus>'
 
 With `lm_corpus` (a WordPTB-layout folder) it trains the language model of tests/test_crt.py's
-`lm_cfg` there (train_lm.py's loop) instead of the summarisation model.
+`lm_cfg` there (train_lm.py's loop) instead of the summarisation model. With `ckpt_pair` (a number
+of rounds) it only saves: two Checkpointers at once, as the language model's run and best ones do.
 """
 
 import json
@@ -31,8 +32,30 @@ from srformer_jax import eval_lib, train_lib  # noqa: E402
 from tests.test_multiprocess import mp_cfg  # noqa: E402
 
 
+def ckpt_pair(rounds: int):
+  """Each round: an asynchronous save in <workdir>/checkpoints, then a waited one in <workdir>/best,
+  so the first manager's finalize thread and the second's save meet orbax's barriers together."""
+  import jax.numpy as jnp
+  from srformer_jax import checkpoint, runfiles
+  jax.distributed.initialize(f"127.0.0.1:{args['port']}", args["num_processes"], args["process_id"])
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = {"w": jax.jit(lambda: jnp.ones((64, 64)), out_shardings=replicated)()}
+  run = checkpoint.Checkpointer(os.path.join(args["workdir"], runfiles.CHECKPOINTS))
+  best = checkpoint.Checkpointer(os.path.join(args["workdir"], runfiles.BEST_DIR), 1)
+  for i in range(1, rounds + 1):
+    run.save(i, state, {"round": i})
+    best.save(i, state, {"round": i}, wait=True)
+  run.close()
+  best.close()
+
+
 def main():
   logging.basicConfig(level=logging.INFO)
+  if args.get("ckpt_pair"):
+    ckpt_pair(args["ckpt_pair"])
+    print(f"process {jax.process_index()} done", flush=True)
+    return
   if args.get("lm_corpus"):
     from tests.test_multiprocess import lm_mp_cfg
     cfg = lm_mp_cfg(args["lm_corpus"])

@@ -277,6 +277,25 @@ def test_two_process_eval_gathers_all_examples(tmp_path, corpus_dir, reference):
   assert got == want
 
 
+def test_two_checkpointers_save_at_once_on_two_processes(tmp_path):
+  """The language model's run and best-validation Checkpointers save in the same steps; orbax's
+  barrier keys are the same for every manager unless prefixed, and without the prefix this failed
+  at once with "Barrier ... is already ongoing" (checkpoint.barrier_prefix)."""
+  from srformer_jax import checkpoint
+  procs = []
+  port = _free_port()
+  for pid in range(2):
+    args = dict(workdir=str(tmp_path), port=port, num_processes=2, process_id=pid, local_devices=1, ckpt_pair=12)
+    log = open(tmp_path / f"worker{pid}.log", "w")
+    procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
+  _wait(procs, str(tmp_path), timeout=180)  # ~10 s; without the prefix it hung or failed
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "11", "12"]
+  assert os.listdir(tmp_path / "best") == ["12"]
+  for d in ("checkpoints/10", "checkpoints/11", "checkpoints/12", "best/12"):
+    assert checkpoint.verify(str(tmp_path / d)) is None, d  # finished, with its manifest
+
+
 def test_two_processes_train_the_language_model_as_one_with_two_devices(tmp_path):
   """train_lm.py's loop on 2 processes x 1 device equals 1 process on 2 devices: the same losses,
   validation and final parameters (the default suite's multi-host run: bounded, 127.0.0.1)."""
