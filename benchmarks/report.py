@@ -852,8 +852,11 @@ def grid_budget(r: Results) -> str:
                           if f(kind) in src else "–" for _, src, f in cols])
   for steps, src, f in cols:
     if f("full") in src and f("srformer") in src:
-      gaps.append(f"{steps} steps {src[f('full')]['rouge1']['mean'] - src[f('srformer')]['rouge1']['mean']:.2f}")
-  line = ("srformer's distance to full (ROUGE-1 test points): " + ("; ".join(gaps) or "not yet")
+      full, srf = src[f("full")], src[f("srformer")]
+      gap = lambda key: (f"{full[key]['mean'] - srf[key]['mean']:.2f}"  # noqa: E731
+                         if full.get(key) and srf.get(key) else "–")
+      gaps.append(f"{steps} steps {gap('rouge1')} / {gap('rouge1_dev')}")
+  line = ("srformer's distance to full (ROUGE-1 points, test / dev): " + ("; ".join(gaps) or "not yet")
           + ". The 500-step cells are the older grid's (code at " + (_code_commits(old["cells"]) if old else "?")
           + f"); the others this grid's.")
   header = ["kind", "500 steps (seeds)", f"{cols[1][0]} steps (seeds)", "3000 steps (seeds)"]

@@ -94,6 +94,9 @@ def test_report_renders_the_grid_from_one_commit(tmp_path):
   assert "Full attention (no segments): test 30.20 [" in out and "3 seeds; the paper's 41.60." in out
   assert "**does not hold**" not in out
   assert "incomplete" in report.render("grid_table4", str(tmp_path))
+  # the budget at s = 8: srformer's distance to full on both splits (30.2 - 28.7 test, same on dev)
+  budget = report.render("grid_budget", str(tmp_path))
+  assert "1500 steps 1.50 / 1.50" in budget and "| full | – | 30.20 [" in budget
 
 
 def _long_payload(cells, planned_extra=()):
