@@ -322,7 +322,8 @@ def test_segment_sweep_publish_rewrites_the_grid_json_from_result_files_and_trai
   JSON from the finished cells' result files, in grid order with the plan, nothing trained or
   evaluated, no run folder made; the JSON names the cells' commit."""
   src = os.path.join(report.RESULTS, "segment_sweep_cpu_steps1500")
-  names = ["srformer_s8_padded", "full", "segmented_s8_padded"]
+  # with a longer-budget cell of the same kind and s (once crashed the figure's sorting)
+  names = ["srformer_s8_padded", "full", "segmented_s8_padded", "segmented_s8_padded_steps3000"]
   (tmp_path / "out" / "segment_sweep_cpu_steps1500").mkdir(parents=True)
   for n in names:
     shutil.copy(os.path.join(src, n + ".json"), tmp_path / "out" / "segment_sweep_cpu_steps1500")
@@ -333,7 +334,8 @@ def test_segment_sweep_publish_rewrites_the_grid_json_from_result_files_and_trai
                   f"--out={tmp_path / 'out'}"], cwd=report.REPO, env=env, check=True, timeout=300,
                  capture_output=True)
   d = json.load(open(tmp_path / "out" / "segment_sweep_cpu_steps1500.json"))
-  assert [c["name"] for c in d["cells"]] == ["full", "segmented_s8_padded", "srformer_s8_padded"]
+  assert [c["name"] for c in d["cells"]] == ["full", "segmented_s8_padded", "srformer_s8_padded",
+                                             "segmented_s8_padded_steps3000"]
   assert len(d["cells_planned"]) == 64 and (tmp_path / "out" / "segment_sweep_cpu_steps1500_fig4.png").exists()
   assert not (tmp_path / "runs").exists()
   assert d["git_commit"] == json.load(open(os.path.join(src, "full.json")))["git_commit"]  # the cells' code
