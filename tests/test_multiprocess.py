@@ -52,12 +52,12 @@ def _compilation_cache(tmp_path_factory):
   _CACHE["dir"] = str(tmp_path_factory.mktemp("jit_cache"))
 
 
-def _start(workdir, num_processes=2, **kw):
+def _start(workdir, num_processes=2, local_devices=2, **kw):
   port = _free_port()
   procs = []
   for pid in range(num_processes):
     args = dict(kw, workdir=workdir, port=port, num_processes=num_processes, process_id=pid,
-                local_devices=2, compilation_cache=_CACHE["dir"])
+                local_devices=local_devices, compilation_cache=_CACHE["dir"])
     log = open(os.path.join(workdir, f"worker{pid}.log"), "w")
     procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
@@ -282,14 +282,8 @@ def test_two_checkpointers_save_at_once_on_two_processes(tmp_path):
   barrier keys are the same for every manager unless prefixed, and without the prefix this failed
   at once with "Barrier ... is already ongoing" (checkpoint.barrier_prefix)."""
   from srformer_jax import checkpoint
-  procs = []
-  port = _free_port()
-  for pid in range(2):
-    args = dict(workdir=str(tmp_path), port=port, num_processes=2, process_id=pid, local_devices=1, ckpt_pair=12)
-    log = open(tmp_path / f"worker{pid}.log", "w")
-    procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
-                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
-  _wait(procs, str(tmp_path), timeout=180)  # ~10 s; without the prefix it hung or failed
+  # ~10 s; without the prefix it hung or failed
+  _wait(_start(str(tmp_path), local_devices=1, ckpt_pair=12), str(tmp_path), timeout=180)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "11", "12"]
   assert os.listdir(tmp_path / "best") == ["12"]
   for d in ("checkpoints/10", "checkpoints/11", "checkpoints/12", "best/12"):
@@ -307,15 +301,7 @@ def test_two_processes_train_the_language_model_as_one_with_two_devices(tmp_path
   lm_train.train(cfg, one)
   two = str(tmp_path / "two")
   os.makedirs(two)
-  procs = []
-  port = _free_port()
-  for pid in range(2):
-    args = dict(workdir=two, port=port, num_processes=2, process_id=pid, local_devices=1, lm_corpus=corpus,
-                compilation_cache=_CACHE["dir"])
-    log = open(os.path.join(two, f"worker{pid}.log"), "w")
-    procs.append(subprocess.Popen([sys.executable, "-m", "tests.mp_worker", json.dumps(args)], cwd=REPO,
-                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, XLA_FLAGS="")))
-  _wait(procs, two, timeout=300)
+  _wait(_start(two, local_devices=1, lm_corpus=corpus), two, timeout=300)
   rows = lambda w: [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]  # noqa: E731
   a, b = rows(one), rows(two)
   assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 7))
