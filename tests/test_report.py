@@ -81,6 +81,14 @@ def test_placeholders_and_crt_ptb_from_a_results_file(tmp_path):
   assert "- L = 512: gate does not hold" in out and "claim's rule not met but without the gate" in out
   assert "crt_L/4 below segmented_L/4 with separated intervals: no (2 seeds)" in out
   assert "| 1,000 |" in out and "| 901 |" in out  # tokens/s: the fastest seed's
+  # the README's line for the long-document runs (same protocol) says the same of a failed gate
+  seeded = [{**r, "seed": k} for r in runs if r["context_len"] == 512 for k in (r["seed"], r["seed"] + 2)]
+  (tmp_path / "crt_scisumm_cpu.json").write_text(json.dumps({"runs": seeded,
+                                                              "aggregate": crt_ptb.aggregate(seeded)}))
+  line = report.render("glance_crt_scisumm", str(tmp_path))
+  assert "gate does not hold (segmented_L/4 / full_L = 0.976, intervals separated)" in line
+  assert "so the claim's rule (not met: crt_L/4 / full_L = 0.971 at 1.11× its FLOPs) says little" in line
+  assert "claim holds" not in line and "crt_L/4 below segmented_L/4 with separated intervals: no" in line
   assert "marked *" not in out
   # runs trained with layers.dense_dot_general have their speed marked (all of a model's runs, or some)
   for r in runs:
