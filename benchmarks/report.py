@@ -1054,7 +1054,7 @@ def glance_crt_ptb(r: Results) -> str:
     cells = [f"{format_ci(by[(context, n)]['test_ppl'], '.1f')}" if (context, n) in by else "–" for n in names]
     rows.append([context] + cells + [f"{c['crt_L/4_flops_over_full']:.2f}×" if c else "–",
                  f"{'holds' if g['holds'] else 'does not hold'} ({g['segmented_L/4_over_full']:.3f})",
-                 (f"{'holds' if c['holds'] else 'does not hold'} ({c['crt_L/4_over_full']:.3f})" if c else "–")])
+                 _crt_claim_cell(g, c)])
   return (_table(["L", *[f"{n} test ppl" for n in names], "CRT FLOPs vs full", "gate (segmented / full)",
                   "claim (crt / full)"], rows)
           + f"\n\nSeeds per model: {', '.join(sorted({str(m['test_ppl']['n']) for m in agg['models'] if m['name'] in names}))}; "
@@ -1070,22 +1070,8 @@ def glance_crt_scisumm(r: Results) -> str:
     return "CRT on long documents (ScisummNet papers, L = 512): not run yet (`python benchmarks/crt_ptb.py --preset scisumm`)."
   agg = d["aggregate"]
   parts = [f"{m['name']} {format_ci(m['test_ppl'], '.1f')} ({_n(m['test_ppl']['n'], 'seed')})" for m in agg["models"]]
-  verdicts = []
-  for context, g in sorted(agg.get("gate", {}).items(), key=lambda kv: int(kv[0])):
-    c = agg.get("claim", {}).get(context, {})
-    if g["seeds"] < 3 or c.get("seeds", 0) < 3:
-      verdicts.append(f"L = {context}: gate and claim wait for 3 seeds")
-      continue
-    gate = (f"L = {context}: gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
-            f"{g['segmented_L/4_over_full']:.3f}, intervals {'' if g['intervals_separated'] else 'not '}separated)")
-    ratio = (f"crt_L/4 / full_L = {c.get('crt_L/4_over_full', float('nan')):.3f} at "
-             f"{c.get('crt_L/4_flops_over_full', float('nan')):.2f}× its FLOPs")
-    if g["holds"]:
-      verdicts.append(f"{gate}, claim {'holds' if c.get('holds') else 'does not hold'} ({ratio})")
-    else:  # as docs/crt.md's verdict: without the gate, matching full attention is a low bar
-      verdicts.append(f"{gate}, so the claim's rule ({'met' if c.get('holds') else 'not met'}: {ratio}) says "
-                      f"little; crt_L/4 below segmented_L/4 with separated intervals: "
-                      f"{'yes' if c.get('crt_L/4_below_segmented_L/4_separated') else 'no'}")
+  verdicts = [f"L = {context}: " + crt_verdict(g, agg.get("claim", {}).get(context))
+              for context, g in sorted(agg.get("gate", {}).items(), key=lambda kv: int(kv[0]))]
   return ("CRT on long documents (ScisummNet papers as one word stream; test perplexity): " + "; ".join(parts)
           + (". " + "; ".join(verdicts) if verdicts else "") + ". "
           + r.files("crt_scisumm_cpu.json") + " · [details](docs/crt.md)")
@@ -1284,6 +1270,46 @@ def crt_scisumm_pilot(r: Results) -> str:
           f"{_machine(d.get('machine'))}. " + r.files("crt_scisumm_pilot_cpu.json", "crt_scisumm_pilot_cpu.png"))
 
 
+def crt_verdict(g: dict | None, c: dict | None) -> str:
+  """CRT's gate and claim verdict at one context L (`aggregate["gate"][L]`, `aggregate["claim"][L]` of
+  benchmarks/crt_ptb.py), in the one wording docs/crt.md and the README share. No verdict without
+  intervals over seeds (2 or more); where the gate fails, full attention does not use its context past
+  L/4, so matching it is a low bar: the claim's rule is reported as saying little, and what the memory
+  adds is read from CRT against the memory-less segments alone."""
+  parts = []
+  if g and g["seeds"] < 2:
+    parts.append(f"gate undecided (segmented_L/4 / full_L = {g['segmented_L/4_over_full']:.3f} with "
+                 f"{g['seeds']} seed; the verdict needs intervals over seeds)")
+  elif g:
+    parts.append(f"gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
+                 f"{g['segmented_L/4_over_full']:.3f}, intervals "
+                 f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
+  if c and c["seeds"] < 2:  # (c["seeds"]: the fewest of the three models')
+    parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {c['seeds']} seed for "
+                 f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
+  elif c and g and not g["holds"]:
+    parts.append(f"claim's rule {'met' if c['holds'] else 'not met'} but without the gate, so matching full "
+                 f"says little (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}, FLOPs vs full "
+                 f"{c['crt_L/4_flops_over_full']:.2f}×); the memory's own effect, crt_L/4 below "
+                 f"segmented_L/4 with separated intervals: "
+                 f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'} ({c['seeds']} seeds)")
+  elif c:
+    parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
+                 f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "
+                 f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
+                 f"{c['crt_L/4_flops_over_full']:.2f}×)")
+  return "; ".join(parts)
+
+
+def _crt_claim_cell(g: dict, c: dict) -> str:
+  """The claim's cell of the README's CRT table, as `crt_verdict` words it."""
+  if not c:
+    return "–"
+  word = ("undecided" if c["seeds"] < 2 or g["seeds"] < 2 else "says little: no gate" if not g["holds"]
+          else "holds" if c["holds"] else "does not hold")
+  return f"{word} ({c['crt_L/4_over_full']:.3f})"
+
+
 def _crt_protocol(r: Results, name: str, missing: str = "(no runs finished yet)") -> str:
   path = r.path(name)
   if not os.path.exists(path):
@@ -1295,33 +1321,7 @@ def _crt_protocol(r: Results, name: str, missing: str = "(no runs finished yet)"
   lines = [bench.markdown(path), ""]
   agg = payload["aggregate"]
   for context in sorted(set(agg.get("gate", {})) | set(agg.get("claim", {})), key=int):
-    parts = []
-    g = agg.get("gate", {}).get(context)
-    if g and g["seeds"] < 2:  # no interval yet: no verdict
-      parts.append(f"gate undecided (segmented_L/4 / full_L = {g['segmented_L/4_over_full']:.3f} with "
-                   f"{g['seeds']} seed; the verdict needs intervals over seeds)")
-    elif g:
-      parts.append(f"gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
-                   f"{g['segmented_L/4_over_full']:.3f}, intervals "
-                   f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
-    c = agg.get("claim", {}).get(context)
-    if c and c["seeds"] >= 2 and g and not g["holds"]:  # (c["seeds"]: the fewest of the three)
-      # full L does not use its context beyond L/4 here: matching it is a low bar, and what the
-      # memory adds is CRT against the memory-less segments alone
-      parts.append(f"claim's rule {'met' if c['holds'] else 'not met'} but without the gate, so matching full "
-                   f"says little (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}, FLOPs vs full "
-                   f"{c['crt_L/4_flops_over_full']:.2f}×); the memory's own effect, crt_L/4 below "
-                   f"segmented_L/4 with separated intervals: "
-                   f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'} ({c['seeds']} seeds)")
-    elif c and c["seeds"] < 2:
-      parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {c['seeds']} seed for "
-                   f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
-    elif c:
-      parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
-                   f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "
-                   f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
-                   f"{c['crt_L/4_flops_over_full']:.2f}×)")
-    lines.append(f"- L = {context}: " + "; ".join(parts))
+    lines.append(f"- L = {context}: " + crt_verdict(agg.get("gate", {}).get(context), agg.get("claim", {}).get(context)))
   positioned = [m for m in agg["models"] if m.get("test_by_position")]
   if positioned:
     buckets = positioned[0]["test_by_position"]

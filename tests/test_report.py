@@ -86,9 +86,13 @@ def test_placeholders_and_crt_ptb_from_a_results_file(tmp_path):
   (tmp_path / "crt_scisumm_cpu.json").write_text(json.dumps({"runs": seeded,
                                                               "aggregate": crt_ptb.aggregate(seeded)}))
   line = report.render("glance_crt_scisumm", str(tmp_path))
-  assert "gate does not hold (segmented_L/4 / full_L = 0.976, intervals separated)" in line
-  assert "so the claim's rule (not met: crt_L/4 / full_L = 0.971 at 1.11× its FLOPs) says little" in line
-  assert "claim holds" not in line and "crt_L/4 below segmented_L/4 with separated intervals: no" in line
+  # (one wording, report.crt_verdict, for both)
+  assert "L = 512: gate does not hold (segmented_L/4 / full_L = 0.976, intervals separated, 4 seeds)" in line
+  assert "claim's rule not met but without the gate, so matching full says little (crt_L/4 / full_L = 0.971" in line
+  assert "claim holds" not in line and "crt_L/4 below segmented_L/4 with separated intervals: no (4 seeds)" in line
+  # and the README's CRT table does not give the claim a verdict where the gate fails
+  table = report.render("glance_crt_ptb", str(tmp_path))
+  assert "| holds (1.005) |" in table.splitlines()[2] and "| says little: no gate (0.971) |" in table.splitlines()[3]
   assert "marked *" not in out
   # runs trained with layers.dense_dot_general have their speed marked (all of a model's runs, or some)
   for r in runs:
