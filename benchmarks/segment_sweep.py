@@ -98,7 +98,11 @@ PRESETS = {
                    # four joined summaries name the speakers ~14 times (`#Person1#` is three pieces):
                    # a 3-gram block would allow each name once; 4 did best on the 1500-step cells
                    # decoded again (benchmarks/ngram_block.py, docs/segment_sweep.md)
-                   "decode.no_repeat_ngram_size": 4}),
+                   "decode.no_repeat_ngram_size": 4,
+                   # ... within each summary: across them the separator (long_dialogsum.SEPARATOR) and
+                   # its "<end of sentence> ### #Person1#" repeat, and a whole-output ban cut every
+                   # output after its second summary
+                   "decode.ngram_scope_separator": "###"}),
     "gpu": dict(
         sizes=(8, 16, 32, 64), length_sizes=(8, 16, 32, 64), ablation_size=64, seeds=(0, 1, 2),
         overrides={"train.num_steps": 20000, "train.batch_size": 32, "train.save_every": 2000,

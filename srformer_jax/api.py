@@ -89,7 +89,7 @@ def load_run(workdir: str | os.PathLike, config=None,
   if tok.vocab_size > model.config.vocab_size:
     raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model's vocabulary only "
                      f"{model.config.vocab_size}: config.data.tokenizer does not belong to this run")
-  return Run(workdir, cfg, model, params, tok, eval_lib.decode_config(cfg))
+  return Run(workdir, cfg, model, params, tok, eval_lib.decode_config(cfg, tok))
 
 
 def _bucket(n: int, batch_size: int) -> int:

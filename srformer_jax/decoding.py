@@ -30,6 +30,10 @@ class DecodeConfig:
   no_repeat_ngram_size: int = 0
   min_len: int = 0
   early_stopping: bool = True  # a batch row stops once it has num_beams finished hypotheses
+  # With ids, the n-gram ban reaches back only to the last occurrence of this token sequence (a
+  # separator between joined summaries): each part may repeat the others' n-grams, and the
+  # separator itself is never banned. Empty: the whole output, as HF.
+  ngram_scope_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
     check.integer(self.max_len, "max_len", 1, " (the number of decoding steps)")
@@ -44,10 +48,16 @@ class DecodeConfig:
       raise ValueError(f"min_len {self.min_len} > max_len {self.max_len}: raise max_len or lower min_len")
     if not isinstance(self.early_stopping, bool):
       raise TypeError(f"early_stopping must be True or False, got {self.early_stopping!r}")
+    if not isinstance(self.ngram_scope_ids, tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.ngram_scope_ids):
+      raise TypeError(f"ngram_scope_ids must be a tuple of token ids (() = ban n-grams across the whole "
+                      f"output), got {self.ngram_scope_ids!r}")
 
 
-def _ban_repeated_ngrams(logits, seqs, t, n: int):
-  """Sets logits of tokens that would repeat an n-gram of seqs[:, :t] to NEG_INF.
+def _ban_repeated_ngrams(logits, seqs, t, n: int, scope_ids: tuple[int, ...] = ()):
+  """Sets logits of tokens that would repeat an n-gram of seqs[:, :t] to NEG_INF; with `scope_ids`,
+  only n-grams (earlier ones and the candidate) that start after the last complete occurrence of
+  that token sequence in seqs[:, :t] count.
 
   logits [B, V]; seqs [B, L] (positions >= t are ignored); t scalar.
   """
@@ -62,6 +72,13 @@ def _ban_repeated_ngrams(logits, seqs, t, n: int):
   prefix = jax.lax.dynamic_slice_in_dim(seqs, start, n - 1, axis=1) if n > 1 else seqs[:, :0]
   match = jnp.all(windows[..., : n - 1] == prefix[:, None, :], axis=-1)
   match &= (jnp.arange(num) + n - 1 < t)[None, :] & (t >= n - 1)
+  if scope_ids and length >= len(scope_ids):
+    k = len(scope_ids)
+    at = jnp.arange(length - k + 1)  # a separator starting at j ends before j + k
+    sep = jnp.all(jnp.stack([seqs[:, i:i + length - k + 1] for i in range(k)], axis=-1)
+                  == jnp.asarray(scope_ids, seqs.dtype), axis=-1) & (at + k <= t)[None, :]  # [B, L-k+1]
+    scope = jnp.max(jnp.where(sep, at + k, 0), axis=1)  # [B]: where the current part starts
+    match &= (jnp.arange(num)[None, :] >= scope[:, None]) & (t - (n - 1) >= scope)[:, None]
   rows = jnp.arange(b)[:, None]
   return logits.at[rows, windows[..., n - 1]].min(jnp.where(match, NEG_INF, jnp.inf))
 
@@ -82,7 +99,7 @@ def _process_logits(logits, seqs, t, dc: DecodeConfig, config):
     return logits
   start = jnp.full((seqs.shape[0], 1), config.decoder_start_token_id, seqs.dtype)
   with_start = jnp.concatenate([start, seqs], axis=1)
-  return _ban_repeated_ngrams(logits, with_start, t + 1, dc.no_repeat_ngram_size)
+  return _ban_repeated_ngrams(logits, with_start, t + 1, dc.no_repeat_ngram_size, dc.ngram_scope_ids)
 
 
 def generate(model: nn.Module, params, input_ids, attention_mask=None, dc: DecodeConfig = DecodeConfig(),

@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = train_section()
   c.decode = ml_collections.ConfigDict(dict(
       num_beams=4, max_len=0, length_penalty=2.0, no_repeat_ngram_size=3, min_len=0,
-      early_stopping=True, batch_size=16))
+      early_stopping=True, batch_size=16,
+      ngram_scope_separator=""))  # text joining summaries: the n-gram ban restarts after it
   return c
 
 

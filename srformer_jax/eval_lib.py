@@ -42,11 +42,27 @@ def rouge(predictions, references) -> dict[str, float]:
   return {k: 100.0 * v / n for k, v in totals.items()}
 
 
-def decode_config(cfg) -> DecodeConfig:
+def decode_config(cfg, tok=None) -> DecodeConfig:
+  """The run config's generation settings; `tok` turns config.decode.ngram_scope_separator (text)
+  into the ids that scope the n-gram ban."""
   d = cfg.decode
+  sep = d.get("ngram_scope_separator", "")
+  if sep and tok is None:
+    raise ValueError("config.decode.ngram_scope_separator is set: pass the run's tokenizer to decode_config")
   return DecodeConfig(max_len=d.max_len or cfg.data.max_target_len, num_beams=d.num_beams,
                       length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
-                      min_len=d.min_len, early_stopping=d.early_stopping)
+                      min_len=d.min_len, early_stopping=d.early_stopping,
+                      ngram_scope_ids=separator_ids(tok, sep) if sep else ())
+
+
+def separator_ids(tok, text: str) -> tuple[int, ...]:
+  """The ids `text` becomes between words of a longer text (the tokenizer's special tokens dropped)."""
+  special = {tok.eos_id, tok.pad_id} | set(getattr(getattr(tok, "tok", None), "all_special_ids", None) or ())
+  ids = tuple(int(i) for i in tok.encode(" " + text.strip()) if i not in special)
+  if not ids:
+    raise ValueError(f"config.decode.ngram_scope_separator {text!r} is no token of this tokenizer: "
+                     f"set it to the text that joins the summaries, or to '' (the whole output)")
+  return ids
 
 
 def check_split(cfg, workdir: str, split_key: str = "eval_split"):
@@ -76,7 +92,7 @@ def evaluate(cfg, workdir: str, split_key: str = "eval_split", out_dir: str | No
     rows = processes.local_rows(batch_sharding, spec.batch_size)
     put = lambda v: jax.make_array_from_process_local_data(  # noqa: E731
         batch_sharding, v, (spec.batch_size,) + v.shape[1:])
-  dc = decode_config(cfg)
+  dc = decode_config(cfg, tok)
   preds, refs = [], []
   bar = tqdm(desc="eval", dynamic_ncols=True, disable=not processes.is_main())
   gen = None

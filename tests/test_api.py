@@ -295,6 +295,7 @@ def test_float_ids_name_the_argument(tiny):
     (dict(num_beams=0), ValueError, "num_beams must be >= 1"),
     (dict(max_len=4, min_len=5), ValueError, "min_len 5 > max_len 4"),
     (dict(early_stopping="yes"), TypeError, "early_stopping must be True or False"),
+    (dict(ngram_scope_ids=[5, 6]), TypeError, "ngram_scope_ids must be a tuple of token ids"),
 ])
 def test_decode_config_validates(kw, err, msg):
   with pytest.raises(err, match=msg):
@@ -321,3 +322,34 @@ def test_package_dependencies_are_the_runtime_requirements():
   pinned = [line.split("#")[0].strip() for line in runtime.splitlines()]
   pinned = sorted(p.replace("==", ">=") for p in pinned if p)
   assert sorted(project["project"]["dependencies"]) == pinned
+
+
+def test_ngram_ban_restarts_after_the_separator():
+  """Joined summaries (benchmarks/long_dialogsum.py): with ngram_scope_ids, each part may repeat the
+  n-grams of the parts before it, and the separator comes back however often, while an n-gram
+  repeated inside one part is still banned. Without it (HF's ban) a second separator is banned."""
+  from srformer_jax.decoding import _ban_repeated_ngrams
+  sep = (7, 8)
+  # tokens 3 4 | 7 8 | 3 4 | 7 8 ... : part 1 "3 4", separator, part 2 "3" so far
+  seqs = jnp.asarray([[3, 4, 7, 8, 3, 0, 0, 0, 0, 0]])
+  logits = jnp.zeros((1, 10))
+  ban = lambda t, ids=(): np.asarray(_ban_repeated_ngrams(logits, seqs, t, 2, ids))[0] < -1  # noqa: E731
+  assert ban(5)[4] and not ban(5, sep)[4]  # "3 4" again: banned across the whole output, free in part 2
+  seqs = jnp.asarray([[3, 4, 7, 8, 5, 6, 3, 4, 5, 0]])
+  assert ban(9, sep)[6]  # "5 6" again inside part 2: still banned
+  seqs = jnp.asarray([[3, 4, 7, 8, 5, 6, 7, 0, 0, 0]])  # a second separator, half written:
+  assert ban(7)[8] and not ban(7, sep)[8]  # HF's rule bans its end ("7 8" again), the scope does not
+  assert DecodeConfig(ngram_scope_ids=sep).ngram_scope_ids == sep
+
+
+def test_ngram_scope_separator_becomes_the_ids_between_words(trained_run):
+  run = load_run(trained_run[0])
+  ids = eval_lib.separator_ids(run.tokenizer, "###")
+  assert ids and run.tokenizer.eos_id not in ids
+  text = run.tokenizer.encode("a short summary. ### another one.")
+  assert any(tuple(text[i:i + len(ids)]) == ids for i in range(len(text)))
+  cfg = run.config.copy_and_resolve_references()
+  cfg.decode.ngram_scope_separator = "###"
+  assert eval_lib.decode_config(cfg, run.tokenizer).ngram_scope_ids == ids
+  with pytest.raises(ValueError, match="pass the run's tokenizer"):
+    eval_lib.decode_config(cfg)
