@@ -938,9 +938,9 @@ def _long(r: Results):
   return None if g is None else (*g, _complete(g[0], g[4]))
 
 
-def _positions(g: dict, key: str) -> str:
+def _positions(g: dict, key: str, fmt: str = ".1f") -> str:
   pos = g.get(key)
-  return " / ".join(f"{p['mean']:.1f}" for p in pos) if pos else "–"
+  return " / ".join(format(p["mean"], fmt) for p in pos) if pos else "–"
 
 
 def _long_gate_line(v: dict) -> str:
@@ -965,17 +965,21 @@ def long_dialogsum(r: Results) -> str:
   for x in _sweep_groups({"groups": list(by.values())}):
     rows.append([x["kind"], x["s"] or "–", len(x["seeds"]), format_ci(x["rouge1"]), format_ci(x["rouge1_dev"]),
                  _positions(x, "rouge1_by_position"), _positions(x, "rouge1_dev_by_position"),
-                 format_ci(x["source_gain"], ".3f"), format_ci(x["distinct_predictions"], ".0f")])
+                 format_ci(x["source_gain"], ".3f"), _positions(x, "source_gain_by_position", ".2f"),
+                 format_ci(x["distinct_predictions"], ".0f")])
   table = _table(["kind", "s", "seeds", "ROUGE-1 test (95% CI)", "ROUGE-1 dev", "by position, test",
-                  "by position, dev", "source gain", "distinct (of 500)"], rows)
+                  "by position, dev", "source gain", "source gain by position", "distinct (of 500)"], rows)
   ex = cells[0]
   head = (f"{len(cells)} of {len(d['cells_planned'])} planned cells, each fine-tuned {o['train.num_steps']} steps "
           f"of batch {o['train.batch_size']} (lr {o['train.learning_rate']}, {o['train.warmup_steps']} warmup steps, "
           f"linear decay) from the reader at k = {o['data.max_source_len']}, q = {o['data.max_target_len']}; "
-          f"beam {o['decode.num_beams']}, no repeated {o['decode.no_repeat_ngram_size']}-gram; ROUGE-1 on "
+          f"beam {o['decode.num_beams']}, no repeated {o['decode.no_repeat_ngram_size']}-gram"
+          f"{' within a summary' if o.get('decode.ngram_scope_separator') else ''}; ROUGE-1 on "
           f"{ex['eval_examples']} test inputs (`summary1` joined)"
           + (f" and {ex['dev_examples']} dev inputs" if ex.get("dev_examples") else "")
-          + "; by position: the i-th summary of an output against the i-th reference; 95% intervals: t over "
+          + "; by position: the i-th summary of an output against the i-th reference (source gain: the "
+          "teacher-forced loss of the i-th reference summary's tokens with another input, less with its own); "
+          "95% intervals: t over "
           f"seeds, or a bootstrap over examples for one seed. {_machine(d.get('machine'))}; every cell "
           f"trained at commit {_short_commit(commit)} with a clean tree.")
   if other:
@@ -983,8 +987,9 @@ def long_dialogsum(r: Results) -> str:
              + ", ".join(f"{c['name']} ({_short_commit(c.get('git_commit'))})" for c in other) + ".")
   gate = sweep_stats.long_gate(done)
   lines = [_long_gate_line(gate)]
+  planned_s = sorted({int(m.group(1)) for n in d["cells_planned"] for m in [re.search(r"_s(\d+)_", n)] if m})
   for split, metric in SPLITS:
-    for s in (8, 64):
+    for s in planned_s:
       v = sweep_stats.claim_at(done, s, metric, with_xl=False)
       line = _claim_line(v, split)
       lines.append(line if gate["holds"] or not gate["complete"] else

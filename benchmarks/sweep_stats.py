@@ -26,7 +26,8 @@ from benchmarks import stats
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "test_loss", "source_gain", "distinct_predictions",
            "rouge1_dev")
 PER_EXAMPLE = {"rouge1": "rouge1_per_example", "rouge1_dev": "rouge1_dev_per_example"}
-BY_POSITION = ("rouge1_by_position", "rouge1_dev_by_position")  # the long-input grid's per-position ROUGE-1
+BY_POSITION = ("rouge1_by_position", "rouge1_dev_by_position",  # the long-input grid's per-position
+               "source_gain_by_position")                       # ROUGE-1 and source gain
 GATE_SOURCE_GAIN, GATE_DISTINCT = 0.5, 450
 ABLATIONS = ("recurrent_only", "no_norm", "no_raf", "kv_segment")
 SHAPE_SPREAD, SHAPE_COLLAPSE = 2.0, 3.0  # ROUGE-1 points

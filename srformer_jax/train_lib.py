@@ -50,15 +50,22 @@ def is_argmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return (own == top) & (top_before < top)
 
 
-def loss_and_metrics(model, params, batch, rng, deterministic):
-  """Token-summed cross-entropy and counts for one (micro-)batch."""
+def token_cross_entropy(model, params, batch, rng=None, deterministic=True):
+  """Teacher-forced cross-entropy of every target token [batch, target] (padding not masked) and
+  the logits [batch, target, vocab]: the terms the training loss sums."""
   c = model.config
   dec_in = shift_right(batch["labels"], c.decoder_start_token_id, c.pad_token_id)
   rngs = None if deterministic else {"dropout": rng}
   logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], dec_in,
                        deterministic=deterministic, rngs=rngs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"]), logits
+
+
+def loss_and_metrics(model, params, batch, rng, deterministic):
+  """Token-summed cross-entropy and counts for one (micro-)batch."""
+  c = model.config
+  ce, logits = token_cross_entropy(model, params, batch, rng, deterministic)
   w = batch["label_mask"].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
   correct = (is_argmax(logits, batch["labels"]) if c.cpu_kernels
              else jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
   return jnp.sum(ce * w), {"loss_sum": jnp.sum(ce * w), "tokens": jnp.sum(w),

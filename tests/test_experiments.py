@@ -104,7 +104,8 @@ def _long_payload(cells, planned_extra=()):
     c.update(eval_examples=500, dev_examples=500, rouge1_per_example=[c["rouge1"]] * 4,
              rouge1_dev_per_example=[c["rouge1_dev"]] * 4, test_loss=3.0,
              rouge1_by_position=[c["rouge1"] + 4 - i for i in range(4)],
-             rouge1_dev_by_position=[c["rouge1_dev"] - i for i in range(4)])
+             rouge1_dev_by_position=[c["rouge1_dev"] - i for i in range(4)],
+             source_gain_by_position=[0.8 - 0.2 * i for i in range(4)])
     c.setdefault("source_gain", 0.6)
     c.setdefault("distinct_predictions", 490)
   return {"overrides": {"train.num_steps": 1000, "train.batch_size": 8, "train.learning_rate": 1e-3,
@@ -129,6 +130,7 @@ def test_long_grid_gate_rule_and_positions(tmp_path):
   assert "12 of 13 planned cells" in out and "gate: **passes**" in out
   assert "- s = 8, test: **holds**" in out and "- s = 64, test: incomplete" in out
   assert "| full | – | 3 | 30.20 [" in out and "34.2 / 33.2 / 32.2 / 31.2" in out
+  assert "| 0.80 / 0.60 / 0.40 / 0.20 |" in out  # the source gain of each summary's tokens
   assert "Not run yet (1): segmented_s64_padded." in out
   assert "claim at s = 8: **holds**" in report.render("glance_long_dialogsum", str(tmp_path))
   # a full attention that does not read its source: the gate fails and the comparison says so
@@ -136,6 +138,21 @@ def test_long_grid_gate_rule_and_positions(tmp_path):
   (tmp_path / f"{report.LONG}.json").write_text(json.dumps(_long_payload(blind)))
   out = report.render("long_dialogsum", str(tmp_path))
   assert "gate: **fails**" in out and "not a comparison" in out
+  # a grid planned at s = 8 alone reports no rule at s = 64
+  (tmp_path / f"{report.LONG}.json").write_text(json.dumps(_long_payload([dict(c) for c in cells])))
+  out = report.render("long_dialogsum", str(tmp_path))
+  assert "- s = 8, test:" in out and "s = 64" not in out
+
+
+def test_long_grid_cells_and_its_cut():
+  from benchmarks import segment_sweep
+  designed = dict(segment_sweep.PRESETS["long1024"], seeds=(0, 1, 2), large_s_seeds=(0,))
+  names = [c["name"] for c in segment_sweep.cells_long(designed)]
+  assert len(names) == 15 and names[:4] == ["full", "segmented_s8_padded", "srformer_s8_padded", "xl_s8_padded"]
+  assert names[-3:] == ["segmented_s64_padded", "srformer_s64_padded", "xl_s64_padded"]
+  # no seeds at the largest s: the smallest s alone (the grid as cut once its gate failed)
+  cut = segment_sweep.cells_long(dict(designed, seeds=(0,), large_s_seeds=()))
+  assert [c["name"] for c in cut] == names[:4]
 
 
 def test_long_dialogsum_puts_every_evaluation_dialogue_once_at_each_position():

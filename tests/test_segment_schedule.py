@@ -227,7 +227,7 @@ def test_raf_statistics_report_firing_per_layer():
 
 
 def test_source_reliance_is_the_loss_with_own_and_rotated_documents():
-  from srformer_jax.diagnostics import source_reliance
+  from srformer_jax.diagnostics import parts_of, source_reliance
   from srformer_jax.layers import shift_right
   config = tiny(cross_attention="srformer", segment_size=8, gen_len=10)
   params = init_params(config, jax.random.key(2))
@@ -249,6 +249,21 @@ def test_source_reliance_is_the_loss_with_own_and_rotated_documents():
   assert out["test_loss_rotated_source"] == pytest.approx(rotated, abs=1e-5)
   assert out["source_gain"] == pytest.approx(rotated - own, abs=1e-5) and abs(rotated - own) > 1e-4
   assert out["tokens"] == weights.sum()  # the padding row and the lone example are not counted
+  # joined summaries: the same per part, the parts cut after each separator (its tokens: the part it ends)
+  sep = (1, 2)  # ids the random labels (>= 3) never hold
+  labels_sep = labels.copy()
+  labels_sep[:, 2:4] = sep  # every row: a separator at 2..3 (the last row's real tokens end there)
+  parts = parts_of(labels_sep, sep)
+  assert (parts[:, :4] == 0).all() and (parts[:, 4:] == 1).all()
+  batch = dict(batch, labels=labels_sep)
+  by_part = source_reliance(build_model(config), params, [(batch, 3)], part_ids=sep)["by_part"]
+  labels = labels_sep
+  for part, weights_part in ((0, weights * (parts == 0)), (1, weights * (parts == 1))):
+    weights = weights_part
+    own, rotated = mean_loss(ids, mask), mean_loss(np.roll(ids, 1, 0), np.roll(mask, 1, 0))
+    assert by_part[part]["part"] == part and by_part[part]["tokens"] == weights.sum()
+    assert by_part[part]["source_gain"] == pytest.approx(rotated - own, abs=1e-5)
+  assert len(by_part) == 2
 
 
 def test_length_schedule_with_raf_remat_same_loss_and_gradients():
