@@ -980,8 +980,9 @@ def long_dialogsum(r: Results) -> str:
           + "; by position: the i-th summary of an output against the i-th reference (source gain: the "
           "teacher-forced loss of the i-th reference summary's tokens with another input, less with its own); "
           "95% intervals: t over "
-          f"seeds, or a bootstrap over examples for one seed. {_machine(d.get('machine'))}; every cell "
-          f"trained at commit {_short_commit(commit)} with a clean tree.")
+          f"seeds, or a bootstrap over examples for one seed. {_machine(d.get('machine'))}; every cell's "
+          f"last run (its training, or decoding it again from its final checkpoint) at commit "
+          f"{_short_commit(commit)} with a clean tree.")
   if other:
     head += (" Left out (another commit or a changed tree): "
              + ", ".join(f"{c['name']} ({_short_commit(c.get('git_commit'))})" for c in other) + ".")
@@ -1040,7 +1041,10 @@ def glance_long_dialogsum(r: Results) -> str:
   v = sweep_stats.claim_at(done, 8, "rouge1", with_xl=False)
   return (f"Four dialogues in, four summaries out (k = 1024, m = 128 segments at s = 8; test ROUGE-1): "
           + "; ".join(parts) + f". Gate {'passes' if gate['holds'] else 'fails' if gate['complete'] else 'incomplete'}"
-          + f"; claim at s = 8: {_state(v)}. Commit {_short_commit(commit)}; "
+          + (f"; claim at s = 8: {_state(v)}" if gate["holds"] or not gate["complete"] else
+             f", so the claim is not judged (its rule at s = 8 reads {_state(v)}, but without the gate the "
+             f"differences are not evidence)")
+          + f". Commit {_short_commit(commit)}; "
           + r.files(f"{LONG}.json") + " · [details](docs/segment_sweep.md#long-inputs-four-dialogues-in-four-summaries-out)")
 
 

@@ -138,6 +138,8 @@ def test_long_grid_gate_rule_and_positions(tmp_path):
   (tmp_path / f"{report.LONG}.json").write_text(json.dumps(_long_payload(blind)))
   out = report.render("long_dialogsum", str(tmp_path))
   assert "gate: **fails**" in out and "not a comparison" in out
+  glance = report.render("glance_long_dialogsum", str(tmp_path))
+  assert "Gate fails, so the claim is not judged" in glance and "claim at s = 8" not in glance
   # a grid planned at s = 8 alone reports no rule at s = 64
   (tmp_path / f"{report.LONG}.json").write_text(json.dumps(_long_payload([dict(c) for c in cells])))
   out = report.render("long_dialogsum", str(tmp_path))
