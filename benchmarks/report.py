@@ -1293,30 +1293,41 @@ def crt_verdict(g: dict | None, c: dict | None) -> str:
     parts.append(f"gate {'holds' if g['holds'] else 'does not hold'} (segmented_L/4 / full_L = "
                  f"{g['segmented_L/4_over_full']:.3f}, intervals "
                  f"{'separated' if g['intervals_separated'] else 'not separated'}, {g['seeds']} seeds)")
-  if c and c["seeds"] < 2:  # (c["seeds"]: the fewest of the three models')
+  state = _crt_claim_state(g, c) if c else None
+  if state == "undecided":
     parts.append(f"claim undecided (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}; {c['seeds']} seed for "
                  f"the fewest-seeded of the three models, the verdict needs intervals over seeds)")
-  elif c and g and not g["holds"]:
+  elif state == "no gate":
     parts.append(f"claim's rule {'met' if c['holds'] else 'not met'} but without the gate, so matching full "
                  f"says little (crt_L/4 / full_L = {c['crt_L/4_over_full']:.3f}, FLOPs vs full "
                  f"{c['crt_L/4_flops_over_full']:.2f}×); the memory's own effect, crt_L/4 below "
                  f"segmented_L/4 with separated intervals: "
                  f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'} ({c['seeds']} seeds)")
-  elif c:
-    parts.append(f"claim {'holds' if c['holds'] else 'does not hold'} (crt_L/4 / full_L = "
+  elif state:
+    parts.append(f"claim {state} (crt_L/4 / full_L = "
                  f"{c['crt_L/4_over_full']:.3f}, below segmented_L/4 with separated intervals: "
                  f"{'yes' if c['crt_L/4_below_segmented_L/4_separated'] else 'no'}, FLOPs vs full "
                  f"{c['crt_L/4_flops_over_full']:.2f}×)")
   return "; ".join(parts)
 
 
+def _crt_claim_state(g: dict | None, c: dict) -> str:
+  """The claim's standing at one L: "undecided" (no intervals over seeds: c["seeds"] is the fewest
+  of the three models', the gate's two among them), "no gate" (the gate fails, so the rule says
+  little), else "holds" / "does not hold"."""
+  if c["seeds"] < 2:
+    return "undecided"
+  if g and not g["holds"]:
+    return "no gate"
+  return "holds" if c["holds"] else "does not hold"
+
+
 def _crt_claim_cell(g: dict, c: dict) -> str:
-  """The claim's cell of the README's CRT table, as `crt_verdict` words it."""
+  """The claim's cell of the README's CRT table, in `crt_verdict`'s terms."""
   if not c:
     return "–"
-  word = ("undecided" if c["seeds"] < 2 or g["seeds"] < 2 else "says little: no gate" if not g["holds"]
-          else "holds" if c["holds"] else "does not hold")
-  return f"{word} ({c['crt_L/4_over_full']:.3f})"
+  state = _crt_claim_state(g, c)
+  return f"{'says little: no gate' if state == 'no gate' else state} ({c['crt_L/4_over_full']:.3f})"
 
 
 def _crt_protocol(r: Results, name: str, missing: str = "(no runs finished yet)") -> str:
